@@ -1,0 +1,2 @@
+import importlib.metadata as _m
+__version__ = _m.version("redjax")

@@ -1,0 +1,129 @@
+"""The `redjax` command line: train, generate, eval, export, plan, info.
+
+Each sub-command parses its arguments here and calls one function of the module that does the
+work. A user mistake (bad key, missing file) prints one line `redjax: error: ...` and exits 2;
+REDJAX_DEBUG=1 shows the full stack trace instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _train(args: argparse.Namespace) -> None:
+    from redjax import distributed, train
+
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    train.run(args.config, args.overrides)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from redjax import generate
+
+    generate.main(args)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from redjax import evaluate
+
+    evaluate.main(args)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from redjax import train
+
+    train.export(args.run_dir, args.out, step=args.step)
+
+
+def _plan(args: argparse.Namespace) -> None:
+    from redjax import plan
+
+    plan.main(args)
+
+
+def _info(args: argparse.Namespace) -> None:
+    import jax
+
+    import redjax
+
+    print(f"redjax {redjax.__version__}, jax {jax.__version__}, backend {jax.default_backend()}")
+    for d in jax.devices():
+        print(f"  {d}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="redjax", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train with RED (no arguments: the embedded default)")
+    t.add_argument("config", nargs="?", default=None, help="YAML config (default: built-in)")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rl.group_size=8")
+    t.add_argument("--coordinator", default=None, help="multi-host: coordinator host:port")
+    t.add_argument("--num-processes", type=int, default=None)
+    t.add_argument("--process-id", type=int, default=None)
+    t.set_defaults(fn=_train)
+
+    g = sub.add_parser("generate", help="sample completions from a model folder")
+    g.add_argument("--model", required=True, help="Hugging Face folder or run folder")
+    g.add_argument("--prompt", required=True, action="append", help="prompt text (repeatable)")
+    g.add_argument("--num-samples", type=int, default=1)
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0, help="0 = off")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    g.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    g.set_defaults(fn=_generate)
+
+    e = sub.add_parser("eval", help="pass@1 / pass@k of a model on a benchmark file")
+    e.add_argument("--model", required=True, help="Hugging Face folder or run folder")
+    e.add_argument("--data", required=True, action="append", help="JSONL/Parquet (repeatable)")
+    e.add_argument("--k", type=int, default=1, help="samples per problem (pass@k)")
+    e.add_argument("--temperature", type=float, default=None, help="default: 0 if k=1 else 0.6")
+    e.add_argument("--top-p", type=float, default=1.0)
+    e.add_argument("--max-new-tokens", type=int, default=1024)
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--fields", default="auto", help="field map preset of the data")
+    e.add_argument("--limit", type=int, default=None, help="first N problems per file")
+    e.add_argument("--prompt-suffix", default=None)
+    e.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    e.add_argument("--json", default=None, help="also write the results to this JSON file")
+    e.set_defaults(fn=_eval)
+
+    x = sub.add_parser("export", help="write a run's parameters as a Hugging Face folder")
+    x.add_argument("run_dir")
+    x.add_argument("out")
+    x.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    x.set_defaults(fn=_export)
+
+    m = sub.add_parser("plan", help="memory per device for a config and mesh")
+    m.add_argument("config", nargs="?", default=None)
+    m.add_argument("overrides", nargs="*")
+    m.add_argument("--device-memory", default=None, help="GiB, or v4 | v5e | v5p | h100")
+    m.set_defaults(fn=_plan)
+
+    i = sub.add_parser("info", help="versions and the devices JAX sees")
+    i.set_defaults(fn=_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (ValueError, FileNotFoundError) as e:
+        if os.environ.get("REDJAX_DEBUG"):  # the full stack trace, for bug reports
+            raise
+        print(f"redjax: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

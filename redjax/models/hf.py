@@ -1,0 +1,316 @@
+"""Hugging Face checkpoint folders in and out: config.json, safetensors shards, tokenizer files.
+
+Loading reads one tensor at a time from memory-mapped files and places each parameter straight
+onto its sharding, so a checkpoint never sits in memory twice, nor whole on one device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from redjax.models import safetensors_io
+from redjax.models.transformer import ModelConfig, forward, param_shapes
+
+SUPPORTED = {"llama": "LlamaConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config"}
+LAYER_NAMES = {
+    ("attn", "q"): "self_attn.q_proj",
+    ("attn", "k"): "self_attn.k_proj",
+    ("attn", "v"): "self_attn.v_proj",
+    ("attn", "o"): "self_attn.o_proj",
+    ("attn", "q_norm"): "self_attn.q_norm",
+    ("attn", "k_norm"): "self_attn.k_norm",
+    ("mlp", "gate"): "mlp.gate_proj",
+    ("mlp", "up"): "mlp.up_proj",
+    ("mlp", "down"): "mlp.down_proj",
+    ("attn_norm",): "input_layernorm",
+    ("mlp_norm",): "post_attention_layernorm",
+}
+TOP_NAMES = {("embed",): "model.embed_tokens", ("norm",): "model.norm", ("lm_head",): "lm_head"}
+LEAF_NAMES = {"kernel": "weight", "bias": "bias", "scale": "weight", "embedding": "weight"}
+
+
+@dataclasses.dataclass
+class Model:
+    """A model definition with its parameters; `model(input_ids)` gives logits [B, T, V]."""
+
+    cfg: ModelConfig
+    params: dict
+
+    def __call__(self, input_ids: Any, mask: Any = None) -> jax.Array:
+        tokens = jnp.asarray(input_ids, jnp.int32)
+        return _logits(self.params, self.cfg, tokens, None if mask is None else jnp.asarray(mask))
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _logits(params, cfg, tokens, mask):
+    return forward(params, cfg, tokens, mask=mask)[0]
+
+
+def config_from_hf(hf: Any, *, dtype: str = "float32", param_dtype: str | None = None) -> ModelConfig:
+    """ModelConfig from a transformers config object (Llama, Qwen2, Qwen3)."""
+    arch = getattr(hf, "model_type", None)
+    if arch not in SUPPORTED:
+        raise ValueError(
+            f"unsupported architecture {arch!r}: redjax supports {', '.join(SUPPORTED)}"
+        )
+    if getattr(hf, "hidden_act", "silu") != "silu":
+        raise ValueError(f"unsupported hidden_act {hf.hidden_act!r}: redjax supports silu")
+    rope = dict(getattr(hf, "rope_parameters", None) or {})
+    theta = rope.pop("rope_theta", getattr(hf, "rope_theta", 10000.0))
+    if not rope:
+        rope = dict(getattr(hf, "rope_scaling", None) or {})
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    bias = bool(getattr(hf, "attention_bias", False))
+    extra = {k: getattr(hf, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    return ModelConfig(
+        vocab_size=hf.vocab_size,
+        hidden_size=hf.hidden_size,
+        intermediate_size=hf.intermediate_size,
+        num_layers=hf.num_hidden_layers,
+        num_heads=hf.num_attention_heads,
+        num_kv_heads=getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads,
+        head_dim=getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads,
+        arch=arch,
+        rope_theta=float(theta),
+        rope_scaling=None if rope_type == "default" else tuple(sorted(rope.items())),
+        rms_norm_eps=float(hf.rms_norm_eps),
+        qkv_bias=True if arch == "qwen2" else bias,
+        o_bias=False if arch == "qwen2" else bias,
+        mlp_bias=bool(getattr(hf, "mlp_bias", False)),
+        qk_norm=arch == "qwen3",
+        tie_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
+        max_position_embeddings=int(getattr(hf, "max_position_embeddings", 32768)),
+        dtype=dtype,
+        param_dtype=param_dtype or dtype,
+        extra=tuple(sorted((k, v) for k, v in extra.items() if v is not None)),
+    )
+
+
+def config_to_hf(cfg: ModelConfig) -> Any:
+    """A transformers config object that describes the same model."""
+    import transformers
+
+    cls = getattr(transformers, SUPPORTED[cfg.arch])
+    rope = {"rope_type": "default", **dict(cfg.rope_scaling or ()), "rope_theta": cfg.rope_theta}
+    kw = dict(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim,
+        rms_norm_eps=cfg.rms_norm_eps,
+        tie_word_embeddings=cfg.tie_embeddings,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rope_parameters=rope,
+        hidden_act="silu",
+        **dict(cfg.extra),
+    )
+    if cfg.arch != "qwen2":
+        kw["attention_bias"] = cfg.qkv_bias
+    if cfg.arch == "llama":
+        kw["mlp_bias"] = cfg.mlp_bias
+    hf = cls(**kw)
+    hf.architectures = [cls.__name__.replace("Config", "ForCausalLM")]
+    hf.dtype = cfg.param_dtype
+    return hf
+
+
+def hf_name(path: tuple[str, ...], layer: int | None = None) -> str:
+    """Hugging Face tensor name of one parameter leaf (of one layer, for scanned leaves)."""
+    *mod, leaf = path
+    if mod[0] == "layers":
+        return f"model.layers.{layer}.{LAYER_NAMES[tuple(mod[1:])]}.{LEAF_NAMES[leaf]}"
+    return f"{TOP_NAMES[tuple(mod)]}.{LEAF_NAMES[leaf]}"
+
+
+def _to_hf(path: tuple[str, ...], x: np.ndarray) -> np.ndarray:
+    return x.T if path[-1] == "kernel" else x  # Dense kernels are [in, out]; torch stores [out, in]
+
+
+def _key_path(kp) -> tuple[str, ...]:
+    return tuple(k.key for k in kp)
+
+
+def read_config(path: str, **kw: Any) -> ModelConfig:
+    """Read config.json of a checkpoint folder into a ModelConfig, with errors naming the file."""
+    import transformers
+
+    cfg_file = os.path.join(path, "config.json")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model folder {path!r} does not exist")
+    if not os.path.isfile(cfg_file):
+        raise FileNotFoundError(f"{cfg_file} not found: a model folder needs a config.json")
+    try:
+        with open(cfg_file) as f:
+            model_type = json.load(f).get("model_type")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_file}: invalid JSON ({e})") from None
+    if model_type not in SUPPORTED:
+        raise ValueError(
+            f"{cfg_file}: unsupported architecture {model_type!r}; redjax supports "
+            f"{', '.join(SUPPORTED)}"
+        )
+    return config_from_hf(transformers.AutoConfig.from_pretrained(path), **kw)
+
+
+def _tensor_files(path: str) -> dict[str, str]:
+    """Map tensor name -> safetensors file, from the index when there is one."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        return {k: os.path.join(path, v) for k, v in weight_map.items()}
+    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors files in {path!r}")
+    out = {}
+    for f in files:
+        header, _ = safetensors_io.read_header(os.path.join(path, f))
+        out.update({k: os.path.join(path, f) for k in header})
+    return out
+
+
+class _Reader:
+    """Reads single tensors by name from a folder's memory-mapped safetensors files."""
+
+    def __init__(self, path: str):
+        self.files = _tensor_files(path)
+        self.maps: dict[str, dict[str, np.ndarray]] = {}
+
+    def __call__(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        file = self.files.get(name)
+        if file is None:
+            raise ValueError(f"tensor {name!r} is missing from the checkpoint in {os.path.dirname(next(iter(self.files.values())))!r}")
+        if file not in self.maps:
+            self.maps[file] = dict(safetensors_io.iter_tensors(file))
+        arr = self.maps[file].get(name)
+        if arr is None:
+            raise ValueError(f"{file}: tensor {name!r} listed in the index but not in the file")
+        if tuple(arr.shape) != tuple(shape):
+            raise ValueError(
+                f"{file}: tensor {name!r} has shape {tuple(arr.shape)}, expected {tuple(shape)}"
+            )
+        return arr
+
+
+def load_params(
+    path: str,
+    cfg: ModelConfig,
+    shardings: Any = None,
+) -> dict:
+    """Read the parameters of `cfg` from a checkpoint folder, one leaf at a time.
+
+    `shardings` is None (default device) or a pytree of jax.sharding.Sharding matching the
+    parameters; each leaf is built from its host slice with make_array_from_callback.
+    """
+    read = _Reader(path)
+    shapes = param_shapes(cfg)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    shard_leaves = (
+        [None] * len(flat) if shardings is None else jax.tree_util.tree_leaves(shardings)
+    )
+    out = []
+    for (kp, spec), sharding in zip(flat, shard_leaves, strict=True):
+        p = _key_path(kp)
+        if p[0] == "layers":
+            host = np.empty(spec.shape, spec.dtype)
+            for i in range(cfg.num_layers):
+                t = read(hf_name(p, i), _to_hf(p, np.empty(spec.shape[1:], bool)).shape)
+                host[i] = _to_hf(p, t)
+        else:
+            t = read(hf_name(p), _to_hf(p, np.empty(spec.shape, bool)).shape)
+            host = np.asarray(_to_hf(p, t), spec.dtype)
+        if sharding is None:
+            out.append(jnp.asarray(host))
+        else:
+            out.append(jax.make_array_from_callback(spec.shape, sharding, lambda i, h=host: h[i]))
+        del host
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def from_pretrained(
+    path: str,
+    dtype: Any = "float32",
+    *,
+    param_dtype: Any = None,
+    shardings: Any | Callable[[ModelConfig], Any] = None,
+) -> Model:
+    """Load a Hugging Face Llama/Qwen2/Qwen3 checkpoint folder into a redjax Model.
+
+    dtype is the compute dtype; param_dtype (default: dtype) the stored one. `shardings` is a
+    pytree of shardings for the parameters, or a function of the ModelConfig returning one.
+    """
+    dtype = jnp.dtype(dtype).name
+    cfg = read_config(path, dtype=dtype, param_dtype=jnp.dtype(param_dtype or dtype).name)
+    if callable(shardings):
+        shardings = shardings(cfg)
+    return Model(cfg, load_params(path, cfg, shardings))
+
+
+def _host(x: jax.Array) -> np.ndarray:
+    if not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x)
+
+
+def hf_tensors(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """Parameters as Hugging Face-named numpy tensors."""
+    out = {}
+    for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        p = _key_path(kp)
+        arr = _host(leaf)
+        if p[0] == "layers":
+            for i in range(cfg.num_layers):
+                out[hf_name(p, i)] = np.ascontiguousarray(_to_hf(p, arr[i]))
+        else:
+            out[hf_name(p)] = np.ascontiguousarray(_to_hf(p, arr))
+    return out
+
+
+def save_pretrained(
+    model: Model,
+    path: str,
+    *,
+    tokenizer: Any = None,
+    max_shard_bytes: int = 4 << 30,
+) -> None:
+    """Write a folder that transformers.AutoModelForCausalLM.from_pretrained loads."""
+    os.makedirs(path, exist_ok=True)
+    tensors = hf_tensors(model.params, model.cfg)
+    if jax.process_index() != 0:
+        return
+    config_to_hf(model.cfg).save_pretrained(path)
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name, arr in tensors.items():
+        if size and size + arr.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = arr
+        size += arr.nbytes
+    if len(shards) == 1:
+        safetensors_io.write(os.path.join(path, "model.safetensors"), shards[0])
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            safetensors_io.write(os.path.join(path, fname), shard)
+            weight_map.update(dict.fromkeys(shard, fname))
+        total = sum(a.nbytes for a in tensors.values())
+        with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)

@@ -1,0 +1,297 @@
+"""The decoder-only transformer of the Llama / Qwen2 / Qwen2.5 / Qwen3 family, in Flax Linen.
+
+One definition serves the trainer (full sequences) and the sampler (prefill, then one token at a
+time against a KV cache). Layers are scanned (`nn.scan`), so parameters carry a leading layer axis
+and a 28-layer model compiles as fast as a 1-layer one. Everything is a pure function of
+(params, inputs, cache): the cache goes in and comes out, it is never hidden module state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Cache = dict[str, Array]  # k, v: [layers, batch, slots, kv_heads, head_dim]; mask: [batch, slots]; index: []
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape and numerics of a Llama/Qwen-family model (hashable: used as a static jit argument)."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    arch: str = "llama"  # llama | qwen2 | qwen3: only changes the Hugging Face config written back
+    rope_theta: float = 10000.0
+    rope_scaling: tuple[tuple[str, Any], ...] | None = None  # sorted items of the HF rope dict
+    rms_norm_eps: float = 1e-6
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    tie_embeddings: bool = False
+    max_position_embeddings: int = 32768
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    remat: str = "none"  # none | full | dots: activation rematerialisation in the train step
+    extra: tuple[tuple[str, Any], ...] = ()  # HF config fields kept for the round trip
+
+    def replace(self, **kw: Any) -> ModelConfig:
+        return dataclasses.replace(self, **kw)
+
+    @property
+    def num_params(self) -> int:
+        """Parameter count, embeddings included."""
+        d, h, kv, hd = self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
+        attn = d * hd * (h + 2 * kv) + h * hd * d
+        attn += hd * (h + 2 * kv) if self.qkv_bias else 0
+        attn += 2 * hd if self.qk_norm else 0
+        mlp = 3 * d * self.intermediate_size
+        per_layer = attn + mlp + 2 * d
+        embed = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        return self.num_layers * per_layer + embed + d
+
+
+def rope_frequencies(cfg: ModelConfig) -> Array:
+    """Inverse frequencies [head_dim // 2], with linear or Llama-3 scaling when configured."""
+    dim = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    scaling = dict(cfg.rope_scaling or ())
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return inv
+    if kind == "linear":
+        return inv / scaling["factor"]
+    if kind == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+        old = scaling["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv
+        scaled = jnp.where(wavelen > old / low, inv / factor, inv)
+        smooth = (old / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old / high) & (wavelen <= old / low)
+        return jnp.where(medium, smoothed, scaled)
+    raise ValueError(f"unsupported rope_type {kind!r}: redjax supports default, linear and llama3")
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+    """Rotary embedding, Hugging Face 'rotate_half' layout. x [B, T, H, D], positions [B, T]."""
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, D/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: Any
+    param_dtype: Any
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return scale.astype(self.dtype) * x32.astype(self.dtype)
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, positions, kv_mask, layer_cache, index):
+        cfg = self.cfg
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        b, t, _ = x.shape
+        h, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        dense = lambda n, bias, name: nn.Dense(
+            n, use_bias=bias, dtype=dtype, param_dtype=pdtype, name=name,
+            kernel_init=nn.initializers.normal(0.02),
+        )
+        q = dense(h * hd, cfg.qkv_bias, "q")(x).reshape(b, t, h, hd)
+        k = dense(kv * hd, cfg.qkv_bias, "k")(x).reshape(b, t, kv, hd)
+        v = dense(kv * hd, cfg.qkv_bias, "v")(x).reshape(b, t, kv, hd)
+        if cfg.qk_norm:
+            q = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="q_norm")(q)
+            k = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="k_norm")(k)
+        inv_freq = rope_frequencies(cfg)
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+
+        if layer_cache is None:  # full sequence: causal over the given slots
+            keys, values, slots = k, v, t
+            query_slot = jnp.arange(t)
+        else:  # write the new keys at [index, index + t), attend over the whole cache
+            ck, cv = layer_cache
+            keys = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
+            values = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
+            slots = ck.shape[1]
+            query_slot = index + jnp.arange(t)
+        causal = jnp.arange(slots)[None, :] <= query_slot[:, None]  # [t, slots]
+        mask = causal[None, None] & kv_mask[:, None, None, :]  # [b, 1, t, slots]
+        out = jax.nn.dot_product_attention(q, keys.astype(dtype), values.astype(dtype), mask=mask)
+        out = dense(cfg.hidden_size, cfg.o_bias, "o")(out.reshape(b, t, h * hd))
+        new_cache = None if layer_cache is None else (keys, values)
+        return out, new_cache
+
+
+class MLP(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        dense = lambda n, name: nn.Dense(
+            n, use_bias=cfg.mlp_bias, dtype=jnp.dtype(cfg.dtype),
+            param_dtype=jnp.dtype(cfg.param_dtype), name=name,
+            kernel_init=nn.initializers.normal(0.02),
+        )
+        gate = dense(cfg.intermediate_size, "gate")(x)
+        up = dense(cfg.intermediate_size, "up")(x)
+        return dense(cfg.hidden_size, "down")(nn.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """One pre-norm decoder layer; the scan carry is the residual stream, xs is this layer's cache."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, layer_cache, positions, kv_mask, index):
+        cfg = self.cfg
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        y = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="attn_norm")(x)
+        y, new_cache = Attention(cfg, name="attn")(y, positions, kv_mask, layer_cache, index)
+        x = x + y
+        y = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="mlp_norm")(x)
+        x = x + MLP(cfg, name="mlp")(y)
+        return x, new_cache
+
+
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Transformer(nn.Module):
+    """tokens [B, T] -> logits [B, T, V] (or final hidden states [B, T, D] with hidden=True)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: Array,
+        positions: Array | None = None,
+        mask: Array | None = None,
+        cache: Cache | None = None,
+        hidden: bool = False,
+    ) -> tuple[Array, Cache | None]:
+        cfg = self.cfg
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        if mask is None:
+            mask = jnp.ones(tokens.shape, bool)
+        if positions is None:  # count valid tokens, continuing after those already cached
+            seen = 0 if cache is None else jnp.sum(cache["mask"], axis=-1, keepdims=True)
+            positions = jnp.maximum(seen + jnp.cumsum(mask, axis=-1) - 1, 0)
+        embed = nn.Embed(
+            cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=pdtype, name="embed",
+            embedding_init=nn.initializers.normal(0.02),
+        )
+        x = embed(tokens)
+
+        if cache is None:
+            kv_mask, index, xs = mask, 0, None
+        else:
+            index = cache["index"]
+            kv_mask = jax.lax.dynamic_update_slice(cache["mask"], mask, (0, index))
+            xs = (cache["k"], cache["v"])
+
+        block = Block
+        if cfg.remat != "none" and cache is None:
+            block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+        layers = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=cfg.num_layers,
+        )(cfg, name="layers")
+        x, new_kv = layers(x, xs, positions, kv_mask, index)
+        x = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="norm")(x)
+
+        new_cache = None
+        if cache is not None:
+            new_cache = {"k": new_kv[0], "v": new_kv[1], "mask": kv_mask,
+                         "index": index + tokens.shape[1]}
+        if hidden:
+            return x, new_cache
+        if cfg.tie_embeddings:
+            logits = embed.attend(x)
+        else:
+            logits = nn.Dense(
+                cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=pdtype, name="lm_head",
+                kernel_init=nn.initializers.normal(0.02),
+            )(x)
+        return logits, new_cache
+
+
+def unembedding(params: dict, cfg: ModelConfig) -> Array:
+    """The [D, V] matrix that maps final hidden states to logits (the embedding when tied)."""
+    if cfg.tie_embeddings:
+        return params["embed"]["embedding"].T
+    return params["lm_head"]["kernel"]
+
+
+def init_cache(cfg: ModelConfig, batch: int, slots: int, dtype: Any = None) -> Cache:
+    """An empty KV cache with `slots` positions per row."""
+    dtype = jnp.dtype(dtype or cfg.dtype)
+    shape = (cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim)
+    return {
+        "k": jnp.zeros(shape, dtype),
+        "v": jnp.zeros(shape, dtype),
+        "mask": jnp.zeros((batch, slots), bool),
+        "index": jnp.zeros((), jnp.int32),
+    }
+
+
+def init_params(cfg: ModelConfig, seed: int = 0) -> dict:
+    """Random parameters (normal(0.02) weights, unit norms) for training from scratch or tests."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    return Transformer(cfg).init(jax.random.key(seed), tokens)["params"]
+
+
+def param_shapes(cfg: ModelConfig) -> dict:
+    """The parameter tree as jax.ShapeDtypeStructs, without allocating anything."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    init = lambda: Transformer(cfg).init(jax.random.key(0), tokens)["params"]
+    return jax.eval_shape(init)
+
+
+def forward(
+    params: dict,
+    cfg: ModelConfig,
+    tokens: Array,
+    *,
+    mask: Array | None = None,
+    positions: Array | None = None,
+    cache: Cache | None = None,
+    hidden: bool = False,
+) -> tuple[Array, Cache | None]:
+    """Pure forward pass: (logits or hidden states, updated cache or None)."""
+    return Transformer(cfg).apply(
+        {"params": params}, tokens, positions, mask, cache, hidden
+    )
