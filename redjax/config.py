@@ -1,0 +1,286 @@
+"""Typed configuration: every knob, its default and its allowed values, in one place.
+
+A config is built from the dataclass defaults, then a YAML file, then dotted `key=value`
+overrides. Unknown keys and bad values are rejected with one line naming the key and what is
+allowed. configs/default.yaml is the embedded default run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+
+@dataclass
+class ModelCfg:
+    path: str | None = None  # Hugging Face folder; None = a new model from `init` (from scratch)
+    dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype
+    param_dtype: Literal["float32", "bfloat16"] = "float32"  # master weights / optimizer dtype
+    remat: Literal["none", "full", "dots"] = "none"  # activation rematerialisation
+    # Shape of a model trained from scratch (only when path is None).
+    arch: Literal["llama", "qwen2", "qwen3"] = "qwen2"
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    max_position_embeddings: int = 512
+    tokenizer: str | None = None  # tokenizer folder; None = the model folder (or built-in chars)
+
+
+@dataclass
+class DataCfg:
+    train: str = "builtin"  # JSONL/Parquet file(s), comma separated, or "builtin"
+    test: str = "builtin"  # held-out file(s) for evaluation, or "builtin"
+    fields: str = "auto"  # auto | default | openr1 | gsm8k | math
+    on_error: Literal["raise", "skip"] = "raise"
+    prompt_suffix: str = ""
+    system: str | None = None
+    chat: bool = True  # apply the tokenizer's chat template
+    max_prompt_len: int = 256
+    max_offline_len: int = 1024
+    builtin_train: int = 20000  # built-in task: problems in the train split
+    builtin_test: int = 200  # built-in task: problems in the held-out split
+    builtin_difficulty: Literal["easy", "medium", "hard"] = "easy"
+
+
+@dataclass
+class RolloutCfg:
+    online: bool = True  # False = no rollouts (SFT-only baseline)
+    prompts: int = 16  # B: prompts per iteration (global)
+    group_size: int = 8  # G: rollouts per prompt
+    max_new_tokens: int = 512
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+@dataclass
+class RlCfg:
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    agg: Literal["token-mean", "seq-mean-token-mean", "constant"] = "token-mean"
+    norm_const: float | None = None  # for agg=constant (Dr.GRPO); default max_new_tokens
+    std_norm: bool = True
+    adv_eps: float = 1e-6
+    beta_kl: float = 0.0  # k3 KL to the initial (reference) policy
+    entropy_coef: float = 0.0
+    gate_frac: float = 1.0  # keep only the top fraction of online tokens by entropy (80/20 rule)
+
+
+@dataclass
+class RedCfg:
+    offline: bool = True  # False = no Extend term (GRPO-only baseline)
+    offline_in_group: bool = True
+    shift: Literal["linear", "step", "zero", "one"] = "linear"
+    tau: float = 0.5  # threshold of the step shift
+    shaping_gamma: float | None = None  # LUFFY-style shaping pi/(pi+gamma) at s=1
+    lam: Literal["red", "fixed", "schedule"] = "red"
+    lambda0: float = 1.0
+    lambda_min: float = 0.05
+    lambda_max: float = 5.0
+    alpha: float = 0.1
+    delta: float = 1e-4
+    ema: float = 0.9
+    lambda_warmup: int = 0  # schedule mode: warm-up steps
+    probe_fraction: float = 0.25  # sequences re-scored after the update for the entropy deltas
+    sft_steps: int = 0  # SFT-then-GRPO baseline: first steps offline only, then online only
+
+
+@dataclass
+class RewardCfg:
+    fn: str = "math"  # "math", "format" or a dotted path package.module:function
+    format_weight: float = 0.0
+    think_format: bool = False
+    workers: int = 2
+    timeout: float = 5.0
+
+
+@dataclass
+class OptimCfg:
+    lr: float = 1e-6
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio at train.steps
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    micro_batches: int = 1  # gradient accumulation
+    minibatches: int = 1  # sequential updates per iteration, each on 1/n of the rows (PPO-style)
+
+
+@dataclass
+class MeshCfg:
+    data: int = -1  # -1 = all remaining devices
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclass
+class EvalCfg:
+    every: int = 50  # steps between held-out evaluations (0 = only at the end)
+    problems: int = 200
+    k: int = 1
+    temperature: float = 0.0
+    max_new_tokens: int | None = None  # default: rollout.max_new_tokens
+    samples_every: int = 50  # steps between logged sample completions
+    num_samples: int = 2
+
+
+@dataclass
+class TrainCfg:
+    steps: int = 200
+    seed: int = 0
+    run_dir: str = "runs/default"
+    save_every: int = 50
+    keep: int = 3
+    log_every: int = 1
+    chunk: int = 1024  # tokens per chunk of the log-prob / entropy computation
+
+
+@dataclass
+class Config:
+    model: ModelCfg = field(default_factory=ModelCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    rollout: RolloutCfg = field(default_factory=RolloutCfg)
+    rl: RlCfg = field(default_factory=RlCfg)
+    red: RedCfg = field(default_factory=RedCfg)
+    reward: RewardCfg = field(default_factory=RewardCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    mesh: MeshCfg = field(default_factory=MeshCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+
+
+DEFAULT_FILE = os.path.join(os.path.dirname(__file__), "default.yaml")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotation `tp`; return it converted (int -> float etc.)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            allowed = ", ".join(map(str, typing.get_args(tp)))
+            raise ValueError(f"{key}: {value!r} is not one of {allowed}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(key, value, a)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(errors[0])
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    if tp is str and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _merge(obj: Any, data: dict, prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    for k, v in data.items():
+        key = prefix + str(k)
+        if k not in names:
+            raise ValueError(f"unknown key {key!r}; allowed: {', '.join(sorted(names))}")
+        cur = getattr(obj, k)
+        if dataclasses.is_dataclass(cur):
+            _merge(cur, v, key + ".")
+        else:
+            setattr(obj, k, _coerce(key, v, hints[k]))
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """['a.b=1', 'c=x'] -> {'a': {'b': 1}, 'c': 'x'} (values parsed as YAML scalars)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(
+                f"override {item!r} is not of the form key=value (e.g. rl.eps_low=0.2)"
+            )
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def load(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file (default: the embedded default run) <- dotted overrides."""
+    cfg = Config()
+    path = path or DEFAULT_FILE
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} not found")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: invalid YAML ({e})") from None
+    try:
+        _merge(cfg, data)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    _merge(cfg, parse_overrides(overrides or []))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a type alone cannot express."""
+    checks = [
+        (cfg.rollout.prompts >= 1, "rollout.prompts must be >= 1"),
+        (cfg.rollout.group_size >= 1, "rollout.group_size must be >= 1"),
+        (cfg.rollout.temperature >= 0, "rollout.temperature must be >= 0"),
+        (0 < cfg.rollout.top_p <= 1, "rollout.top_p must be in (0, 1]"),
+        (0 < cfg.red.probe_fraction <= 1, "red.probe_fraction must be in (0, 1]"),
+        (0 < cfg.rl.gate_frac <= 1, "rl.gate_frac must be in (0, 1]"),
+        (0 <= cfg.red.ema < 1, "red.ema must be in [0, 1)"),
+        (0 < cfg.red.alpha <= 1, "red.alpha must be in (0, 1]"),
+        (cfg.red.lambda_min <= cfg.red.lambda_max, "red.lambda_min must be <= red.lambda_max"),
+        (cfg.optim.micro_batches >= 1, "optim.micro_batches must be >= 1"),
+        (cfg.optim.lr > 0, "optim.lr must be > 0"),
+        (cfg.train.steps >= 1, "train.steps must be >= 1"),
+        (
+            cfg.rollout.online or cfg.red.offline,
+            "rollout.online and red.offline cannot both be false",
+        ),
+        (cfg.rl.agg != "constant" or (cfg.rl.norm_const or 0) >= 0, "rl.norm_const must be > 0"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(msg)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump(cfg: Config, path: str) -> None:
+    """Write the resolved config as YAML (what a run actually used)."""
+    with open(path, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)

@@ -1,0 +1,121 @@
+"""The device mesh (data, fsdp, tensor) and name-based partition rules for parameters.
+
+Rules map a parameter's path ("layers/attn/q/kernel") to a PartitionSpec: FSDP shards the
+model dimension over `fsdp`, tensor parallelism shards heads / MLP width / vocabulary over
+`tensor`. A mesh axis is dropped from a dimension it does not divide, so any model runs on any
+mesh (tiny test models simply replicate).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+BATCH = ("data", "fsdp")  # batch rows are split over both data-parallel axes
+
+# (regex on the "/"-joined parameter path, spec). Layer parameters carry a leading layer axis.
+RULES: list[tuple[str, P]] = [
+    (r"^embed/embedding$", P("tensor", "fsdp")),
+    (r"^lm_head/kernel$", P("fsdp", "tensor")),
+    (r"^layers/attn/[qkv]/kernel$", P(None, "fsdp", "tensor")),
+    (r"^layers/attn/[qkv]/bias$", P(None, "tensor")),
+    (r"^layers/attn/o/kernel$", P(None, "tensor", "fsdp")),
+    (r"^layers/mlp/(gate|up)/kernel$", P(None, "fsdp", "tensor")),
+    (r"^layers/mlp/(gate|up)/bias$", P(None, "tensor")),
+    (r"^layers/mlp/down/kernel$", P(None, "tensor", "fsdp")),
+    (r".*", P()),  # norms, small biases: replicated
+]
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Any = None) -> Mesh:
+    """A mesh with axes (data, fsdp, tensor); one size may be -1 (all remaining devices)."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise ValueError("mesh: at most one of data, fsdp, tensor may be -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if any(s == 0 or s < -1 for s in sizes) or len(devices) % known:
+        raise ValueError(
+            f"mesh: data={data} fsdp={fsdp} tensor={tensor} does not fit {len(devices)} devices"
+        )
+    sizes = [len(devices) // known if s == -1 else s for s in sizes]
+    if math.prod(sizes) != len(devices):
+        raise ValueError(
+            f"mesh: data*fsdp*tensor = {math.prod(sizes)} but there are {len(devices)} devices"
+        )
+    return jax.make_mesh(tuple(sizes), AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+    """Drop mesh axes from dimensions they do not divide."""
+    out = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=False):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        size = math.prod(mesh.shape[a] for a in names)
+        out.append(axes if names and dim % size == 0 else None)
+    return P(*out)
+
+
+def param_specs(shapes: Any, mesh: Mesh, rules: list[tuple[str, P]] = RULES) -> Any:
+    """PartitionSpecs for a parameter tree (arrays or ShapeDtypeStructs), by path name."""
+
+    def spec(kp, x):
+        path = "/".join(str(getattr(k, "key", k)) for k in kp)
+        for pattern, s in rules:
+            if re.search(pattern, path):
+                return _fit(s, x.shape, mesh)
+        return P()
+
+    return jax.tree_util.tree_map_with_path(spec, shapes)
+
+
+def param_shardings(shapes: Any, mesh: Mesh, rules: list[tuple[str, P]] = RULES) -> Any:
+    """NamedShardings for a parameter tree."""
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs(shapes, mesh, rules))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Rows split over (data, fsdp); the other dimensions replicated."""
+    return NamedSharding(mesh, P(BATCH, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def data_shards(mesh: Mesh) -> int:
+    """How many ways the batch is split (rows must be a multiple of this)."""
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def put_local(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+    """Global arrays from this process's rows (all rows on one host), rows split over the mesh.
+
+    Scalars (0-d) are replicated and must be identical on every process.
+    """
+    out = {}
+    for k, v in batch.items():
+        v = np.asarray(v)
+        if v.ndim == 0:
+            out[k] = jax.device_put(v, replicated(mesh))
+        else:
+            out[k] = jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
+    return out
+
+
+def get_local(x: jax.Array) -> np.ndarray:
+    """This process's rows of a row-sharded global array (the whole array on one host)."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    spec = x.sharding.spec if isinstance(x.sharding, NamedSharding) else P()
+    local = multihost_utils.global_array_to_host_local_array(x, x.sharding.mesh, spec)
+    return np.asarray(local)

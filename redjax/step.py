@@ -1,0 +1,278 @@
+"""The RED train step: one pure function, jitted under the mesh.
+
+A batch holds N rows, each a left-padded prompt followed by a right-padded response: the
+model's own rollouts (online rows) and the teacher's traces (offline rows). The step scores the
+response tokens (log-probs, entropies), forms L = L_rl + lambda * L_ext, accumulates gradients
+over micro-batches, applies the optax update, then re-scores a probe subset with the new
+parameters to measure the entropy change the update caused on online and offline tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from redjax import objective, sharding
+from redjax.models import ModelConfig, forward, unembedding
+
+ROW_KEYS = ("prompt", "prompt_mask", "resp", "resp_mask")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    """Static knobs of the step (hashable); see DESIGN.md section 1 and redjax.config."""
+
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    agg: str = "token-mean"
+    norm_const: float | None = None
+    beta_kl: float = 0.0
+    entropy_coef: float = 0.0
+    gate_frac: float = 1.0
+    shaping_gamma: float | None = None
+    chunk: int = 1024
+    micro_batches: int = 1
+
+
+def make_optimizer(
+    lr: float,
+    total_steps: int,
+    *,
+    warmup_steps: int = 0,
+    min_lr_ratio: float = 0.1,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    clip_norm: float | None = 1.0,
+) -> optax.GradientTransformation:
+    """AdamW with linear warm-up then cosine decay, after global-norm clipping."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, lr, max(warmup_steps, 0), max(total_steps, warmup_steps + 1), lr * min_lr_ratio
+    )
+    adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    if clip_norm:
+        return optax.chain(optax.clip_by_global_norm(clip_norm), adamw)
+    return adamw
+
+
+def score(params: Any, cfg: ModelConfig, rows: dict, chunk: int) -> tuple[jax.Array, jax.Array]:
+    """Log-probs and entropies [N, C] of the response tokens, in float32 chunks."""
+    tokens = jnp.concatenate([rows["prompt"], rows["resp"]], axis=1)
+    mask = jnp.concatenate([rows["prompt_mask"], rows["resp_mask"]], axis=1)
+    hidden, _ = forward(params, cfg, tokens, mask=mask, hidden=True)
+    p, c = rows["prompt"].shape[1], rows["resp"].shape[1]
+    h = hidden[:, p - 1 : p + c - 1]  # the state before each response token predicts it
+    unembed = unembedding(params, cfg).astype(jnp.dtype(cfg.dtype))
+    return objective.token_stats_chunked(h, unembed, rows["resp"], chunk=chunk)
+
+
+def _micro(x: jax.Array, m: int) -> jax.Array:
+    """[N, ...] -> [m, N/m, ...] taking every m-th row, so each micro-batch stays spread over
+    the devices that hold the rows (no data movement)."""
+    return jnp.swapaxes(x.reshape(x.shape[0] // m, m, *x.shape[1:]), 0, 1)
+
+
+def _sum_stats(ent, mask, rows):
+    """Entropy sums and token counts on online and offline tokens of the given rows."""
+    on = mask * rows[:, None] * 1.0
+    return jnp.sum(ent * on), jnp.sum(on)
+
+
+def loss_fn(params, cfg: ModelConfig, sc: StepConfig, mb: dict, lam, counts: dict):
+    """L_rl + lam * L_ext on one micro-batch, normalised by the global counts."""
+    logp, ent = score(params, cfg, mb, sc.chunk)
+    resp_mask = mb["resp_mask"].astype(jnp.float32)
+    online = mb["online"]
+    on_mask = resp_mask * online[:, None]
+    off_mask = resp_mask * (~online)[:, None]
+    l_rl, m_rl = objective.rl_loss(
+        logp,
+        mb["old_logp"],
+        mb["adv"],
+        on_mask,
+        eps_low=sc.eps_low,
+        eps_high=sc.eps_high,
+        agg=sc.agg,
+        norm_const=sc.norm_const,
+        n_tokens=counts["on_tokens"],
+        n_seqs=counts["on_seqs"],
+        ref_logp=mb["ref_logp"] if sc.beta_kl else None,
+        beta_kl=sc.beta_kl,
+        entropy=ent,
+        entropy_coef=sc.entropy_coef,
+        gate_frac=sc.gate_frac,
+    )
+    l_ext, m_ext = objective.ext_loss(
+        logp,
+        mb["adv"],
+        mb["shift"],
+        off_mask,
+        gamma=sc.shaping_gamma,
+        n_tokens=counts["off_tokens"],
+    )
+    ent = jax.lax.stop_gradient(ent)
+    probe = mb["probe"]
+    aux = {
+        "loss_rl": l_rl,
+        "loss_ext": l_ext,
+        "clip_sum": m_rl["clip_sum"],
+        "kl_old_sum": m_rl["kl_old_sum"],
+        "ent_on_sum": jnp.sum(ent * on_mask),
+        "ent_off_sum": jnp.sum(ent * off_mask),
+        "off_logp_sum": m_ext["logp_sum"],
+        "probe_on": _sum_stats(ent, on_mask, probe),
+        "probe_off": _sum_stats(ent, off_mask, probe),
+    }
+    return l_rl + lam * l_ext, aux
+
+
+def _ratio(pair):
+    total, count = pair
+    return total / jnp.maximum(count, 1.0)
+
+
+def train_step(
+    state: dict,
+    batch: dict,
+    lam: jax.Array,
+    *,
+    cfg: ModelConfig,
+    sc: StepConfig,
+    tx: optax.GradientTransformation,
+) -> tuple[dict, dict]:
+    """One optimizer update on a full batch; returns the new state and scalar metrics."""
+    params = state["params"]
+    resp_mask = batch["resp_mask"].astype(jnp.float32)
+    online = batch["online"]
+    counts = {
+        "on_tokens": jnp.sum(resp_mask * online[:, None]),
+        "off_tokens": jnp.sum(resp_mask * (~online)[:, None]),
+        "on_seqs": jnp.sum(online & (resp_mask.sum(-1) > 0)).astype(jnp.float32),
+    }
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    one = lambda mb: grad_fn(params, cfg, sc, mb, lam, counts)  # ((loss, aux), grads)
+    rows = {k: v for k, v in batch.items() if not k.startswith("probe_")}
+    (loss, aux), grads = _accumulate(one, rows, sc.micro_batches)
+
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+
+    # Entropy probe: the same response tokens, re-scored with the updated parameters.
+    probe = {k: batch["probe_" + k] for k in (*ROW_KEYS, "online")}
+    _, ent_after = score(new_params, cfg, probe, sc.chunk)
+    p_mask = probe["resp_mask"].astype(jnp.float32)
+    after_on = _ratio(_sum_stats(ent_after, p_mask, probe["online"]))
+    after_off = _ratio(_sum_stats(ent_after, p_mask, ~probe["online"]))
+    before_on, before_off = _ratio(aux["probe_on"]), _ratio(aux["probe_off"])
+
+    n_on, n_off = counts["on_tokens"], counts["off_tokens"]
+    metrics = {
+        "loss": loss,
+        "loss_rl": aux["loss_rl"],
+        "loss_ext": aux["loss_ext"],
+        "lambda": lam,
+        "clip_frac": aux["clip_sum"] / jnp.maximum(n_on, 1.0),
+        "kl_old": aux["kl_old_sum"] / jnp.maximum(n_on, 1.0),
+        "entropy_on": aux["ent_on_sum"] / jnp.maximum(n_on, 1.0),
+        "entropy_off": aux["ent_off_sum"] / jnp.maximum(n_off, 1.0),
+        "offline_nll": -aux["off_logp_sum"] / jnp.maximum(n_off, 1.0),
+        "H_on_before": before_on,
+        "H_off_before": before_off,
+        "H_on_after": after_on,
+        "H_off_after": after_off,
+        "dH_on": after_on - before_on,
+        "dH_off": after_off - before_off,
+        "grad_norm": optax.tree.norm(grads),
+        "tokens_on": n_on,
+        "tokens_off": n_off,
+    }
+    new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}
+    return new_state, metrics
+
+
+def _accumulate(fn, batch: dict, m: int):
+    """Sum fn(micro_batch) over m micro-batches with a scan (fn itself when m == 1)."""
+    if m == 1:
+        return fn(batch)
+    micro = jax.tree.map(lambda x: _micro(x, m), batch)
+    shapes = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], micro))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    body = lambda acc, mb: (jax.tree.map(jnp.add, acc, fn(mb)), None)
+    return jax.lax.scan(body, zeros, micro)[0]
+
+
+def state_shardings(
+    param_shapes: Any, param_sh: Any, tx: optax.GradientTransformation, mesh: Mesh
+) -> dict:
+    """Shardings of the train state: optimizer moments follow their parameters."""
+    rep = sharding.replicated(mesh)
+    opt_shapes = jax.eval_shape(tx.init, param_shapes)
+    opt = optax.tree_map_params(
+        tx, lambda _, s: s, opt_shapes, param_sh, transform_non_params=lambda _: rep
+    )
+    return {"params": param_sh, "opt_state": opt, "step": rep}
+
+
+def init_state(params: Any, tx: optax.GradientTransformation, mesh: Mesh) -> tuple[dict, dict]:
+    """The train state (params, optimizer state, step) on the mesh, and its shardings."""
+    param_sh = jax.tree.map(lambda x: x.sharding, params)
+    sh = state_shardings(params, param_sh, tx, mesh)
+    opt_state = jax.jit(tx.init, out_shardings=sh["opt_state"])(params)
+    step = jax.device_put(jnp.zeros((), jnp.int32), sh["step"])
+    return {"params": params, "opt_state": opt_state, "step": step}, sh
+
+
+def jit_train_step(
+    cfg: ModelConfig, sc: StepConfig, tx: optax.GradientTransformation, state_sh: dict, mesh: Mesh
+):
+    """train_step jitted for the mesh; the state is donated and keeps its shardings."""
+    fn = functools.partial(train_step, cfg=cfg, sc=sc, tx=tx)
+    return jax.jit(fn, out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def jit_score(cfg: ModelConfig, chunk: int, micro_batches: int, mesh: Mesh):
+    """score() over rows in micro-batches, jitted: (params, rows) -> (logp, entropy) [N, C]."""
+
+    def fn(params, rows):
+        if micro_batches == 1:
+            return score(params, cfg, rows, chunk)
+        micro = jax.tree.map(lambda x: _micro(x, micro_batches), rows)
+        logp, ent = jax.lax.map(lambda mb: score(params, cfg, mb, chunk), micro)
+        unmicro = lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, x.shape[-1])
+        return unmicro(logp), unmicro(ent)
+
+    return jax.jit(fn, out_shardings=sharding.batch_sharding(mesh))
+
+
+def probe_rows(online: np.ndarray, fraction: float, multiple: int = 1, seed: int = 0) -> np.ndarray:
+    """Indices of the probe subset: `fraction` of the online and of the offline rows (at least
+    one of each kind present), evenly drawn, padded to a multiple of the data shards."""
+    rng = np.random.default_rng(seed)
+    picks = []
+    for kind in (True, False):
+        idx = np.flatnonzero(online == kind)
+        if len(idx):
+            k = max(1, int(np.ceil(fraction * len(idx))))
+            picks.append(np.sort(rng.choice(idx, k, replace=False)))
+    out = np.concatenate(picks) if picks else np.zeros(0, np.int64)
+    pad = -len(out) % multiple
+    rest = np.setdiff1d(np.arange(len(online)), out)
+    return np.concatenate([out, rest[:pad]]).astype(np.int32)
+
+
+def with_probe(rows: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Add the probe sub-batch (probe_* keys) and the per-row `probe` flag to host rows."""
+    out = dict(rows)
+    for k in (*ROW_KEYS, "online"):
+        out["probe_" + k] = rows[k][idx]
+    out["probe"] = np.zeros(len(rows["online"]), bool)
+    out["probe"][idx] = True
+    return out
