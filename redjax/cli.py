@@ -16,7 +16,14 @@ def _train(args: argparse.Namespace) -> None:
     from redjax import distributed, train
 
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-    train.run(args.config, args.overrides)
+    train.run(*_config_args(args))
+
+
+def _config_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """`redjax train a.b=1` has overrides but no config file: the first one is not a path."""
+    if args.config and "=" in args.config and not os.path.isfile(args.config):
+        return None, [args.config, *args.overrides]
+    return args.config, args.overrides
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -40,7 +47,7 @@ def _export(args: argparse.Namespace) -> None:
 def _plan(args: argparse.Namespace) -> None:
     from redjax import plan
 
-    plan.main(args)
+    plan.main(*_config_args(args), device_memory=args.device_memory)
 
 
 def _info(args: argparse.Namespace) -> None:

@@ -159,7 +159,15 @@ class Config:
     train: TrainCfg = field(default_factory=TrainCfg)
 
 
-DEFAULT_FILE = os.path.join(os.path.dirname(__file__), "default.yaml")
+def default_file() -> str:
+    """configs/default.yaml: beside the package in a checkout, inside it (redjax.configs) when
+    installed from a wheel."""
+    here = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "default.yaml")
+    if os.path.isfile(here):
+        return os.path.normpath(here)
+    import importlib.resources
+
+    return str(importlib.resources.files("redjax.configs") / "default.yaml")
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -233,7 +241,7 @@ def parse_overrides(items: list[str]) -> dict:
 def load(path: str | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults <- YAML file (default: the embedded default run) <- dotted overrides."""
     cfg = Config()
-    path = path or DEFAULT_FILE
+    path = path or default_file()
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path!r} not found")
     with open(path) as f:

@@ -1,0 +1,107 @@
+"""Orbax checkpoints of a run: train state (params, optimizer, step) plus host state as JSON
+(controller, data iterator, RNG seed, metrics position). Saves are atomic (Orbax writes a
+temporary folder and renames it), keep the last K, and work from every host of a slice."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+    """The checkpoints/ folder of a run."""
+
+    def __init__(self, directory: str, keep: int = 3):
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        )
+
+    def latest(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, host: dict) -> None:
+        """Write one checkpoint (asynchronously; `wait` blocks until it is on disk)."""
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)
+            ),
+            force=True,
+        )
+
+    def restore(self, step: int, like: Any) -> tuple[Any, dict]:
+        """(state, host) of checkpoint `step`; arrays take the shapes and shardings of `like`."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        out = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), host=ocp.args.JsonRestore()
+            ),
+        )
+        return out["state"], out["host"]
+
+    def restore_params(self, step: int | None, like: Any) -> Any:
+        """Only the parameters of a checkpoint (for export and evaluation)."""
+        step = self.latest() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        abstract = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, like)}
+        out = self.manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract, strict=False)),
+        )
+        return out["state"]["params"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def load_model(path: str, dtype: str = "float32", step: int | None = None) -> tuple[Any, Any, dict]:
+    """(Model, tokenizer, run settings) from a Hugging Face folder or a run folder.
+
+    A run folder (made by `redjax train`) holds model/ (config and tokenizer), checkpoints/ and
+    config.yaml; its parameters come from the latest (or given) checkpoint. The settings dict
+    carries how the run formatted prompts and scored answers, so evaluation matches training.
+    """
+    import yaml
+
+    from redjax.models import Model, from_pretrained, param_shapes, read_config
+    from redjax.tokenizer import load_tokenizer
+
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return from_pretrained(path, dtype), load_tokenizer(path), {}
+    model_dir = os.path.join(path, "model")
+    if not os.path.isdir(os.path.join(path, "checkpoints")) or not os.path.isdir(model_dir):
+        raise FileNotFoundError(
+            f"{path!r} is neither a Hugging Face model folder (no config.json) nor a redjax run "
+            "folder (no model/ and checkpoints/)"
+        )
+    cfg = read_config(model_dir, dtype=dtype, param_dtype=dtype)
+    ckpts = Checkpoints(os.path.join(path, "checkpoints"))
+    try:
+        like = jax.tree.map(
+            lambda s: jax.numpy.zeros(s.shape, s.dtype),
+            param_shapes(cfg.replace(param_dtype="float32")),
+        )
+        params = ckpts.restore_params(step, like)
+    finally:
+        ckpts.close()
+    params = jax.tree.map(lambda x: x.astype(dtype), params)
+    with open(os.path.join(path, "config.yaml")) as f:
+        run_cfg = yaml.safe_load(f)
+    settings = {
+        "prompt_suffix": run_cfg["data"]["prompt_suffix"],
+        "system": run_cfg["data"]["system"],
+        "chat": run_cfg["data"]["chat"],
+        "reward_fn": run_cfg["reward"]["fn"],
+    }
+    return Model(cfg, params), load_tokenizer(model_dir), settings

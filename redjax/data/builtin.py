@@ -1,0 +1,161 @@
+"""Built-in task: procedurally generated arithmetic word problems with exact answers.
+
+It lets the embedded default run train and evaluate with no download. Every record has a
+short worked solution ending in ``\\boxed{ANSWER}`` that serves as the offline trace.
+Which split a problem belongs to is a hash of its text, independent of the seed, so a
+held-out ("test") problem never appears in any train split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+
+DIFFICULTIES = ("easy", "medium", "hard")
+SPLITS = ("train", "test")
+TEST_PERCENT = 10  # share of all possible problems reserved for the held-out split
+
+# Word templates: text with {} for the numbers in order, and the operators between them.
+# The value is the expression with usual precedence (multiplication first).
+WORD_TEMPLATES = {
+    "medium": (
+        ("{} birds sit on a tree. {} more land and {} fly off. How many birds are there?", "+-"),
+        ("Ann has {} cards. She gets {} more and gives {} away. How many cards has she?", "+-"),
+        ("A shop had {} pens. It sold {} and got {} more. How many pens does it have?", "-+"),
+        ("Tom read {} pages, then {} pages, then {} pages. How many pages did he read?", "++"),
+    ),
+    "hard": (
+        (
+            "A box holds {} eggs. Sam buys {} boxes, breaks {} eggs and gets {} more. "
+            "How many eggs has he?",
+            "*-+",
+        ),
+        (
+            "{} kids each bring {} apples. They eat {} and buy {} more. How many apples are left?",
+            "*-+",
+        ),
+        (
+            "Mia has {} coins. She gets {} bags of {} coins each and spends {}. "
+            "How many coins has she?",
+            "+*-",
+        ),
+        (
+            "A hall has {} rows of {} chairs. {} chairs are added and {} removed. "
+            "How many chairs are there?",
+            "*+-",
+        ),
+    ),
+}
+
+
+def _in_test(prompt: str) -> bool:
+    """Whether a problem belongs to the held-out split (a stable hash of its text)."""
+    digest = hashlib.sha256(prompt.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % 100 < TEST_PERCENT
+
+
+def solve(numbers: list[int], ops: str) -> tuple[int, str] | None:
+    """Returns (value, worked solution) of the expression, or None if a step goes negative."""
+    nums, ops_left, steps = list(numbers), list(ops), []
+    while ops_left:
+        i = ops_left.index("*") if "*" in ops_left else 0
+        a, op, b = nums[i], ops_left[i], nums[i + 1]
+        value = a * b if op == "*" else a + b if op == "+" else a - b
+        if value < 0:
+            return None
+        steps.append(f"{a} {op} {b} = {value}.")
+        nums[i : i + 2] = [value]
+        del ops_left[i]
+    return nums[0], " ".join(steps) + f" \\boxed{{{nums[0]}}}"
+
+
+def _operands(rng: random.Random, ops: str, low: int) -> list[int]:
+    """Draws numbers for `ops`: small factors around '*', [low, 99] elsewhere."""
+    nums = [rng.randint(low, 99) for _ in range(len(ops) + 1)]
+    if "*" in ops:
+        i = ops.index("*")
+        nums[i], nums[i + 1] = rng.randint(2, 20), rng.randint(2, 9)
+    return nums
+
+
+def _draw(rng: random.Random, difficulty: str) -> tuple[str, int, str]:
+    """Draws one problem: (prompt, answer, solution)."""
+    while True:
+        if difficulty == "easy":
+            ops, template = "+", None
+            nums = _operands(rng, ops, low=0)
+        elif rng.random() < 0.5:
+            template, ops = rng.choice(WORD_TEMPLATES[difficulty])
+            nums = _operands(rng, ops, low=10)
+        else:
+            template = None
+            if difficulty == "medium":
+                ops = rng.choice("+-") + rng.choice("+-")
+            else:
+                ops = [rng.choice("+-") for _ in range(2)]
+                ops.insert(rng.randint(0, 2), "*")
+                ops = "".join(ops)
+            nums = _operands(rng, ops, low=10)
+        solved = solve(nums, ops)
+        if solved is None:
+            continue
+        if template is None:
+            expr = " ".join(f"{n} {op}" for n, op in zip(nums, ops, strict=False)) + f" {nums[-1]}"
+            prompt = f"What is {expr}?"
+        else:
+            prompt = template.format(*nums)
+        return prompt, solved[0], solved[1]
+
+
+def make_task(n: int, *, seed: int, split: str = "train", difficulty: str = "easy") -> list[dict]:
+    """Returns `n` problems as records {prompt, answer, solution, source}.
+
+    Train records may repeat; test records are distinct, and no test problem is ever a
+    train problem (the split is a hash of the problem text, whatever the seed).
+    """
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rng = random.Random(f"redjax-builtin/{difficulty}/{split}/{seed}")
+    want_test = split == "test"
+    records, seen, attempts = [], set(), 0
+    while len(records) < n:
+        attempts += 1
+        if attempts > 100 * n + 10_000:
+            raise ValueError(
+                f"could draw only {len(records)} distinct {split} problems of difficulty "
+                f"{difficulty!r}; ask for fewer"
+            )
+        prompt, answer, solution = _draw(rng, difficulty)
+        if _in_test(prompt) != want_test or (want_test and prompt in seen):
+            continue
+        seen.add(prompt)
+        records.append(
+            {
+                "prompt": prompt,
+                "answer": str(answer),
+                "solution": solution,
+                "source": f"builtin-{difficulty}",
+            }
+        )
+    return records
+
+
+def write_task(
+    dir: str, n_train: int, n_test: int, seed: int, difficulty: str = "easy"
+) -> dict[str, str]:
+    """Writes train.jsonl and test.jsonl of the built-in task to `dir`; returns their paths."""
+    os.makedirs(dir, exist_ok=True)
+    paths = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        path = os.path.join(dir, f"{split}.jsonl")
+        with open(path, "w", encoding="utf-8") as f:
+            for record in make_task(n, seed=seed, split=split, difficulty=difficulty):
+                f.write(json.dumps(record) + "\n")
+        paths[split] = path
+    return paths

@@ -1,0 +1,164 @@
+"""Evaluation: sampler + verifier over benchmark records -> pass@1, pass@k, response lengths.
+
+Used by the trainer (held-out accuracy every N steps) and by `redjax eval`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from redjax import sampler as sampling
+from redjax.data.pipeline import encode_prompts
+from redjax.tokenizer import eos_ids
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def evaluate(
+    params: Any,
+    cfg: Any,
+    tokenizer: Any,
+    records: list[dict],
+    verifier: Any,
+    *,
+    k: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 512,
+    batch_size: int = 32,
+    prompt_suffix: str = "",
+    chat: bool = True,
+    system: str | None = None,
+    seed: int = 0,
+    mesh: Any = None,
+    keep_samples: int = 0,
+) -> dict:
+    """Score k samples per record. Returns overall and per-source pass@1, pass@k, lengths."""
+    sp = sampling.SamplingParams(
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        eos_ids=tuple(eos_ids(tokenizer)),
+    )
+    batches = encode_prompts(
+        records,
+        tokenizer,
+        batch_size=batch_size,
+        prompt_suffix=prompt_suffix,
+        chat=chat,
+        system=system,
+    )
+    correct, lengths, sources, samples = [], [], [], []
+    for i, batch in enumerate(batches):
+        ro = sampling.sample(
+            params,
+            cfg,
+            batch["prompt_ids"],
+            batch["prompt_mask"],
+            num_samples=k,
+            sp=sp,
+            seed=seed + i,
+            tokenizer=tokenizer,
+            mesh=mesh,
+        )
+        golds = [a for a in batch["answer"] for _ in range(k)]
+        scores = verifier.score(ro.text, golds).reshape(-1, k)
+        for j in np.flatnonzero(batch["valid"]):
+            correct.append(scores[j] >= 0.5)
+            lengths.append(ro.lengths[j * k : (j + 1) * k])
+            sources.append(batch["source"][j])
+            if len(samples) < keep_samples:
+                samples.append(
+                    {
+                        "prompt": batch["prompt"][j],
+                        "completion": ro.text[j * k],
+                        "answer": batch["answer"][j],
+                        "reward": float(scores[j, 0]),
+                    }
+                )
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(sources):
+        groups[s or "all"].append(i)
+
+    def summary(idx: list[int]) -> dict:
+        c = [int(correct[i].sum()) for i in idx]
+        return {
+            "problems": len(idx),
+            "pass@1": float(np.mean([x / k for x in c])),
+            f"pass@{k}": float(np.mean([pass_at_k(k, x, k) for x in c])),
+            "mean_length": float(np.mean([lengths[i].mean() for i in idx])),
+        }
+
+    out = summary(list(range(len(correct))))
+    out["k"] = k
+    out["by_source"] = {s: summary(idx) for s, idx in sorted(groups.items())}
+    out["samples"] = samples
+    return out
+
+
+def table(results: dict) -> str:
+    """A markdown table: one row per source, then the total."""
+    k = results["k"]
+    cols = (
+        ["problems", "pass@1", f"pass@{k}", "mean_length"]
+        if k > 1
+        else ["problems", "pass@1", "mean_length"]
+    )
+    lines = ["| source | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    rows = list(results["by_source"].items())
+    if len(rows) > 1 or not rows:
+        rows.append(("all", results))
+    for name, r in rows:
+        cells = [str(r["problems"])] + [f"{r[c]:.3f}" for c in cols[1:-1]]
+        cells.append(f"{r['mean_length']:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> None:
+    """`redjax eval`: load a model folder or run folder, score benchmark files, print a table."""
+    from redjax import checkpoint, rewards
+    from redjax.data import load_records
+
+    model, tokenizer, extra = checkpoint.load_model(args.model, dtype=args.dtype)
+    records = []
+    for path in args.data:
+        recs = load_records(path, fields=args.fields)
+        records += recs[: args.limit] if args.limit else recs
+    temperature = args.temperature
+    if temperature is None:
+        temperature = 0.0 if args.k == 1 else 0.6
+    suffix = extra.get("prompt_suffix", "") if args.prompt_suffix is None else args.prompt_suffix
+    with rewards.Verifier(extra.get("reward_fn", "math")) as verifier:
+        results = evaluate(
+            model.params,
+            model.cfg,
+            tokenizer,
+            records,
+            verifier,
+            k=args.k,
+            temperature=temperature,
+            top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            prompt_suffix=suffix,
+            chat=not args.raw,
+            system=extra.get("system"),
+            seed=args.seed,
+        )
+    print(table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"results written to {args.json}")
