@@ -70,8 +70,8 @@ def score(params: Any, cfg: ModelConfig, rows: dict, chunk: int) -> tuple[jax.Ar
     hidden, _ = forward(params, cfg, tokens, mask=mask, hidden=True)
     p, c = rows["prompt"].shape[1], rows["resp"].shape[1]
     h = hidden[:, p - 1 : p + c - 1]  # the state before each response token predicts it
-    unembed = unembedding(params, cfg).astype(jnp.dtype(cfg.dtype))
-    return objective.token_stats_chunked(h, unembed, rows["resp"], chunk=chunk)
+    # The unembedding stays in its parameter dtype: its gradient accumulates over chunks there.
+    return objective.token_stats_chunked(h, unembedding(params, cfg), rows["resp"], chunk=chunk)
 
 
 def _micro(x: jax.Array, m: int) -> jax.Array:

@@ -27,7 +27,7 @@ from redjax.data import load_records, make_task
 from redjax.data.pipeline import bucket, default_buckets, make_loader
 from redjax.models import ModelConfig, from_pretrained, init_params, param_shapes
 from redjax.models.hf import config_to_hf
-from redjax.tokenizer import end_id, eos_ids, load_tokenizer, make_char_tokenizer
+from redjax.tokenizer import eos_ids, load_tokenizer, make_char_tokenizer
 
 log = logging.getLogger("redjax")
 
@@ -322,9 +322,9 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
 
             # 3. Controller: group advantages, per-prompt shift, lambda.
             if online:
-                adv, adv_off, acc, shift = ctrl.advantages(rew, off_rew, has_off)
+                adv, adv_off, _acc, shift = ctrl.advantages(rew, off_rew, has_off)
             else:  # SFT: teacher traces with unit advantage, no policy shift
-                adv, acc = rew, np.zeros(b)
+                adv = rew
                 adv_off, shift = has_off.astype(np.float32), np.zeros(b, np.float32)
             lam = ctrl.lam if has_off.any() else 0.0
 
