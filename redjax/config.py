@@ -1,7 +1,7 @@
 """Typed configuration: every knob, its default and its allowed values, in one place.
 
-A config is built from the dataclass defaults, then a YAML file, then dotted `key=value`
-overrides. Unknown keys and bad values are rejected with one line naming the key and what is
+A config is built from the dataclass defaults, then a YAML file (which may start from another
+with `base: other.yaml`), then dotted `key=value` overrides. Unknown keys and bad values are rejected with one line naming the key and what is
 allowed. configs/default.yaml is the embedded default run.
 """
 
@@ -193,6 +193,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         raise ValueError(errors[0])
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 3e-3 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp is bool and isinstance(value, bool):
@@ -238,21 +243,35 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def load(path: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML file (default: the embedded default run) <- dotted overrides."""
-    cfg = Config()
-    path = path or default_file()
+def _chain(path: str, seen: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
+    """The YAML files to merge, base first: a file may name another in `base:` (relative)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path!r} not found")
+    if path in seen:
+        raise ValueError(f"{path}: circular base: chain {' -> '.join(seen)}")
     with open(path) as f:
         try:
             data = yaml.safe_load(f) or {}
         except yaml.YAMLError as e:
             raise ValueError(f"{path}: invalid YAML ({e})") from None
-    try:
-        _merge(cfg, data)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return [(path, data)]
+    base = os.path.join(os.path.dirname(path), base)
+    return [*_chain(os.path.normpath(base), (*seen, path)), (path, data)]
+
+
+def load(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file (default: the embedded default run) <- dotted overrides."""
+    cfg = Config()
+    path = path or default_file()
+    for file, data in _chain(path):
+        try:
+            _merge(cfg, data)
+        except ValueError as e:
+            raise ValueError(f"{file}: {e}") from None
     _merge(cfg, parse_overrides(overrides or []))
     validate(cfg)
     return cfg

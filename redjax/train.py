@@ -166,7 +166,7 @@ def mean(x: Any) -> float:
 def run(config_path: str | None = None, overrides: list[str] | None = None) -> dict:
     """Train (or resume) one run; returns the final evaluation results."""
     cfg = config.load(config_path, overrides)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _console_log()
     main_proc = jax.process_index() == 0
     run_dir = os.path.abspath(cfg.train.run_dir)
     model_dir = os.path.join(run_dir, "model")  # config + tokenizer, for export and eval
@@ -474,6 +474,16 @@ def run_eval(cfg, params, model_cfg, tokenizer, records, verifier, mesh, logger,
     logger.samples(step_, [{**s, "eval": True} for s in res["samples"]])
     log.info("step %d: held-out pass@1 %.3f on %d problems", step_, res["pass@1"], res["problems"])
     return res
+
+
+def _console_log() -> None:
+    """redjax's own info lines on the console (JAX and absl may own the root logger)."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 def _progress(total: int, start: int, enabled: bool):
