@@ -14,6 +14,18 @@ OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 N_OPS = {"easy": 1, "medium": 2, "hard": 3}
 
 
+COLUMNS = re.compile(r"(\d)\+(\d)=(\d+), (\d)\+(\d)\+([01])=(\d+)\. \\boxed\{(\d+)\}")
+
+
+def check_columns(prompt: str, answer: int, solution: str) -> None:
+    """Easy problems: column addition, ones then tens with the carry."""
+    a, b = (int(x) for x in re.findall(r"\d+", prompt))
+    a0, b0, ones, a1, b1, carry, tens, boxed = map(int, COLUMNS.fullmatch(solution).groups())
+    assert (a0, a1, b0, b1) == (a % 10, a // 10, b % 10, b // 10)
+    assert ones == a0 + b0 and carry == ones // 10 and tens == a1 + b1 + carry
+    assert boxed == answer == a + b == 10 * tens + ones % 10
+
+
 def check_record(record: dict, difficulty: str) -> None:
     """Recomputes the answer from the prompt and every solution step with Python arithmetic."""
     prompt, answer, solution = record["prompt"], int(record["answer"]), record["solution"]
@@ -22,6 +34,9 @@ def check_record(record: dict, difficulty: str) -> None:
     plain = re.fullmatch(r"What is ([-+* \d]+)\?", prompt)
     if plain:
         assert eval(plain.group(1)) == answer  # the expression with Python's precedence
+    if difficulty == "easy":
+        check_columns(prompt, answer, solution)
+        return
     steps = [(int(a), op, int(b), int(c)) for a, op, b, c in STEP.findall(solution)]
     assert len(steps) == N_OPS[difficulty]
     for a, op, b, c in steps:

@@ -71,6 +71,16 @@ def solve(numbers: list[int], ops: str) -> tuple[int, str] | None:
     return nums[0], " ".join(steps) + f" \\boxed{{{nums[0]}}}"
 
 
+def column_solution(a: int, b: int) -> str:
+    """Column addition of two numbers below 100, ones then tens with the carry, e.g.
+    54 + 59: "4+9=13, 5+5+1=11. \\boxed{113}". Each written digit is a small local step, which
+    a tiny model learns from a few thousand traces (a bare "54 + 59 = 113" takes far longer)."""
+    (a1, a0), (b1, b0) = divmod(a, 10), divmod(b, 10)
+    ones = a0 + b0
+    tens = a1 + b1 + ones // 10
+    return f"{a0}+{b0}={ones}, {a1}+{b1}+{ones // 10}={tens}. \\boxed{{{a + b}}}"
+
+
 def _operands(rng: random.Random, ops: str, low: int) -> list[int]:
     """Draws numbers for `ops`: small factors around '*', [low, 99] elsewhere."""
     nums = [rng.randint(low, 99) for _ in range(len(ops) + 1)]
@@ -101,6 +111,8 @@ def _draw(rng: random.Random, difficulty: str) -> tuple[str, int, str]:
         solved = solve(nums, ops)
         if solved is None:
             continue
+        if difficulty == "easy":
+            solved = (solved[0], column_solution(*nums))
         if template is None:
             expr = " ".join(f"{n} {op}" for n, op in zip(nums, ops, strict=False)) + f" {nums[-1]}"
             prompt = f"What is {expr}?"
