@@ -1,2 +1,3 @@
 import importlib.metadata as _m
+
 __version__ = _m.version("redjax")

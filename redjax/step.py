@@ -39,6 +39,7 @@ class StepConfig:
     shaping_gamma: float | None = None
     chunk: int = 1024
     micro_batches: int = 1
+    probe: bool = True  # re-score probe rows after the update (the controller's entropy deltas)
 
 
 def make_optimizer(
@@ -166,12 +167,14 @@ def train_step(
     new_params = optax.apply_updates(params, updates)
 
     # Entropy probe: the same response tokens, re-scored with the updated parameters.
-    probe = {k: batch["probe_" + k] for k in (*ROW_KEYS, "online")}
-    _, ent_after = score(new_params, cfg, probe, sc.chunk)
-    p_mask = probe["resp_mask"].astype(jnp.float32)
-    after_on = _ratio(_sum_stats(ent_after, p_mask, probe["online"]))
-    after_off = _ratio(_sum_stats(ent_after, p_mask, ~probe["online"]))
     before_on, before_off = _ratio(aux["probe_on"]), _ratio(aux["probe_off"])
+    after_on = after_off = jnp.float32(jnp.nan)
+    if sc.probe:
+        probe = {k: batch["probe_" + k] for k in (*ROW_KEYS, "online")}
+        _, ent_after = score(new_params, cfg, probe, sc.chunk)
+        p_mask = probe["resp_mask"].astype(jnp.float32)
+        after_on = _ratio(_sum_stats(ent_after, p_mask, probe["online"]))
+        after_off = _ratio(_sum_stats(ent_after, p_mask, ~probe["online"]))
 
     n_on, n_off = counts["on_tokens"], counts["off_tokens"]
     metrics = {

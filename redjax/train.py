@@ -212,6 +212,7 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
         shaping_gamma=cfg.red.shaping_gamma,
         chunk=cfg.train.chunk,
         micro_batches=o.micro_batches,
+        probe=cfg.red.offline and cfg.rollout.online,  # entropy deltas drive lambda
     )
     updates = cfg.train.steps * o.minibatches
     tx = step.make_optimizer(

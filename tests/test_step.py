@@ -71,7 +71,7 @@ def single():
 def test_sharded_step_matches_one_device(single, shape):
     mesh = sharding.make_mesh(*shape)
     params, metrics, new = run(mesh, host_rows())
-    assert_close(metrics, single[1])
+    assert_close(metrics, single[1], atol=1e-5)  # loss terms cancel: an absolute floor
     assert_close(params, single[0])
     if shape[2] > 1:  # tensor parallel: q heads really are split
         q = new["params"]["layers"]["attn"]["q"]["kernel"]

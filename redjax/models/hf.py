@@ -55,7 +55,9 @@ def _logits(params, cfg, tokens, mask):
     return forward(params, cfg, tokens, mask=mask)[0]
 
 
-def config_from_hf(hf: Any, *, dtype: str = "float32", param_dtype: str | None = None) -> ModelConfig:
+def config_from_hf(
+    hf: Any, *, dtype: str = "float32", param_dtype: str | None = None
+) -> ModelConfig:
     """ModelConfig from a transformers config object (Llama, Qwen2, Qwen3)."""
     arch = getattr(hf, "model_type", None)
     if arch not in SUPPORTED:
@@ -69,6 +71,12 @@ def config_from_hf(hf: Any, *, dtype: str = "float32", param_dtype: str | None =
     if not rope:
         rope = dict(getattr(hf, "rope_scaling", None) or {})
     rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "linear", "llama3"):
+        raise ValueError(
+            f"unsupported rope_type {rope_type!r}: redjax supports default, linear and llama3"
+        )
+    if getattr(hf, "use_sliding_window", False):
+        raise ValueError("unsupported use_sliding_window=true: redjax has full attention only")
     bias = bool(getattr(hf, "attention_bias", False))
     extra = {k: getattr(hf, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
     return ModelConfig(
@@ -138,6 +146,10 @@ def _to_hf(path: tuple[str, ...], x: np.ndarray) -> np.ndarray:
     return x.T if path[-1] == "kernel" else x  # Dense kernels are [in, out]; torch stores [out, in]
 
 
+def _hf_shape(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(reversed(shape)) if path[-1] == "kernel" else tuple(shape)
+
+
 def _key_path(kp) -> tuple[str, ...]:
     return tuple(k.key for k in kp)
 
@@ -185,14 +197,17 @@ class _Reader:
     """Reads single tensors by name from a folder's memory-mapped safetensors files."""
 
     def __init__(self, path: str):
+        self.path = path
         self.files = _tensor_files(path)
         self.maps: dict[str, dict[str, np.ndarray]] = {}
 
     def __call__(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         file = self.files.get(name)
         if file is None:
-            raise ValueError(f"tensor {name!r} is missing from the checkpoint in {os.path.dirname(next(iter(self.files.values())))!r}")
+            raise ValueError(f"{self.path}: tensor {name!r} is missing from the checkpoint")
         if file not in self.maps:
+            if not os.path.isfile(file):
+                raise FileNotFoundError(f"{file} not found (it holds tensor {name!r})")
             self.maps[file] = dict(safetensors_io.iter_tensors(file))
         arr = self.maps[file].get(name)
         if arr is None:
@@ -217,22 +232,28 @@ def load_params(
     read = _Reader(path)
     shapes = param_shapes(cfg)
     flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
-    shard_leaves = (
-        [None] * len(flat) if shardings is None else jax.tree_util.tree_leaves(shardings)
-    )
+    if shardings is None:
+        shard_leaves = [None] * len(flat)
+    else:
+        try:
+            shard_leaves = treedef.flatten_up_to(shardings)
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                f"shardings do not match the parameter tree of {path!r}: {e}"
+            ) from None
     out = []
     for (kp, spec), sharding in zip(flat, shard_leaves, strict=True):
         p = _key_path(kp)
         if p[0] == "layers":
             host = np.empty(spec.shape, spec.dtype)
             for i in range(cfg.num_layers):
-                t = read(hf_name(p, i), _to_hf(p, np.empty(spec.shape[1:], bool)).shape)
-                host[i] = _to_hf(p, t)
+                host[i] = _to_hf(p, read(hf_name(p, i), _hf_shape(p, spec.shape[1:])))
         else:
-            t = read(hf_name(p), _to_hf(p, np.empty(spec.shape, bool)).shape)
-            host = np.asarray(_to_hf(p, t), spec.dtype)
+            # a copy: jax may otherwise alias the read-only file mapping (params would then
+            # change, or crash, when the checkpoint file is rewritten in place)
+            host = np.array(_to_hf(p, read(hf_name(p), _hf_shape(p, spec.shape))), spec.dtype)
         if sharding is None:
-            out.append(jnp.asarray(host))
+            out.append(jax.device_put(host))
         else:
             out.append(jax.make_array_from_callback(spec.shape, sharding, lambda i, h=host: h[i]))
         del host

@@ -49,7 +49,10 @@ def iter_tensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
         if dtype is None:
             raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
         lo, hi = info["data_offsets"]
-        yield name, mm[start + lo : start + hi].view(dtype).reshape(info["shape"])
+        shape = info["shape"]
+        if hi - lo != np.dtype(dtype).itemsize * int(np.prod(shape)) or start + hi > mm.size:
+            raise ValueError(f"{path}: tensor {name!r} has bad offsets (file truncated?)")
+        yield name, mm[start + lo : start + hi].view(dtype).reshape(shape)
 
 
 def write(path: str, tensors: dict[str, np.ndarray], metadata: dict | None = None) -> None:
@@ -57,6 +60,8 @@ def write(path: str, tensors: dict[str, np.ndarray], metadata: dict | None = Non
     header: dict = {"__metadata__": metadata or {"format": "pt"}}
     offset = 0
     for name, arr in tensors.items():
+        if np.dtype(arr.dtype) not in NAMES:
+            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {arr.dtype}")
         nbytes = arr.size * arr.dtype.itemsize
         header[name] = {
             "dtype": NAMES[np.dtype(arr.dtype)],

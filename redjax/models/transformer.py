@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-Cache = dict[str, Array]  # k, v: [layers, batch, slots, kv_heads, head_dim]; mask: [batch, slots]; index: []
+# k, v: [layers, batch, slots, kv_heads, head_dim]; mask: [batch, slots]; index: []
+Cache = dict[str, Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +56,10 @@ class ModelConfig:
         d, h, kv, hd = self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
         attn = d * hd * (h + 2 * kv) + h * hd * d
         attn += hd * (h + 2 * kv) if self.qkv_bias else 0
+        attn += d if self.o_bias else 0
         attn += 2 * hd if self.qk_norm else 0
         mlp = 3 * d * self.intermediate_size
+        mlp += 2 * self.intermediate_size + d if self.mlp_bias else 0
         per_layer = attn + mlp + 2 * d
         embed = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return self.num_layers * per_layer + embed + d
@@ -118,7 +121,11 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         h, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         dense = lambda n, bias, name: nn.Dense(
-            n, use_bias=bias, dtype=dtype, param_dtype=pdtype, name=name,
+            n,
+            use_bias=bias,
+            dtype=dtype,
+            param_dtype=pdtype,
+            name=name,
             kernel_init=nn.initializers.normal(0.02),
         )
         q = dense(h * hd, cfg.qkv_bias, "q")(x).reshape(b, t, h, hd)
@@ -154,8 +161,11 @@ class MLP(nn.Module):
     def __call__(self, x):
         cfg = self.cfg
         dense = lambda n, name: nn.Dense(
-            n, use_bias=cfg.mlp_bias, dtype=jnp.dtype(cfg.dtype),
-            param_dtype=jnp.dtype(cfg.param_dtype), name=name,
+            n,
+            use_bias=cfg.mlp_bias,
+            dtype=jnp.dtype(cfg.dtype),
+            param_dtype=jnp.dtype(cfg.param_dtype),
+            name=name,
             kernel_init=nn.initializers.normal(0.02),
         )
         gate = dense(cfg.intermediate_size, "gate")(x)
@@ -202,13 +212,16 @@ class Transformer(nn.Module):
     ) -> tuple[Array, Cache | None]:
         cfg = self.cfg
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        if mask is None:
-            mask = jnp.ones(tokens.shape, bool)
+        mask = jnp.ones(tokens.shape, bool) if mask is None else jnp.asarray(mask, bool)
         if positions is None:  # count valid tokens, continuing after those already cached
             seen = 0 if cache is None else jnp.sum(cache["mask"], axis=-1, keepdims=True)
             positions = jnp.maximum(seen + jnp.cumsum(mask, axis=-1) - 1, 0)
         embed = nn.Embed(
-            cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=pdtype, name="embed",
+            cfg.vocab_size,
+            cfg.hidden_size,
+            dtype=dtype,
+            param_dtype=pdtype,
+            name="embed",
             embedding_init=nn.initializers.normal(0.02),
         )
         x = embed(tokens)
@@ -235,15 +248,23 @@ class Transformer(nn.Module):
 
         new_cache = None
         if cache is not None:
-            new_cache = {"k": new_kv[0], "v": new_kv[1], "mask": kv_mask,
-                         "index": index + tokens.shape[1]}
+            new_cache = {
+                "k": new_kv[0],
+                "v": new_kv[1],
+                "mask": kv_mask,
+                "index": index + tokens.shape[1],
+            }
         if hidden:
             return x, new_cache
         if cfg.tie_embeddings:
             logits = embed.attend(x)
         else:
             logits = nn.Dense(
-                cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=pdtype, name="lm_head",
+                cfg.vocab_size,
+                use_bias=False,
+                dtype=dtype,
+                param_dtype=pdtype,
+                name="lm_head",
                 kernel_init=nn.initializers.normal(0.02),
             )(x)
         return logits, new_cache
@@ -292,6 +313,4 @@ def forward(
     hidden: bool = False,
 ) -> tuple[Array, Cache | None]:
     """Pure forward pass: (logits or hidden states, updated cache or None)."""
-    return Transformer(cfg).apply(
-        {"params": params}, tokens, positions, mask, cache, hidden
-    )
+    return Transformer(cfg).apply({"params": params}, tokens, positions, mask, cache, hidden)
