@@ -1,0 +1,85 @@
+"""Reward functions by name: built-ins ("math", "format") or a user's "package.module:function"."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from redjax.rewards.extract import format_reward
+
+RewardFn = Callable[[str, str], float]
+
+
+def _format_think(completion: str, gold: str) -> float:
+    """The format reward with the "<think>...</think>" form required."""
+    return format_reward(completion, think=True)
+
+
+def _format(completion: str, gold: str) -> float:
+    """The format reward: 1 if the answer is boxed."""
+    return format_reward(completion)
+
+
+def _builtin(name: str) -> RewardFn | None:
+    """A built-in reward; "math" imports sympy only when asked for."""
+    if name == "math":
+        from redjax.rewards.math import math_reward
+
+        return math_reward
+    return {"format": _format, "format_think": _format_think}.get(name)
+
+
+BUILTIN_NAMES = ("math", "format", "format_think")
+
+
+def get_reward_fn(name: str) -> RewardFn:
+    """The reward function `(completion, gold) -> float` named by a built-in or a dotted path."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"reward name must be a non-empty string, got {name!r}")
+    if name in BUILTIN_NAMES:
+        return _builtin(name)
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+    else:
+        module_name, _, attr = name.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(
+            f"unknown reward {name!r}: use one of {list(BUILTIN_NAMES)} or a path "
+            "'package.module:function' / 'package.module.function'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:
+        raise ValueError(f"reward {name!r}: cannot import module {module_name!r}: {err}") from err
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise ValueError(f"reward {name!r}: module {module_name!r} has no attribute {attr!r}")
+    if not callable(fn):
+        raise ValueError(f"reward {name!r}: {attr!r} in {module_name!r} is not callable")
+    return fn
+
+
+def reward_path(fn: RewardFn | str) -> str:
+    """A name that worker processes can import for `fn` (a name is returned unchanged)."""
+    if isinstance(fn, str):
+        return fn
+    for name in BUILTIN_NAMES:
+        if fn is _builtin(name):
+            return name
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qualname:
+        raise ValueError(
+            f"reward function {fn!r} cannot be imported by worker processes (defined in "
+            "__main__, a lambda or a local function): move it to a module and pass "
+            "'package.module:function', or use workers=0"
+        )
+    path = f"{module}:{qualname}"
+    try:
+        ok = get_reward_fn(path) is fn
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"reward function {fn!r} is not importable as {path!r}; use workers=0")
+    return path

@@ -1,0 +1,31 @@
+"""Custom rewards for the Verifier tests, importable by worker processes as "_reward_plugins:NAME"."""
+
+import os
+import signal
+import sys
+import time
+
+
+def exact(completion: str, gold: str) -> float:
+    """1 if the completion equals the gold string."""
+    return float(completion == gold)
+
+
+def misbehave(completion: str, gold: str) -> float:
+    """Acts out the failure named in the completion, else compares exactly."""
+    if completion == "SLEEP":
+        time.sleep(10_000)
+    if completion == "EXIT":
+        os._exit(1)
+    if completion == "SEGV":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if completion == "RAISE":
+        raise RuntimeError("reward failed on purpose")
+    if completion == "NAN":
+        return float("nan")
+    return float(completion == gold)
+
+
+def has_jax(completion: str, gold: str) -> float:
+    """1 if JAX was imported into the worker process (it must not be)."""
+    return float("jax" in sys.modules)
