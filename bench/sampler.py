@@ -1,0 +1,209 @@
+"""Decode throughput of the redjax sampler vs transformers `generate`, and the bandwidth floor.
+
+Both run greedy on the same random-weight model (Qwen2 architecture), the same prompts and the
+same number of new tokens, in this process. Decode throughput is (new tokens - 1) x batch over
+the time of a full run minus the time of a one-token run (prefill + first token). The floor is
+the time to read, once per decode step, the weights and the KV cache of the real context from
+memory at the device's bandwidth (--bandwidth, or a per-device default; on CPU a measured numpy
+memcpy).
+
+    python bench/sampler.py                        # tiny model on CPU, about a minute
+    python bench/sampler.py --size qwen2.5-0.5b --batch 32 --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+SIZES = {
+    "tiny": dict(
+        vocab_size=8192, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+    ),
+    "qwen2.5-0.5b": dict(
+        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+        num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True,
+    ),
+}  # fmt: skip
+BANDWIDTH = {  # bytes/s of device memory, by substring of jax's device_kind
+    "H200": 4.8e12,
+    "H100": 3.35e12,
+    "A100": 2.0e12,
+    "L4": 3.0e11,
+    "TPU v4": 1.2e12,
+    "TPU v5 lite": 8.19e11,
+    "TPU v5e": 8.19e11,
+    "TPU v5p": 2.76e12,
+    "TPU v6": 1.64e12,
+}
+
+
+def memcpy_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
+    """Host memory bandwidth (bytes read + written per second) of a numpy copy."""
+    src = np.ones(nbytes // 4, np.float32)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * nbytes / best
+
+
+def device_bandwidth(flag: float | None) -> tuple[float, str]:
+    import jax
+
+    if flag:
+        return flag, "--bandwidth"
+    kind = jax.devices()[0].device_kind
+    for name, bw in BANDWIDTH.items():
+        if name.lower() in kind.lower():
+            return bw, f"spec sheet ({name})"
+    if jax.default_backend() == "cpu":
+        return memcpy_bandwidth(), "numpy memcpy"
+    raise SystemExit(f"no default bandwidth for device {kind!r}: pass --bandwidth B/s")
+
+
+def floor_step_seconds(cfg, batch: int, context: float, bandwidth: float) -> float:
+    """Seconds to read the weights once and the KV cache of `context` tokens per row."""
+    size = np.dtype(cfg.param_dtype).itemsize
+    weights = cfg.num_params * size
+    if not cfg.tie_embeddings:  # the input embedding is gathered (batch rows), not streamed
+        weights -= cfg.vocab_size * cfg.hidden_size * size
+    kv = 2 * cfg.num_layers * batch * context * cfg.num_kv_heads * cfg.head_dim
+    kv *= np.dtype(cfg.dtype).itemsize
+    return (weights + kv) / bandwidth
+
+
+def timed(fn, repeats: int) -> float:
+    """Median wall time of fn() after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", default="tiny", choices=sorted(SIZES))
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--bandwidth", type=float, default=None, help="device bytes/s (default: known)")
+    p.add_argument("--skip-torch", action="store_true", help="only time redjax")
+    p.add_argument("--cpu-threads", type=int, default=1, help="on CPU: threads of each library")
+    args = p.parse_args()
+
+    import torch
+
+    on_cpu = not torch.cuda.is_available()
+    if on_cpu:  # same thread budget for both libraries (and no oversubscription on busy hosts)
+        torch.set_num_threads(args.cpu_threads)
+        if args.cpu_threads == 1:
+            os.environ["XLA_FLAGS"] = (
+                os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+            )
+    import jax
+    import transformers
+
+    from redjax.models import from_pretrained
+    from redjax.sampler import SamplingParams, sample
+
+    torch.manual_seed(0)
+    hf_cfg = transformers.Qwen2Config(
+        **SIZES[args.size], max_position_embeddings=32768,
+        bos_token_id=None, eos_token_id=None, pad_token_id=0,
+    )  # fmt: skip
+    torch_dtype = getattr(torch, args.dtype)
+    torch_device = "cpu" if on_cpu else "cuda"
+    hf = transformers.AutoModelForCausalLM.from_config(hf_cfg).to(torch_dtype).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        model = from_pretrained(tmp, args.dtype)
+    hf = hf.to(torch_device)
+    cfg, b, n = model.cfg, args.batch, args.new_tokens
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, cfg.vocab_size, (b, args.prompt_len)).astype(np.int32)
+    mask = np.ones(ids.shape, bool)
+
+    def jax_run(new):
+        sp = SamplingParams(temperature=0, max_new_tokens=new)
+        return sample(model.params, cfg, ids, mask, num_samples=1, sp=sp, seed=0)
+
+    rows = []
+    t1, tn = timed(lambda: jax_run(1), args.repeats), timed(lambda: jax_run(n), args.repeats)
+    ours = jax_run(n).tokens
+    rows.append(("redjax sample", t1, tn))
+    match = None
+    if not args.skip_torch:
+        x = torch.tensor(ids, dtype=torch.long, device=torch_device)
+        am = torch.ones_like(x)
+
+        def torch_run(new):
+            with torch.no_grad():
+                out = hf.generate(
+                    input_ids=x, attention_mask=am, do_sample=False, max_new_tokens=new,
+                    min_new_tokens=new, pad_token_id=0,
+                )  # fmt: skip
+            if torch_device == "cuda":
+                torch.cuda.synchronize()
+            return out
+
+        t1_t, tn_t = (
+            timed(lambda: torch_run(1), args.repeats),
+            timed(lambda: torch_run(n), args.repeats),
+        )
+        rows.append(("transformers generate", t1_t, tn_t))
+        theirs = torch_run(n)[:, ids.shape[1] :].cpu().numpy()
+        match = float((theirs == ours).mean())
+
+    bandwidth, source = device_bandwidth(args.bandwidth)
+    step = floor_step_seconds(cfg, b, args.prompt_len + n / 2, bandwidth)
+    floor = b / step
+    dev = jax.devices()[0]
+    print(f"# sampler decode throughput, {datetime.date.today()}")
+    print(
+        f"device: jax {dev.platform} {dev.device_kind} x{jax.device_count()}, torch {torch_device} "
+        f"({platform.machine()}, {os.cpu_count()} cpus"
+        f"{f', {args.cpu_threads} thread(s) each' if on_cpu else ''}); "
+        f"jax {jax.__version__}, torch {torch.__version__}, transformers {transformers.__version__}"
+    )
+    print(
+        f"model: {args.size} ({cfg.num_params / 1e6:.1f}M params, {args.dtype}), batch {b}, "
+        f"prompt {args.prompt_len}, new tokens {n}, greedy; bandwidth {bandwidth / 1e9:.1f} GB/s "
+        f"({source})"
+    )
+    if match is not None:
+        print(f"greedy tokens equal to transformers: {100 * match:.1f}%")
+    print()
+    print("| implementation | prefill + 1 token (s) | total (s) | decode tok/s | end-to-end tok/s "
+          "| % of floor |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, first, total in rows:
+        decode = b * (n - 1) / max(total - first, 1e-9)
+        print(
+            f"| {name} | {first:.3f} | {total:.3f} | {decode:,.0f} | {b * n / total:,.0f} "
+            f"| {100 * decode / floor:.1f} |"
+        )
+    print(f"| bandwidth floor | | | {floor:,.0f} | | 100 |")
+    if len(rows) == 2:
+        (_, f0, t0), (_, f1, t1_) = rows
+        ratio = (b * (n - 1) / (t0 - f0)) / (b * (n - 1) / (t1_ - f1))
+        print(f"\nredjax / transformers decode throughput: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""The KV-cached sampler against full recompute, transformers `generate`, and exact distributions."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+import torch
+from conftest import make_hf_checkpoint
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from redjax import sampler
+from redjax.models import from_pretrained
+from redjax.sampler import SamplingParams, sample
+
+PROMPT_LENS = (5, 9, 3, 7, 1)  # mixed lengths: all but row 1 are left-padded
+
+
+def left_pad(seqs):
+    width = max(len(s) for s in seqs)
+    ids = np.zeros((len(seqs), width), np.int32)
+    mask = np.zeros((len(seqs), width), bool)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s) :] = s
+        mask[i, width - len(s) :] = True
+    return ids, mask
+
+
+def prompts(vocab, lens=PROMPT_LENS, seed=0):
+    rng = np.random.default_rng(seed)
+    return left_pad([rng.integers(5, vocab, n) for n in lens])
+
+
+def greedy_by_recompute(model, ids, mask, n):
+    """Greedy decoding by a full forward (no cache) over the whole sequence at every step."""
+    b, p = ids.shape
+    seq = np.zeros((b, p + n), np.int32)
+    valid = np.zeros((b, p + n), bool)
+    seq[:, :p], valid[:, :p] = ids, mask
+    for t in range(n):
+        logits = np.asarray(model(seq, valid))  # fixed shape: future slots are masked out
+        seq[:, p + t] = logits[:, p + t - 1].argmax(-1)
+        valid[:, p + t] = True
+    return seq[:, p:]
+
+
+def torch_logprobs(torch_model, ids, mask):
+    """float64 log-softmax of the transformers model over left-padded sequences."""
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+    with torch.no_grad():
+        out = torch_model(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            position_ids=torch.tensor(positions, dtype=torch.long),
+        )
+    z = out.logits.double().numpy()
+    return (
+        z
+        - z.max(-1, keepdims=True)
+        - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1))[..., None]
+    )
+
+
+def filtered_probs(logits, temperature, top_k, top_p):
+    """float64 numpy reference of transformers' warpers: temperature, top-k, then top-p."""
+    z = np.asarray(logits, np.float64) / temperature
+    keep = np.ones(z.shape, bool)
+    if 0 < top_k < len(z):
+        keep &= z >= np.sort(z)[::-1][top_k - 1]
+    p = np.where(keep, np.exp(z - z.max()), 0.0)
+    p /= p.sum()
+    if top_p < 1:
+        mass, nucleus = 0.0, np.zeros(z.shape, bool)
+        for i in np.argsort(-p, kind="stable"):
+            if mass >= top_p:
+                break
+            nucleus[i] = True
+            mass += p[i]
+        keep &= p >= p[nucleus].min()
+        p = np.where(keep, p, 0.0)
+        p /= p.sum()
+    return p
+
+
+def chi2_threshold(df, z=3.9):
+    """Wilson-Hilferty upper quantile of chi-square(df) at a normal z (3.9: p ~ 5e-5)."""
+    c = 2.0 / (9.0 * df)
+    return df * (1.0 - c + z * math.sqrt(c)) ** 3
+
+
+def chi2(counts, probs, n):
+    """Chi-square statistic and degrees of freedom, pooling bins expected below 5."""
+    expected = probs * n
+    big = expected >= 5
+    obs = np.append(counts[big], counts[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum())
+    if exp[-1] == 0:
+        obs, exp = obs[:-1], exp[:-1]
+    return float(((obs - exp) ** 2 / exp).sum()), len(obs) - 1
+
+
+def test_bucket():
+    sizes = [sampler.bucket(n) for n in range(1, 1000)]
+    assert all(s >= n for s, n in zip(sizes, range(1, 1000), strict=True))
+    assert sorted(set(sizes)) == [16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024]
+
+
+def test_greedy_matches_full_recompute(hf_checkpoint):
+    path, _ = hf_checkpoint
+    model = from_pretrained(path)
+    ids, mask = prompts(model.cfg.vocab_size)
+    n = 8
+    out = sample(
+        model.params, model.cfg, ids, mask,
+        num_samples=2, sp=SamplingParams(temperature=0, max_new_tokens=n), seed=0,
+    )  # fmt: skip
+    want = greedy_by_recompute(model, ids, mask, n)
+    np.testing.assert_array_equal(out.tokens, np.repeat(want, 2, axis=0))
+    assert out.mask.all() and (out.lengths == n).all() and (out.finish == "length").all()
+    assert (out.logp == 0).all()
+
+
+def test_greedy_matches_transformers_generate(hf_checkpoint):
+    """Token for token, with an eos id that stops one row early and leaves others running."""
+    path, torch_model = hf_checkpoint
+    model = from_pretrained(path)
+    ids, mask = prompts(model.cfg.vocab_size, seed=1)
+    n = 8
+    free = sample(
+        model.params, model.cfg, ids, mask,
+        num_samples=2, sp=SamplingParams(temperature=0, max_new_tokens=n), seed=0,
+    )  # fmt: skip
+    eos = int(free.tokens[0, 3])  # row 0 stops at the first occurrence of this token
+    sp = SamplingParams(temperature=0, max_new_tokens=n, eos_ids=(eos,))
+    out = sample(model.params, model.cfg, ids, mask, num_samples=2, sp=sp, seed=0)
+    np.testing.assert_array_equal(out.tokens[0::2], out.tokens[1::2])
+    with torch.no_grad():
+        ref = torch_model.generate(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+            do_sample=False, max_new_tokens=n, pad_token_id=0, eos_token_id=eos,
+        ).numpy()[:, ids.shape[1] :]  # fmt: skip
+    ref = np.pad(ref, ((0, 0), (0, n - ref.shape[1])))
+    for r in range(len(ids)):
+        hit = np.flatnonzero(ref[r] == eos)
+        length = hit[0] + 1 if len(hit) else n
+        assert out.lengths[2 * r] == length
+        assert out.finish[2 * r] == ("stop" if len(hit) else "length")
+        np.testing.assert_array_equal(out.tokens[2 * r, :length], ref[r, :length])
+        assert not out.mask[2 * r, length:].any() and (out.tokens[2 * r, length:] == 0).all()
+    assert out.finish[0] == "stop" and out.lengths[0] <= 4
+
+
+@pytest.mark.parametrize("family", ["qwen2"])
+def test_logprobs_match_forward(hf_checkpoint):
+    path, torch_model = hf_checkpoint
+    model = from_pretrained(path)
+    ids, mask = prompts(model.cfg.vocab_size, seed=2)
+    t, k, p, n, g = 0.1, 20, 0.8, 6, 2
+    sp = SamplingParams(temperature=t, top_k=k, top_p=p, max_new_tokens=n)
+    out = sample(model.params, model.cfg, ids, mask, num_samples=g, sp=sp, seed=3)
+    full_ids = np.concatenate([np.repeat(ids, g, 0), out.tokens], axis=1)
+    full_mask = np.concatenate([np.repeat(mask, g, 0), out.mask], axis=1)
+    logp = torch_logprobs(torch_model, full_ids, full_mask)[:, ids.shape[1] - 1 : -1]
+    want_model = np.take_along_axis(logp, out.tokens[..., None], -1)[..., 0]
+    np.testing.assert_allclose(out.logp_model, want_model, atol=1e-4)
+    want = np.zeros_like(want_model)
+    for r in range(len(out.tokens)):
+        for i in range(n):
+            q = filtered_probs(logp[r, i], t, k, p)
+            want[r, i] = np.log(q[out.tokens[r, i]])
+    np.testing.assert_allclose(out.logp, want, atol=1e-4)
+    assert np.isfinite(out.logp).all() and (out.logp >= want_model - 1e-4).all()
+
+
+@pytest.mark.parametrize("family", ["qwen2"])
+def test_seed_reproducible(hf_checkpoint):
+    path, _ = hf_checkpoint
+    model = from_pretrained(path)
+    ids, mask = prompts(model.cfg.vocab_size)
+    sp = SamplingParams(temperature=0.5, top_k=20, top_p=0.95, max_new_tokens=6)
+    run = lambda seed: sample(model.params, model.cfg, ids, mask, num_samples=2, sp=sp, seed=seed)
+    a, b, c = run(5), run(5), run(6)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.logp, b.logp)
+    assert (a.tokens != c.tokens).mean() > 0.5
+    assert (a.tokens[0] != a.tokens[1]).any()  # the G samples of one prompt differ
+
+
+@pytest.mark.parametrize("family", ["qwen3"])  # qwen2's tied embeddings give a peaked softmax
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.1, 0, 1.0), (0.1, 8, 1.0), (0.1, 0, 0.6)])
+def test_token_frequencies_match_filtered_softmax(hf_checkpoint, temperature, top_k, top_p):
+    path, torch_model = hf_checkpoint
+    model = from_pretrained(path)
+    ids, mask = prompts(model.cfg.vocab_size, lens=(6,), seed=4)
+    n = 4000
+    sp = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=1)
+    out = sample(model.params, model.cfg, ids, mask, num_samples=n, sp=sp, seed=7)
+    logits = torch_logprobs(torch_model, ids, mask)[0, -1]
+    probs = filtered_probs(logits, temperature, top_k, top_p)
+    counts = np.bincount(out.tokens[:, 0], minlength=len(probs))
+    assert counts[probs == 0].sum() == 0  # nothing outside the top-k / nucleus set
+    np.testing.assert_allclose(out.logp[:, 0], np.log(probs[out.tokens[:, 0]]), atol=1e-4)
+    stat, df = chi2(counts, probs, n)
+    assert stat < chi2_threshold(df), (stat, df)
+    # The same counts are far from a distribution that differs (unfiltered, or at T = 1).
+    wrong = filtered_probs(logits, 1.0 if top_k == 0 and top_p == 1 else temperature, 0, 1.0)
+    assert chi2(counts, wrong, n)[0] > chi2_threshold(chi2(counts, wrong, n)[1])
+
+
+class CharTokenizer:
+    """Token i decodes to one character; ids below 3 are special (dropped when skipping them)."""
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join("" if skip_special_tokens and i < 3 else chr(65 + i) for i in ids)
+
+
+@pytest.mark.parametrize("family", ["qwen2"])
+def test_stop_on_eos_ids_and_stop_strings(hf_checkpoint, monkeypatch):
+    path, _ = hf_checkpoint
+    model = from_pretrained(path)
+    tok = CharTokenizer()
+    ids, mask = prompts(model.cfg.vocab_size, seed=5)
+    n, g = 16, 2
+    sp = SamplingParams(temperature=0.5, top_k=20, top_p=0.95, max_new_tokens=n)
+    free = sample(model.params, model.cfg, ids, mask, num_samples=g, sp=sp, seed=1)
+    assert (free.lengths == n).all()
+    eos = (int(free.tokens[1, 2]), 0)  # row 1 stops at its first occurrence of the first id
+    stops = tuple(tok.decode(row[3:5]) for row in np.delete(free.tokens, 1, 0))  # each row hits one
+
+    calls = []
+    decode = sampler._decode
+    monkeypatch.setattr(sampler, "_decode", lambda *a, **k: calls.append(1) or decode(*a, **k))
+    monkeypatch.setattr(sampler, "STOP_CHUNK", 4)
+    sp = SamplingParams(
+        temperature=0.5, top_k=20, top_p=0.95, max_new_tokens=n, eos_ids=eos, stop_strings=stops
+    )
+    out = sample(model.params, model.cfg, ids, mask, num_samples=g, sp=sp, seed=1, tokenizer=tok)
+
+    for r, row in enumerate(free.tokens):  # reference: cut the free run at eos / a stop string
+        hit = np.flatnonzero(np.isin(row, eos))
+        end = hit[0] + 1 if len(hit) else n
+        cut = next((t for t in range(1, n + 1) if any(s in tok.decode(row[:t]) for s in stops)), n)
+        length = min(end, cut)
+        assert out.lengths[r] == length
+        assert out.finish[r] == ("stop" if len(hit) or cut < n else "length")
+        np.testing.assert_array_equal(out.tokens[r, :length], row[:length])
+        assert out.mask[r].sum() == length and (out.tokens[r, length:] == 0).all()
+        text = tok.decode(row[:length], skip_special_tokens=True)
+        first = min([text.find(s) for s in stops if s in text], default=len(text))
+        assert out.text[r] == text[:first]
+    assert out.lengths[1] <= 3 and (out.lengths <= 5).all() and (out.finish == "stop").all()
+    assert not any(s in t for s in stops for t in out.text)
+    assert len(calls) < (n - 1) // 4  # decoding stopped once every row finished
+
+
+def test_sharded_mesh_gives_the_same_tokens(tmp_path):
+    make_hf_checkpoint(tmp_path / "m", "qwen2")
+    model = from_pretrained(str(tmp_path / "m"))
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+
+    def shard(x):  # output features over "tensor" where they divide, as a tensor-parallel rule
+        spec = (None,) * (x.ndim - 1) + ("tensor",) if x.ndim >= 2 and x.shape[-1] % 2 == 0 else ()
+        return jax.device_put(x, NamedSharding(mesh, P(*spec)))
+
+    params = jax.tree.map(shard, model.params)
+    ids, mask = prompts(model.cfg.vocab_size)  # 5 prompts x 2 samples: 10 rows on 4 data shards
+    sp = SamplingParams(temperature=0.5, top_k=20, top_p=0.95, max_new_tokens=6, eos_ids=(7, 11))
+    one = sample(model.params, model.cfg, ids, mask, num_samples=2, sp=sp, seed=0)
+    many = sample(params, model.cfg, ids, mask, num_samples=2, sp=sp, seed=0, mesh=mesh)
+    np.testing.assert_array_equal(many.tokens, one.tokens)
+    np.testing.assert_array_equal(many.lengths, one.lengths)
+    np.testing.assert_array_equal(many.finish, one.finish)
+    np.testing.assert_allclose(many.logp, one.logp, atol=1e-5)
+    np.testing.assert_allclose(many.logp_model, one.logp_model, atol=1e-5)
+
+
+def test_bad_inputs_raise_clear_errors(tmp_path):
+    make_hf_checkpoint(tmp_path / "m", "llama")
+    model = from_pretrained(str(tmp_path / "m"))
+    ids, mask = prompts(model.cfg.vocab_size)
+    call = lambda ids, mask, **kw: sample(
+        model.params, model.cfg, ids, mask, num_samples=1, sp=SamplingParams(**kw), seed=0
+    )
+    with pytest.raises(ValueError, match="left-padded"):
+        call(ids, mask[:, ::-1])
+    with pytest.raises(ValueError, match="empty"):
+        call(ids, np.zeros_like(mask))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        call(ids, mask, eos_ids=(model.cfg.vocab_size,))
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        call(ids, mask, stop_strings=("x",))
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0)
+
+
+def test_generate_cli(tmp_path, capsys):
+    from redjax.cli import main
+    from redjax.tokenizer import make_char_tokenizer
+
+    tok = make_char_tokenizer(str(tmp_path / "m"))
+    make_hf_checkpoint(tmp_path / "m", "qwen2", vocab_size=len(tok))
+    model = str(tmp_path / "m")
+    main(
+        [
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            "1+1=",
+            "--prompt",
+            "Hi",
+            "--max-new-tokens",
+            "5",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "=== prompt 1/2, sample 1/1 (" in printed and "=== prompt 2/2, sample 1/1 (" in printed
+    assert "[prompt] 1+1=" in printed
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", str(tmp_path / "nothing"), "--prompt", "x"])
+    assert "does not exist" in capsys.readouterr().err
