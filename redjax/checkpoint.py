@@ -45,16 +45,14 @@ class Checkpoints:
         )
         return out["state"], out["host"]
 
-    def restore_params(self, step: int | None, like: Any) -> Any:
-        """Only the parameters of a checkpoint (for export and evaluation)."""
+    def restore_params(self, step: int | None = None) -> Any:
+        """Only the parameters of a checkpoint (latest by default), for export and evaluation."""
         step = self.latest() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        abstract = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, like)}
-        out = self.manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract, strict=False)),
-        )
+        if step not in self.manager.all_steps():
+            raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory}")
+        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
         return out["state"]["params"]
 
     def wait(self) -> None:
@@ -77,6 +75,8 @@ def load_model(path: str, dtype: str = "float32", step: int | None = None) -> tu
     from redjax.models import Model, from_pretrained, param_shapes, read_config
     from redjax.tokenizer import load_tokenizer
 
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model folder {path!r} does not exist")
     if os.path.isfile(os.path.join(path, "config.json")):
         return from_pretrained(path, dtype), load_tokenizer(path), {}
     model_dir = os.path.join(path, "model")
@@ -88,14 +88,14 @@ def load_model(path: str, dtype: str = "float32", step: int | None = None) -> tu
     cfg = read_config(model_dir, dtype=dtype, param_dtype=dtype)
     ckpts = Checkpoints(os.path.join(path, "checkpoints"))
     try:
-        like = jax.tree.map(
-            lambda s: jax.numpy.zeros(s.shape, s.dtype),
-            param_shapes(cfg.replace(param_dtype="float32")),
-        )
-        params = ckpts.restore_params(step, like)
+        params = ckpts.restore_params(step)
     finally:
         ckpts.close()
-    params = jax.tree.map(lambda x: x.astype(dtype), params)
+    params = jax.tree.map(lambda x: jax.numpy.asarray(x, dtype), params)
+    if jax.tree.map(lambda x: x.shape, params) != jax.tree.map(
+        lambda s: s.shape, param_shapes(cfg)
+    ):
+        raise ValueError(f"{path}: checkpoint parameters do not match {model_dir}/config.json")
     with open(os.path.join(path, "config.yaml")) as f:
         run_cfg = yaml.safe_load(f)
     settings = {

@@ -1,6 +1,6 @@
 """Run logs: metrics.jsonl (one JSON object per logged step), TensorBoard events, samples.
 
-Only process 0 writes. On resume, lines past the restored step are dropped from metrics.jsonl
+Only process 0 writes. On resume, records after the restored checkpoint's step are dropped from metrics.jsonl
 and TensorBoard purges them, so a resumed run's logs read like an uninterrupted one's.
 """
 
@@ -31,7 +31,9 @@ class Logger:
             _truncate(path, start_step)
         from tensorboardX import SummaryWriter
 
-        self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=start_step or None)
+        self.tb = SummaryWriter(
+            os.path.join(run_dir, "tb"), purge_step=start_step + 1 if start_step else None
+        )
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         """Append one metrics record and write each number as a TensorBoard scalar."""
@@ -65,11 +67,11 @@ class Logger:
 
 
 def _truncate(path: str, start_step: int) -> None:
-    """Keep only records of steps < start_step (all of them when starting fresh at 0)."""
+    """Keep the records up to the checkpoint resumed from (none when starting fresh at 0)."""
     if not os.path.exists(path):
         return
     with open(path) as f:
-        lines = [ln for ln in f if ln.strip() and json.loads(ln)["step"] < start_step]
+        lines = [ln for ln in f if ln.strip() and 0 < start_step >= json.loads(ln)["step"]]
     with open(path, "w") as f:
         f.writelines(lines)
 

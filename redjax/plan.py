@@ -1,0 +1,296 @@
+"""`redjax plan`: device memory per device for a config and mesh, before paying for a machine.
+
+What one device holds, in bytes (P = devices the parameters are split over: fsdp x tensor where
+the partition rules of redjax.sharding apply; rows are split over data x fsdp):
+
+  parameters     every leaf of the parameter tree in model.param_dtype, sharded by the rules
+  optimizer      the real optax AdamW state (eval_shape of tx.init): 2 moments per parameter in
+                 param_dtype, sharded like their parameter, plus the step counts (replicated)
+  gradients      one parameter-sized tree (two with optim.micro_batches > 1: the accumulator)
+  reference      a frozen copy of the parameters when rl.beta_kl > 0
+  activations    the train step's residuals for the backward pass, per device:
+                 rows x T x (L x kept + one layer in full + 4 d b), where rows = the micro-batch
+                 rows of one device and T = prompt + response width. Per token, one layer in
+                 full (b = dtype bytes, d hidden, h / kv heads, hd head dim, i MLP width; heads
+                 and i split over tensor) is
+                   b (5d + (2h + 2kv) hd + 5i) + h T (8 + 2b)
+                 (norm inputs and outputs, q k v and the attention output, the SwiGLU
+                 intermediates; the float32 attention logits and softmax and their dtype
+                 copies). `kept` per layer: remat none = one layer in full; dots = the matmul
+                 outputs, b (3d + (h + 2kv) hd + 2i); full = the layer input, b d. The extra
+                 full layer is the backward's working set (cotangents, or the recomputed layer).
+                 Calibrated against XLA's memory analysis of the compiled step on CPU (float32):
+                 within 20% (none, dots: above; full: below).
+  log-probs      the chunked float32 logits of objective.token_stats_chunked: a device holds its
+                 rows of one chunk, (chunk / data shards) x vocab x 4 bytes, times 3 (logits,
+                 softmax, their gradient)
+  KV cache       sampling: rows x (prompt + new tokens, bucketed) x L x 2 x kv heads x hd x b,
+                 rows = the rollouts (prompts x group) or the evaluation batch of one device
+
+Peak = persistent (parameters, optimizer, reference) + the larger of the train step (gradients,
+activations, log-probs) and sampling (KV cache); the two phases never overlap. XLA's own
+temporaries and fragmentation come on top: keep a margin of 10-20%.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from redjax import config as config_lib
+
+GIB = 1024**3
+DEVICE_MEMORY_GIB = {"v4": 32.0, "v5e": 16.0, "v5p": 95.0, "h100": 80.0}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+
+
+def device_memory_gib(value: str | float | None) -> float | None:
+    """GiB of one device from a name (v4, v5e, v5p, h100) or a number; None stays None."""
+    if value is None:
+        return None
+    key = str(value).strip().lower()
+    if key in DEVICE_MEMORY_GIB:
+        return DEVICE_MEMORY_GIB[key]
+    try:
+        gib = float(key.removesuffix("gib").removesuffix("g"))
+    except ValueError:
+        gib = -1.0
+    if not gib > 0:
+        names = ", ".join(DEVICE_MEMORY_GIB)
+        raise ValueError(f"--device-memory {value!r}: give GiB (e.g. 24) or one of {names}")
+    return gib
+
+
+def mesh_shape(cfg: config_lib.Config, devices: int) -> dict[str, int]:
+    """Sizes of (data, fsdp, tensor) on `devices` devices, resolving the one -1 as make_mesh does."""
+    sizes = {"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "tensor": cfg.mesh.tensor}
+    free = [k for k, v in sizes.items() if v == -1]
+    if len(free) > 1:
+        raise ValueError("mesh: at most one of data, fsdp, tensor may be -1")
+    known = math.prod(v for v in sizes.values() if v != -1)
+    if any(v == 0 or v < -1 for v in sizes.values()) or devices % known:
+        raise ValueError(f"mesh {sizes} does not fit {devices} devices")
+    if free:
+        sizes[free[0]] = devices // known
+    if math.prod(sizes.values()) != devices:
+        raise ValueError(
+            f"mesh: data*fsdp*tensor = {math.prod(sizes.values())} but there are {devices} "
+            "devices (set mesh.data=-1, or pass the right --devices)"
+        )
+    return sizes
+
+
+def model_config(cfg: config_lib.Config) -> Any:
+    """The ModelConfig a run of `cfg` trains: config.json of model.path, else the cfg.model shape
+    with the vocabulary of model.tokenizer or of the built-in character tokenizer."""
+    from redjax.models import ModelConfig, read_config
+
+    m = cfg.model
+    if m.path:
+        return read_config(m.path, dtype=m.dtype, param_dtype=m.param_dtype).replace(remat=m.remat)
+    if m.tokenizer:
+        from redjax.tokenizer import load_tokenizer
+
+        vocab = len(load_tokenizer(m.tokenizer))
+    else:
+        from redjax.tokenizer import CHAR_ALPHABET, CHAR_SPECIALS
+
+        vocab = len(CHAR_SPECIALS) + len(CHAR_ALPHABET)
+    return ModelConfig(
+        vocab_size=vocab,
+        hidden_size=m.hidden_size,
+        intermediate_size=m.intermediate_size,
+        num_layers=m.num_layers,
+        num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads,
+        head_dim=m.hidden_size // m.num_heads,
+        arch=m.arch,
+        qkv_bias=m.arch == "qwen2",
+        qk_norm=m.arch == "qwen3",
+        tie_embeddings=True,
+        max_position_embeddings=m.max_position_embeddings,
+        dtype=m.dtype,
+        param_dtype=m.param_dtype,
+        remat=m.remat,
+    )
+
+
+def shard_bytes(x: Any, spec: Any, mesh: dict[str, int]) -> int:
+    """Bytes of one device's shard of array `x` (shape, dtype) under PartitionSpec `spec`."""
+    import numpy as np
+
+    n = 1
+    for i, dim in enumerate(x.shape):
+        axes = spec[i] if i < len(spec) else None
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        n *= -(-dim // math.prod(mesh[a] for a in names))
+    return n * np.dtype(x.dtype).itemsize
+
+
+def _split(n: int, ways: int) -> int:
+    """Per-device size of a dimension split `ways` ways, when it divides (as sharding._fit)."""
+    return n // ways if n % ways == 0 else n
+
+
+def estimate(model_cfg: Any, cfg: config_lib.Config, mesh_shape: dict[str, int]) -> dict:
+    """Bytes per device of each part of a run (module docstring) and the peak."""
+    import jax
+    import optax
+    from jax.sharding import AbstractMesh
+
+    from redjax import sharding, step
+    from redjax.data.pipeline import bucket, default_buckets
+    from redjax.models import param_shapes
+    from redjax.sampler import bucket as sample_bucket
+
+    mc, mesh = model_cfg, dict(mesh_shape)
+    shapes = param_shapes(mc)
+    abstract = AbstractMesh(tuple(mesh[a] for a in sharding.AXES), sharding.AXES)
+    specs = sharding.param_specs(shapes, abstract)
+    leaves = jax.tree.leaves(shapes)
+    num_params = sum(math.prod(x.shape) for x in leaves)
+    is_spec = lambda s: isinstance(s, jax.sharding.PartitionSpec)
+    param_bytes = sum(
+        jax.tree.leaves(jax.tree.map(lambda x, s: shard_bytes(x, s, mesh), shapes, specs))
+    )
+
+    o = cfg.optim
+    tx = step.make_optimizer(o.lr, max(cfg.train.steps, 1), warmup_steps=o.warmup_steps)
+    opt_shapes = jax.eval_shape(tx.init, shapes)
+    spec_leaves = jax.tree.leaves(specs, is_leaf=is_spec)
+    spec_tree = jax.tree.unflatten(jax.tree.structure(shapes), spec_leaves)
+    per_leaf = optax.tree_map_params(
+        tx,
+        lambda x, s: shard_bytes(x, s, mesh),
+        opt_shapes,
+        spec_tree,
+        transform_non_params=lambda x: shard_bytes(x, (), mesh),
+        is_leaf=is_spec,
+    )
+    opt_bytes = sum(jax.tree.leaves(per_leaf))
+    grad_bytes = param_bytes * (2 if o.micro_batches > 1 else 1)
+    ref_bytes = param_bytes if cfg.rl.beta_kl else 0
+
+    # The train step: rows of one micro-batch on one device, and their length.
+    b = DTYPE_BYTES[mc.dtype]
+    shards, tensor = mesh["data"] * mesh["fsdp"], mesh["tensor"]
+    r = cfg.rollout
+    rows = (r.prompts * r.group_size if r.online else 0) + (r.prompts if cfg.red.offline else 0)
+    rows_step = -(-rows // o.minibatches)
+    rows_micro = -(-rows_step // o.micro_batches)
+    rows_dev = -(-rows_micro // shards)
+    response = max(r.max_new_tokens if r.online else 1, cfg.data.max_offline_len)
+    seq = cfg.data.max_prompt_len + bucket(response, default_buckets(max(4096, response)))
+    d, hd, i = mc.hidden_size, mc.head_dim, _split(mc.intermediate_size, tensor)
+    h, kv = _split(mc.num_heads, tensor), _split(mc.num_kv_heads, tensor)
+    full_layer = b * (5 * d + (2 * h + 2 * kv) * hd + 5 * i) + h * seq * (8 + 2 * b)
+    kept = {"none": full_layer, "dots": b * (3 * d + (h + 2 * kv) * hd + 2 * i), "full": b * d}
+    per_token = mc.num_layers * kept[mc.remat] + full_layer + 4 * d * b
+    act_bytes = rows_dev * seq * per_token
+    chunk_tokens = max(-(-cfg.train.chunk // shards), rows_dev)
+    logp_bytes = 3 * chunk_tokens * mc.vocab_size * 4
+
+    # Sampling: rollouts of one iteration, and the evaluation batch (k samples per problem).
+    e = cfg.eval
+    prompt_slots = sample_bucket(cfg.data.max_prompt_len)
+    kv_token = mc.num_layers * 2 * kv * hd * b  # one cached position of one row, all layers
+    roll_rows = -(-(r.prompts * r.group_size) // shards) if r.online else 0
+    roll_slots = prompt_slots + sample_bucket(r.max_new_tokens)
+    eval_rows = -(-(max(r.prompts, 32) * e.k) // shards)
+    eval_slots = prompt_slots + sample_bucket(e.max_new_tokens or r.max_new_tokens)
+    kv_bytes = max(roll_rows * roll_slots, eval_rows * eval_slots) * kv_token
+
+    persistent = param_bytes + opt_bytes + ref_bytes
+    train_peak = persistent + grad_bytes + act_bytes + logp_bytes
+    sample_peak = persistent + kv_bytes
+    return {
+        "num_params": num_params,
+        "devices": math.prod(mesh.values()),
+        "mesh": mesh,
+        "params": param_bytes,
+        "optimizer": opt_bytes,
+        "gradients": grad_bytes,
+        "reference": ref_bytes,
+        "activations": act_bytes,
+        "logprob_buffers": logp_bytes,
+        "kv_cache": kv_bytes,
+        "train_peak": train_peak,
+        "sample_peak": sample_peak,
+        "total": max(train_peak, sample_peak),
+        "rows_per_device": rows_dev,
+        "seq_len": seq,
+        "chunk_tokens_per_device": chunk_tokens,
+        "sample_rows_per_device": max(roll_rows, eval_rows),
+        "kv_slots": max(roll_slots, eval_slots),
+        "activation_bytes_per_token": per_token,
+    }
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= scale:
+            return f"{n / scale:8.2f} {unit}"
+    return f"{n:8.0f} B  "
+
+
+def report(est: dict, model_cfg: Any, memory_gib: float | None = None) -> str:
+    """The estimate as a table, with a verdict when the device memory is known."""
+    mc, mesh = model_cfg, est["mesh"]
+    lines = [
+        f"model: {est['num_params'] / 1e6:.1f}M parameters ({mc.num_layers} layers, hidden "
+        f"{mc.hidden_size}, {mc.num_heads}/{mc.num_kv_heads} heads, vocab {mc.vocab_size}), "
+        f"param {mc.param_dtype}, compute {mc.dtype}, remat {mc.remat}",
+        f"mesh: data={mesh['data']} fsdp={mesh['fsdp']} tensor={mesh['tensor']} "
+        f"({est['devices']} devices)",
+        f"train step: {est['rows_per_device']} rows x {est['seq_len']} tokens per device and "
+        f"micro-batch; sampling: {est['sample_rows_per_device']} rows x {est['kv_slots']} slots",
+        "",
+        "per device:",
+    ]
+    rows = [
+        ("parameters", "params"),
+        ("optimizer (AdamW)", "optimizer"),
+        ("gradients", "gradients"),
+        ("reference parameters", "reference"),
+        ("activations (train step)", "activations"),
+        ("log-prob chunk buffers", "logprob_buffers"),
+        ("KV cache (sampling)", "kv_cache"),
+        ("peak, train step", "train_peak"),
+        ("peak, sampling", "sample_peak"),
+        ("total (the larger peak)", "total"),
+    ]
+    for label, key in rows:
+        if key == "reference" and not est[key]:
+            continue
+        lines.append(f"  {label:26s} {_size(est[key])}")
+    if memory_gib is not None:
+        used = est["total"] / (memory_gib * GIB)
+        verdict = "fits" if used <= 0.9 else ("tight" if used <= 1 else "does NOT fit")
+        lines.append(f"  device memory {memory_gib:g} GiB: {verdict} ({100 * used:.0f}% used)")
+        if used > 0.9:
+            lines.append(
+                "  to reduce: model.remat=full, optim.micro_batches=N, more fsdp (mesh.fsdp), "
+                "smaller rollout.prompts / group_size, model.param_dtype=bfloat16"
+            )
+    return "\n".join(lines)
+
+
+def main(
+    config_path: str | None,
+    overrides: list[str] | None = None,
+    device_memory: str | float | None = None,
+    devices: int | None = None,
+) -> dict:
+    """Print the memory plan of a config; `devices` defaults to the devices JAX sees."""
+    cfg = config_lib.load(config_path, overrides)
+    memory = device_memory_gib(device_memory)
+    if devices is None:
+        import jax
+
+        devices = jax.device_count()
+    if devices < 1:
+        raise ValueError(f"--devices must be >= 1, got {devices}")
+    mc = model_config(cfg)
+    est = estimate(mc, cfg, mesh_shape(cfg, devices))
+    print(report(est, mc, memory))
+    return est
