@@ -47,7 +47,7 @@ def _export(args: argparse.Namespace) -> None:
 def _plan(args: argparse.Namespace) -> None:
     from redjax import plan
 
-    plan.main(*_config_args(args), device_memory=args.device_memory)
+    plan.main(*_config_args(args), device_memory=args.device_memory, devices=args.devices)
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -112,6 +112,7 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("config", nargs="?", default=None)
     m.add_argument("overrides", nargs="*")
     m.add_argument("--device-memory", default=None, help="GiB, or v4 | v5e | v5p | h100")
+    m.add_argument("--devices", type=int, default=None, help="device count (default: visible)")
     m.set_defaults(fn=_plan)
 
     i = sub.add_parser("info", help="versions and the devices JAX sees")

@@ -16,6 +16,7 @@ import logging
 import os
 
 import jax
+import numpy as np
 
 log = logging.getLogger("redjax")
 
@@ -54,3 +55,23 @@ def initialize(
         jax.device_count(),
     )
     return True
+
+
+def gather(x: np.ndarray) -> np.ndarray:
+    """Stack x from every process along a new first axis (x itself, [1, ...], on one host).
+    Shapes must match across processes."""
+    x = np.asarray(x)
+    if jax.process_count() == 1:
+        return x[None]
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x))
+
+
+def global_max(n: int) -> int:
+    """The largest of an integer over all processes (shapes that every host must agree on)."""
+    return int(gather(np.int64(n)).max())
+
+
+def global_any(flag: bool) -> bool:
+    return bool(gather(np.bool_(flag)).any())

@@ -255,9 +255,12 @@ def jit_score(cfg: ModelConfig, chunk: int, micro_batches: int, mesh: Mesh):
     return jax.jit(fn, out_shardings=sharding.batch_sharding(mesh))
 
 
-def probe_rows(online: np.ndarray, fraction: float, multiple: int = 1, seed: int = 0) -> np.ndarray:
+def probe_rows(
+    online: np.ndarray, fraction: float, multiple: int = 1, seed: int = 0, size: int = 0
+) -> np.ndarray:
     """Indices of the probe subset: `fraction` of the online and of the offline rows (at least
-    one of each kind present), evenly drawn, padded to a multiple of the data shards."""
+    one of each kind present), drawn at random, padded with other rows to at least `size` and
+    to a multiple of the data shards."""
     rng = np.random.default_rng(seed)
     picks = []
     for kind in (True, False):
@@ -266,7 +269,8 @@ def probe_rows(online: np.ndarray, fraction: float, multiple: int = 1, seed: int
             k = max(1, int(np.ceil(fraction * len(idx))))
             picks.append(np.sort(rng.choice(idx, k, replace=False)))
     out = np.concatenate(picks) if picks else np.zeros(0, np.int64)
-    pad = -len(out) % multiple
+    want = max(size, len(out))
+    pad = want - len(out) + (-want % multiple)
     rest = np.setdiff1d(np.arange(len(online)), out)
     return np.concatenate([out, rest[:pad]]).astype(np.int32)
 

@@ -11,9 +11,11 @@ SIGTERM / SIGINT (preemptible TPU VMs) save a checkpoint at the end of the curre
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
+import tempfile
 import time
 from typing import Any
 
@@ -21,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from redjax import checkpoint, config, evaluate, logs, red, rewards, sharding, step
+from redjax import checkpoint, config, distributed, evaluate, logs, red, rewards, sharding, step
 from redjax import sampler as sampling
 from redjax.data import load_records, make_task
 from redjax.data.pipeline import bucket, default_buckets, make_loader
@@ -57,7 +59,9 @@ def load_tokenizer_for(cfg: config.Config, model_dir: str) -> Any:
     path = cfg.model.tokenizer or cfg.model.path
     if path:
         return load_tokenizer(path)
-    return make_char_tokenizer(model_dir)
+    # Built in a folder of this process's own (hosts would race on the shared run folder);
+    # process 0 saves it into the run folder afterwards.
+    return make_char_tokenizer(tempfile.mkdtemp(prefix="redjax-tokenizer-"))
 
 
 def load_model(cfg: config.Config, tokenizer: Any, mesh: Any) -> tuple[ModelConfig, Any]:
@@ -140,13 +144,29 @@ def build_rows(
                 "shift": shift[keep],
             }
         )
+    if not parts:  # nothing to learn from on this host: one empty row keeps shapes in step
+        b = batch["prompt_ids"][:1]
+        parts.append(
+            {
+                "prompt": b,
+                "prompt_mask": batch["prompt_mask"][:1],
+                "resp": np.full((1, 1), pad_id, np.int32),
+                "resp_mask": np.zeros((1, 1), bool),
+                "online": np.ones(1, bool),
+                "adv": np.zeros(1),
+                "shift": np.zeros(1),
+            }
+        )
+    # Every host must build arrays of the same shape: widths and row counts are global maxima.
     width = bucket(max(p["resp"].shape[1] for p in parts), default_buckets(4096))
+    width = distributed.global_max(width)
     for p in parts:
         p["resp"] = pad_cols(p["resp"], width, pad_id)
         p["resp_mask"] = pad_cols(p["resp_mask"], width, False)
     rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     n = len(rows["online"])
-    extra = -n % multiple
+    total = distributed.global_max(n)
+    extra = total - n + (-total % multiple)
     if extra:  # empty rows: a copy of row 0 with no response tokens
         rows = {k: np.concatenate([v, v[:1].repeat(extra, 0)]) for k, v in rows.items()}
         rows["resp_mask"][n:] = False
@@ -156,8 +176,52 @@ def build_rows(
 
 
 def mean(x: Any) -> float:
-    x = np.asarray(x, np.float64)
-    return float(x.mean()) if x.size else float("nan")
+    """Mean over the rows of all hosts (nan when there are none)."""
+    x = np.asarray(x, np.float64).reshape(-1)
+    total, count = distributed.gather(np.array([x.sum(), x.size])).sum(0)
+    return float(total / count) if count else float("nan")
+
+
+def left_pad(batch: dict, width: int, pad_id: int) -> dict:
+    """Prompts left-padded to `width` (the widest prompt of all hosts)."""
+    extra = width - batch["prompt_ids"].shape[1]
+    out = dict(batch)
+    out["prompt_ids"] = np.pad(batch["prompt_ids"], ((0, 0), (extra, 0)), constant_values=pad_id)
+    out["prompt_mask"] = np.pad(batch["prompt_mask"], ((0, 0), (extra, 0)))
+    return out
+
+
+def rollouts(state, model_cfg, batch, *, group, sp, seed, tokenizer, mesh):
+    """G rollouts of this host's prompts. The sampler runs on the global batch (every host's
+    prompts, gathered), then each host keeps the rows of its own prompts."""
+    ids, mask = batch["prompt_ids"], batch["prompt_mask"]
+    hosts = jax.process_count()
+    if hosts > 1:
+        ids = distributed.gather(ids).reshape(-1, ids.shape[1])
+        mask = distributed.gather(mask).reshape(-1, mask.shape[1])
+    ro = sampling.sample(
+        state["params"],
+        model_cfg,
+        ids,
+        mask,
+        num_samples=group,
+        sp=sp,
+        seed=seed,
+        tokenizer=tokenizer,
+        mesh=mesh,
+    )
+    if hosts == 1:
+        return ro
+    n = len(batch["prompt_ids"]) * group
+    lo = jax.process_index() * n
+    return dataclasses.replace(
+        ro,
+        **{
+            f.name: getattr(ro, f.name)[lo : lo + n]
+            for f in dataclasses.fields(ro)
+            if getattr(ro, f.name) is not None
+        },
+    )
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -289,6 +353,7 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
         for it in range(start, cfg.train.steps):
             t0 = time.perf_counter()
             batch = next(loader)
+            batch = left_pad(batch, distributed.global_max(batch["prompt_ids"].shape[1]), pad_id)
             b, g = len(batch["answer"]), cfg.rollout.group_size
             sft_phase = it < d.sft_steps
             online = cfg.rollout.online and not sft_phase
@@ -297,15 +362,14 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
             # 1. Rollouts: G samples per prompt from the current policy.
             ro = None
             if online:
-                ro = sampling.sample(
-                    state["params"],
+                ro = rollouts(
+                    state,
                     model_cfg,
-                    batch["prompt_ids"],
-                    batch["prompt_mask"],
-                    num_samples=g,
+                    batch,
+                    group=g,
                     sp=sp,
-                    seed=cfg.train.seed * 1_000_003 + it,
                     tokenizer=tokenizer,
+                    seed=cfg.train.seed * 1_000_003 + it,
                     mesh=mesh,
                 )
             t_sample = time.perf_counter()
@@ -327,7 +391,8 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
             else:  # SFT: teacher traces with unit advantage, no policy shift
                 adv = rew
                 adv_off, shift = has_off.astype(np.float32), np.zeros(b, np.float32)
-            lam = ctrl.lam if has_off.any() else 0.0
+            any_off = distributed.global_any(has_off.any())  # one decision for all hosts
+            lam = ctrl.lam if any_off else 0.0
 
             # 4. Train step(s) on the rollouts and the traces.
             rows = build_rows(
@@ -338,7 +403,7 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
                 shift,
                 group=g,
                 online=online,
-                offline=has_off.any(),
+                offline=any_off,
                 pad_id=pad_id,
                 multiple=shards * o.micro_batches * o.minibatches // hosts,
             )
@@ -354,13 +419,18 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
             for u in range(o.minibatches):
                 part = {k: v[u :: o.minibatches] for k, v in rows.items()}
                 idx = step.probe_rows(part["online"], d.probe_fraction, shards // hosts, seed=it)
+                size = distributed.global_max(len(idx))  # the same probe size on every host
+                if size > len(idx):
+                    idx = step.probe_rows(
+                        part["online"], d.probe_fraction, shards // hosts, seed=it, size=size
+                    )
                 dev = sharding.put_local(step.with_probe(part, idx), mesh)
                 state, m = train_step(state, dev, jnp.float32(lam))
                 ms.append(m)
             m = {k: float(np.mean([jax.device_get(x[k]) for x in ms])) for k in ms[0]}
 
             # 5. Controller update from the entropy changes the update caused.
-            if has_off.any() and online:
+            if any_off and online:
                 ctrl.update(m["dH_on"], m["dH_off"])
             t_end = time.perf_counter()
 
@@ -370,8 +440,8 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
                 **m,
                 "reward": mean(rew),
                 "accuracy": mean(rew >= 0.5),
-                "offline_reward": mean(off_rew[has_off]) if has_off.any() else float("nan"),
-                "shift_mean": mean(shift[has_off]) if has_off.any() else float("nan"),
+                "offline_reward": mean(off_rew[has_off]),
+                "shift_mean": mean(shift[has_off]),
                 "lambda_next": ctrl.lam,
                 "D_on": ctrl.d_on,
                 "D_off": ctrl.d_off,
@@ -409,7 +479,8 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
                 )
             if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.train.steps:
                 evaluate_now(done)
-            if done % cfg.train.save_every == 0 or done == cfg.train.steps or stop["signal"]:
+            stopping = distributed.global_any(stop["signal"] is not None)  # any host signalled
+            if done % cfg.train.save_every == 0 or done == cfg.train.steps or stopping:
                 ckpts.save(
                     done,
                     state,
@@ -420,13 +491,12 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
                         "seed": cfg.train.seed,
                     },
                 )
-            if stop["signal"]:
+            if stopping:
                 ckpts.wait()
                 bar.close()
                 log.info(
-                    "stopped by signal %d at step %d; checkpoint saved. Re-run the same "
+                    "stopped by a signal at step %d; checkpoint saved. Re-run the same "
                     "command to resume.",
-                    stop["signal"],
                     done,
                 )
                 return {}

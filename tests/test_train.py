@@ -141,6 +141,8 @@ def test_resume_matches_uninterrupted(reference, tmp_path, how):
     run_dir = str(tmp_path / "run")
     proc = start(run_dir, cache, "train.steps=5", "train.save_every=2")
     wait_for_step(run_dir, 3, proc)
+    while not os.path.isdir(os.path.join(run_dir, "checkpoints", "2")):  # finalised
+        time.sleep(0.1)
     if how == "sigterm":
         proc.send_signal(signal.SIGTERM)  # saves at the end of the step in flight, exits 0
         out = finish(proc)

@@ -302,7 +302,7 @@ def make_loader(
     settings = {
         "seed": seed,
         "batch_size": batch_size,
-        "shard": (shard_index, shard_count),
+        "shards": shard_count,  # not the index: every host restores process 0's saved state
         "buckets": (prompt_buckets, offline_buckets),
         "pad_id": pad_id,
     }
