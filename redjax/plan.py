@@ -83,7 +83,7 @@ def mesh_shape(cfg: config_lib.Config, devices: int) -> dict[str, int]:
 def model_config(cfg: config_lib.Config) -> Any:
     """The ModelConfig a run of `cfg` trains: config.json of model.path, else the cfg.model shape
     with the vocabulary of model.tokenizer or of the built-in character tokenizer."""
-    from redjax.models import ModelConfig, read_config
+    from redjax.models import read_config
 
     m = cfg.model
     if m.path:
@@ -96,23 +96,9 @@ def model_config(cfg: config_lib.Config) -> Any:
         from redjax.tokenizer import CHAR_ALPHABET, CHAR_SPECIALS
 
         vocab = len(CHAR_SPECIALS) + len(CHAR_ALPHABET)
-    return ModelConfig(
-        vocab_size=vocab,
-        hidden_size=m.hidden_size,
-        intermediate_size=m.intermediate_size,
-        num_layers=m.num_layers,
-        num_heads=m.num_heads,
-        num_kv_heads=m.num_kv_heads,
-        head_dim=m.hidden_size // m.num_heads,
-        arch=m.arch,
-        qkv_bias=m.arch == "qwen2",
-        qk_norm=m.arch == "qwen3",
-        tie_embeddings=True,
-        max_position_embeddings=m.max_position_embeddings,
-        dtype=m.dtype,
-        param_dtype=m.param_dtype,
-        remat=m.remat,
-    )
+    from redjax.train import scratch_config
+
+    return scratch_config(cfg, vocab)
 
 
 def shard_bytes(x: Any, spec: Any, mesh: dict[str, int]) -> int:

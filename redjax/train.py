@@ -64,15 +64,12 @@ def load_tokenizer_for(cfg: config.Config, model_dir: str) -> Any:
     return make_char_tokenizer(tempfile.mkdtemp(prefix="redjax-tokenizer-"))
 
 
-def load_model(cfg: config.Config, tokenizer: Any, mesh: Any) -> tuple[ModelConfig, Any]:
-    """The policy's config and parameters, placed straight onto their shardings."""
+def scratch_config(cfg: config.Config, vocab_size: int, extra: tuple = ()) -> ModelConfig:
+    """The ModelConfig of a model trained from scratch: the model section's shape, Qwen2-,
+    Llama- or Qwen3-style, tied embeddings."""
     m = cfg.model
-    shardings = lambda mc: sharding.param_shardings(param_shapes(mc), mesh)
-    if m.path:
-        model = from_pretrained(m.path, m.dtype, param_dtype=m.param_dtype, shardings=shardings)
-        return model.cfg.replace(remat=m.remat), model.params
-    mc = ModelConfig(
-        vocab_size=len(tokenizer),
+    return ModelConfig(
+        vocab_size=vocab_size,
         hidden_size=m.hidden_size,
         intermediate_size=m.intermediate_size,
         num_layers=m.num_layers,
@@ -87,8 +84,19 @@ def load_model(cfg: config.Config, tokenizer: Any, mesh: Any) -> tuple[ModelConf
         dtype=m.dtype,
         param_dtype=m.param_dtype,
         remat=m.remat,
-        extra=(("eos_token_id", tokenizer.eos_token_id), ("pad_token_id", tokenizer.pad_token_id)),
+        extra=extra,
     )
+
+
+def load_model(cfg: config.Config, tokenizer: Any, mesh: Any) -> tuple[ModelConfig, Any]:
+    """The policy's config and parameters, placed straight onto their shardings."""
+    m = cfg.model
+    shardings = lambda mc: sharding.param_shardings(param_shapes(mc), mesh)
+    if m.path:
+        model = from_pretrained(m.path, m.dtype, param_dtype=m.param_dtype, shardings=shardings)
+        return model.cfg.replace(remat=m.remat), model.params
+    extra = (("eos_token_id", tokenizer.eos_token_id), ("pad_token_id", tokenizer.pad_token_id))
+    mc = scratch_config(cfg, len(tokenizer), extra)
     init = jax.jit(lambda: init_params(mc, cfg.train.seed), out_shardings=shardings(mc))
     return mc, init()
 

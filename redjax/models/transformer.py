@@ -115,7 +115,7 @@ class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, kv_mask, layer_cache, index):
+    def __call__(self, x, positions, kv_mask, cache, layer, index):
         cfg = self.cfg
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         b, t, _ = x.shape
@@ -137,21 +137,26 @@ class Attention(nn.Module):
         inv_freq = rope_frequencies(cfg)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
 
-        if layer_cache is None:  # full sequence: causal over the given slots
+        if cache is None:  # full sequence: causal over the given slots
             keys, values, slots = k, v, t
             query_slot = jnp.arange(t)
-        else:  # write the new keys at [index, index + t), attend over the whole cache
-            ck, cv = layer_cache
-            keys = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
-            values = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
-            slots = ck.shape[1]
+        else:  # write the new keys of this layer at [index, index + t), attend over all slots
+            # The whole [layers, ...] cache is carried and updated in place: a decode step
+            # writes one slot per layer instead of copying every layer's cache.
+            ck, cv = cache
+            at = (layer, 0, index, 0, 0)
+            ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), at)
+            cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), at)
+            cache = (ck, cv)
+            keys = jax.lax.dynamic_index_in_dim(ck, layer, 0, keepdims=False)
+            values = jax.lax.dynamic_index_in_dim(cv, layer, 0, keepdims=False)
+            slots = ck.shape[2]
             query_slot = index + jnp.arange(t)
         causal = jnp.arange(slots)[None, :] <= query_slot[:, None]  # [t, slots]
         mask = causal[None, None] & kv_mask[:, None, None, :]  # [b, 1, t, slots]
         out = jax.nn.dot_product_attention(q, keys.astype(dtype), values.astype(dtype), mask=mask)
         out = dense(cfg.hidden_size, cfg.o_bias, "o")(out.reshape(b, t, h * hd))
-        new_cache = None if layer_cache is None else (keys, values)
-        return out, new_cache
+        return out, cache
 
 
 class MLP(nn.Module):
@@ -174,20 +179,22 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One pre-norm decoder layer; the scan carry is the residual stream, xs is this layer's cache."""
+    """One pre-norm decoder layer. The scan carry is (residual stream, KV cache of all layers
+    or None, this layer's index)."""
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, layer_cache, positions, kv_mask, index):
+    def __call__(self, carry, positions, kv_mask, index):
+        x, cache, layer = carry
         cfg = self.cfg
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         y = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="attn_norm")(x)
-        y, new_cache = Attention(cfg, name="attn")(y, positions, kv_mask, layer_cache, index)
+        y, cache = Attention(cfg, name="attn")(y, positions, kv_mask, cache, layer, index)
         x = x + y
         y = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="mlp_norm")(x)
         x = x + MLP(cfg, name="mlp")(y)
-        return x, new_cache
+        return (x, cache, layer + 1), None
 
 
 REMAT_POLICIES = {
@@ -227,11 +234,11 @@ class Transformer(nn.Module):
         x = embed(tokens)
 
         if cache is None:
-            kv_mask, index, xs = mask, 0, None
+            kv_mask, index, kv = mask, 0, None
         else:
             index = cache["index"]
             kv_mask = jax.lax.dynamic_update_slice(cache["mask"], mask, (0, index))
-            xs = (cache["k"], cache["v"])
+            kv = (cache["k"], cache["v"])
 
         block = Block
         if cfg.remat != "none" and cache is None:
@@ -240,10 +247,10 @@ class Transformer(nn.Module):
             block,
             variable_axes={"params": 0},
             split_rngs={"params": True},
-            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
             length=cfg.num_layers,
         )(cfg, name="layers")
-        x, new_kv = layers(x, xs, positions, kv_mask, index)
+        (x, new_kv, _), _ = layers((x, kv, jnp.int32(0)), positions, kv_mask, index)
         x = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="norm")(x)
 
         new_cache = None
