@@ -45,14 +45,20 @@ class Checkpoints:
         )
         return out["state"], out["host"]
 
-    def restore_params(self, step: int | None = None) -> Any:
-        """Only the parameters of a checkpoint (latest by default), for export and evaluation."""
+    def restore_params(self, shapes: Any, step: int | None = None) -> Any:
+        """Only the parameters of a checkpoint (latest by default) onto this process's first
+        device, whatever topology saved it: for export and evaluation. `shapes` gives the
+        parameter tree (ShapeDtypeStructs; their dtype is the one restored)."""
         step = self.latest() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         if step not in self.manager.all_steps():
             raise FileNotFoundError(f"no checkpoint of step {step} in {self.directory}")
-        out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        item = {"params": jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), shapes)}
+        args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=dev, dtype=s.dtype), item)
+        restore = ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)
+        out = self.manager.restore(step, args=ocp.args.Composite(state=restore))
         return out["state"]["params"]
 
     def wait(self) -> None:
@@ -88,14 +94,9 @@ def load_model(path: str, dtype: str = "float32", step: int | None = None) -> tu
     cfg = read_config(model_dir, dtype=dtype, param_dtype=dtype)
     ckpts = Checkpoints(os.path.join(path, "checkpoints"))
     try:
-        params = ckpts.restore_params(step)
+        params = ckpts.restore_params(param_shapes(cfg), step)
     finally:
         ckpts.close()
-    params = jax.tree.map(lambda x: jax.numpy.asarray(x, dtype), params)
-    if jax.tree.map(lambda x: x.shape, params) != jax.tree.map(
-        lambda s: s.shape, param_shapes(cfg)
-    ):
-        raise ValueError(f"{path}: checkpoint parameters do not match {model_dir}/config.json")
     with open(os.path.join(path, "config.yaml")) as f:
         run_cfg = yaml.safe_load(f)
     settings = {
