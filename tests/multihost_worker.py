@@ -86,20 +86,11 @@ def main() -> None:
     import jax.numpy as jnp
     import numpy as np
     from jax.experimental import multihost_utils
+    from test_step import CFG as cfg  # the single-process step test's model (tests/ is on sys.path)
 
     from redjax import checkpoint, sharding, step
-    from redjax.models import ModelConfig, init_params
+    from redjax.models import init_params
 
-    cfg = ModelConfig(
-        vocab_size=96,
-        hidden_size=64,
-        intermediate_size=128,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=16,
-        qkv_bias=True,
-    )
     sc = step.StepConfig(chunk=24)
     tx = step.make_optimizer(1e-2, 10, warmup_steps=0, eps=1e-4)
     pid, nproc = jax.process_index(), jax.process_count()
