@@ -153,7 +153,7 @@ def main(args: argparse.Namespace) -> None:
             max_new_tokens=args.max_new_tokens,
             batch_size=args.batch_size,
             prompt_suffix=suffix,
-            chat=not args.raw,
+            chat=not args.raw and extra.get("chat", True),  # a run folder: as it trained
             system=extra.get("system"),
             seed=args.seed,
         )

@@ -6,6 +6,7 @@ run needs no download.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -32,6 +33,9 @@ CHATML_TEMPLATE = (
 )
 
 
+GENERIC_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
+
+
 def load_tokenizer(path: str) -> Any:
     """Loads the tokenizer in a local folder and makes sure it has a pad token."""
     from transformers import AutoTokenizer
@@ -43,8 +47,17 @@ def load_tokenizer(path: str) -> Any:
         raise FileNotFoundError(
             f"folder {path!r} has no tokenizer files (expected one of {', '.join(TOKENIZER_FILES)})"
         )
+    # A tokenizer without a model-specific class (the built-in character tokenizer) must load
+    # as that generic class: next to a config.json of model_type qwen2, AutoTokenizer in
+    # transformers v5 would pick Qwen2Tokenizer instead, which encodes the text differently.
+    cls = AutoTokenizer
+    config_path = os.path.join(path, "tokenizer_config.json")
+    if os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            if json.load(f).get("tokenizer_class") in GENERIC_CLASSES:
+                from transformers import PreTrainedTokenizerFast as cls
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = cls.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"cannot load the tokenizer in {path!r}: {e}") from e
     if tokenizer.pad_token is None:
@@ -126,8 +139,6 @@ def make_char_tokenizer(path: str) -> Any:
 
 def _set_tokenizer_class(path: str) -> None:
     """Names the class transformers v4 and v5 both know in the saved tokenizer_config.json."""
-    import json
-
     config_path = os.path.join(path, "tokenizer_config.json")
     with open(config_path, encoding="utf-8") as f:
         config = json.load(f)

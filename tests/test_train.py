@@ -166,7 +166,7 @@ def test_export_and_eval(reference, tmp_path):
     import transformers
 
     from redjax import checkpoint
-    from redjax.data import write_task
+    from redjax.data import make_task, write_task
 
     run_dir, _, cache = reference
     out = tmp_path / "hf"
@@ -177,6 +177,39 @@ def test_export_and_eval(reference, tmp_path):
     ids = np.random.default_rng(0).integers(0, model.cfg.vocab_size, (2, 12))
     ref = tm(torch.tensor(ids)).logits.detach().numpy()
     np.testing.assert_allclose(np.asarray(model(ids)), ref, atol=1e-4)
+
+    # The run folder's and the exported tokenizer encode exactly as the one training used.
+    from redjax.tokenizer import load_tokenizer, make_char_tokenizer
+
+    text = "What is 12 + 30?\n 4+9=13. \\boxed{42}"
+    want = make_char_tokenizer(str(tmp_path / "chars"))(text)["input_ids"]
+    for folder in (os.path.join(run_dir, "model"), str(out)):
+        assert load_tokenizer(folder)(text)["input_ids"] == want, folder
+
+    # `redjax eval` of the run folder on the held-out problems repeats the run's final
+    # evaluation exactly (greedy, same prompts, same batch shape).
+    held_out = tmp_path / "held_out.jsonl"
+    with open(held_out, "w") as f:
+        for r in make_task(4, seed=0, split="test"):
+            f.write(json.dumps(r) + "\n")
+    res_file = tmp_path / "again.json"
+    args = [
+        "eval",
+        "--model",
+        run_dir,
+        "--data",
+        str(held_out),
+        "--max-new-tokens",
+        "16",
+        "--batch-size",
+        "32",
+        "--json",
+        str(res_file),
+    ]
+    subprocess.run([*cmd, *args], check=True, env=env(cache), capture_output=True)
+    with open(res_file) as f, open(os.path.join(run_dir, "eval.json")) as g:
+        again, final = json.load(f), json.load(g)
+    assert (again["pass@1"], again["mean_length"]) == (final["pass@1"], final["mean_length"])
 
     files = write_task(str(tmp_path / "task"), 0, 6, seed=1)
     for model_path in (run_dir, str(out)):
