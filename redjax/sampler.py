@@ -21,8 +21,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from redjax.models.transformer import ModelConfig, forward, init_cache, unembedding
+from redjax.sharding import batch_axes, data_shards
 
-BATCH_AXES = ("data", "fsdp")  # mesh axes the rows are split over
 STOP_CHUNK = 32  # decode steps between host checks for stop strings
 
 
@@ -158,20 +158,9 @@ def _record(state, token, logp, logp_model, eos):
 
 
 # ----------------------------------------------------------------------------- sharding
-def _batch_axes(mesh: Mesh) -> tuple[str, ...]:
-    return tuple(a for a in BATCH_AXES if a in mesh.axis_names)
-
-
-def data_shards(mesh: Mesh | None) -> int:
-    """How many ways the rows are split on `mesh`."""
-    if mesh is None:
-        return 1
-    return int(np.prod([mesh.shape[a] for a in _batch_axes(mesh)]))
-
-
 def _state_shardings(mesh: Mesh, cfg: ModelConfig) -> dict:
     """NamedShardings of the decode state: rows over (data, fsdp), kv heads over tensor."""
-    rows = _batch_axes(mesh)
+    rows = batch_axes(mesh)
     t = mesh.shape.get("tensor", 1)
     heads = "tensor" if t > 1 and cfg.num_kv_heads % t == 0 else None
     s = lambda *spec: NamedSharding(mesh, P(*spec))
@@ -393,7 +382,7 @@ def sample(
     if mesh is not None:
         params = _on_mesh(params, mesh)
         shardings = _state_shardings(mesh, cfg)
-        row_sharding = NamedSharding(mesh, P(_batch_axes(mesh), None))
+        row_sharding = NamedSharding(mesh, P(batch_axes(mesh), None))
     state = _prefill(
         params,
         _put(ids, row_sharding),

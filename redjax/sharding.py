@@ -90,9 +90,16 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def data_shards(mesh: Mesh) -> int:
-    """How many ways the batch is split (rows must be a multiple of this)."""
-    return mesh.shape["data"] * mesh.shape["fsdp"]
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+    """The mesh axes batch rows are split over (those of BATCH the mesh has)."""
+    return tuple(a for a in BATCH if a in mesh.axis_names)
+
+
+def data_shards(mesh: Mesh | None) -> int:
+    """How many ways the batch is split (rows must be a multiple of this); 1 without a mesh."""
+    if mesh is None:
+        return 1
+    return math.prod(mesh.shape[a] for a in batch_axes(mesh))
 
 
 def put_local(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
