@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from redjax.models.transformer import ModelConfig, forward, init_cache, unembedding
-from redjax.sharding import batch_axes, data_shards
+from redjax.sharding import batch_axes, data_shards, to_host
 
 STOP_CHUNK = 32  # decode steps between host checks for stop strings
 
@@ -252,14 +252,6 @@ def _decode(params, state, stop, knobs, *, cfg, mode, mesh):
 
 
 # ----------------------------------------------------------------------------- host side
-def _host(x: jax.Array) -> np.ndarray:
-    if not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        x = multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(x)
-
-
 def _put(host: np.ndarray, sharding: NamedSharding | None) -> jax.Array:
     if sharding is None:
         return jnp.asarray(host)
@@ -324,8 +316,8 @@ def _decode_with_stops(run, state, n, live, stops, tokenizer, shardings):
     checked = np.zeros(rows, bool)  # rows searched after they finished: nothing more to find
     step = 1
     while True:
-        tokens, length = _host(state["tokens"]), _host(state["length"])
-        done = _host(state["done"])
+        tokens, length = to_host(state["tokens"]), to_host(state["length"])
+        done = to_host(state["done"])
         for r in np.flatnonzero(~checked[:live]):
             cut = _stop_length(tokenizer, tokens[r, : length[r]], stops)
             stop_len[r] = -1 if cut is None else cut
@@ -337,7 +329,7 @@ def _decode_with_stops(run, state, n, live, stops, tokenizer, shardings):
         if done.all() or step >= n:
             return state, stop_len
         state = run(state, np.int32(min(step + STOP_CHUNK, n)))
-        step = int(_host(state["step"]))
+        step = int(to_host(state["step"]))
 
 
 def sample(
@@ -409,11 +401,11 @@ def sample(
         state = run(state, np.int32(n))
 
     r = b * g
-    tokens = _host(state["tokens"])[:r, :n]
-    logp = _host(state["logp"])[:r, :n]
-    logp_model = _host(state["logp_model"])[:r, :n]
-    lengths = _host(state["length"])[:r].astype(np.int32)
-    done = _host(state["done"])[:r]
+    tokens = to_host(state["tokens"])[:r, :n]
+    logp = to_host(state["logp"])[:r, :n]
+    logp_model = to_host(state["logp_model"])[:r, :n]
+    lengths = to_host(state["length"])[:r].astype(np.int32)
+    done = to_host(state["done"])[:r]
     cut = stop_len[:r]
     lengths = np.where(cut >= 0, np.minimum(lengths, cut), lengths).astype(np.int32)
     keep = np.arange(n)[None, :] < lengths[:, None]

@@ -117,6 +117,15 @@ def put_local(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
     return out
 
 
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole of a (possibly multi-host) global array as a numpy array on every process."""
+    if not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x)
+
+
 def get_local(x: jax.Array) -> np.ndarray:
     """This process's rows of a row-sharded global array (the whole array on one host)."""
     if jax.process_count() == 1:

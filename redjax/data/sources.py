@@ -22,6 +22,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from redjax.rewards.extract import last_boxed  # the verifier's own extractor: gold = what it reads
+
 PRESETS = ("default", "openr1", "gsm8k", "math")
 MAX_KEPT_ERRORS = 10
 
@@ -38,24 +40,6 @@ class RowError(Exception):
 
     def __str__(self) -> str:
         return f"field {self.field!r}: {self.message}" if self.field else self.message
-
-
-def last_boxed(text: str) -> str | None:
-    """Contents of the last \\boxed{...} (or \\fbox{...}) in `text`, braces matched."""
-    starts = [text.rfind("\\boxed{"), text.rfind("\\fbox{")]
-    start = max(starts)
-    if start < 0:
-        return None
-    i = text.index("{", start) + 1
-    depth = 1
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i:j].strip()
-    return None
 
 
 def _column(row: dict, name: str) -> Any:

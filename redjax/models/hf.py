@@ -19,6 +19,7 @@ import numpy as np
 
 from redjax.models import safetensors_io
 from redjax.models.transformer import ModelConfig, forward, param_shapes
+from redjax.sharding import to_host
 
 SUPPORTED = {"llama": "LlamaConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config"}
 LAYER_NAMES = {
@@ -279,20 +280,12 @@ def from_pretrained(
     return Model(cfg, load_params(path, cfg, shardings))
 
 
-def _host(x: jax.Array) -> np.ndarray:
-    if not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        x = multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(x)
-
-
 def hf_tensors(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
     """Parameters as Hugging Face-named numpy tensors."""
     out = {}
     for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         p = _key_path(kp)
-        arr = _host(leaf)
+        arr = to_host(leaf)
         if p[0] == "layers":
             for i in range(cfg.num_layers):
                 out[hf_name(p, i)] = np.ascontiguousarray(_to_hf(p, arr[i]))
