@@ -60,6 +60,7 @@ def evaluate(
         system=system,
     )
     correct, lengths, sources, samples = [], [], [], []
+    params = sampling.decode_params(params, cfg)  # one per-layer copy for every batch
     for i, batch in enumerate(batches):
         ro = sampling.sample(
             params,

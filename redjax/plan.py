@@ -26,9 +26,11 @@ the partition rules of redjax.sharding apply; rows are split over data x fsdp):
                  softmax, their gradient)
   KV cache       sampling: rows x (prompt + new tokens, bucketed) x L x 2 x kv heads x hd x b,
                  rows = the rollouts (prompts x group) or the evaluation batch of one device
+  decode weights sampling: the sampler's per-layer copy of the parameters in the compute dtype
+                 (sampler.decode_params), sharded like the parameters
 
 Peak = persistent (parameters, optimizer, reference) + the larger of the train step (gradients,
-activations, log-probs) and sampling (KV cache); the two phases never overlap. XLA's own
+activations, log-probs) and sampling (decode weights, KV cache); the two phases never overlap. XLA's own
 temporaries and fragmentation come on top: keep a margin of 10-20%.
 """
 
@@ -185,10 +187,11 @@ def estimate(model_cfg: Any, cfg: config_lib.Config, mesh_shape: dict[str, int])
     eval_rows = -(-(max(r.prompts, 32) * e.k) // shards)
     eval_slots = prompt_slots + sample_bucket(e.max_new_tokens or r.max_new_tokens)
     kv_bytes = max(roll_rows * roll_slots, eval_rows * eval_slots) * kv_token
+    decode_bytes = param_bytes * b // DTYPE_BYTES[mc.param_dtype]
 
     persistent = param_bytes + opt_bytes + ref_bytes
     train_peak = persistent + grad_bytes + act_bytes + logp_bytes
-    sample_peak = persistent + kv_bytes
+    sample_peak = persistent + decode_bytes + kv_bytes
     return {
         "num_params": num_params,
         "devices": math.prod(mesh.values()),
@@ -200,6 +203,7 @@ def estimate(model_cfg: Any, cfg: config_lib.Config, mesh_shape: dict[str, int])
         "activations": act_bytes,
         "logprob_buffers": logp_bytes,
         "kv_cache": kv_bytes,
+        "decode_weights": decode_bytes,
         "train_peak": train_peak,
         "sample_peak": sample_peak,
         "total": max(train_peak, sample_peak),
@@ -241,6 +245,7 @@ def report(est: dict, model_cfg: Any, memory_gib: float | None = None) -> str:
         ("activations (train step)", "activations"),
         ("log-prob chunk buffers", "logprob_buffers"),
         ("KV cache (sampling)", "kv_cache"),
+        ("decode weights (sampling)", "decode_weights"),
         ("peak, train step", "train_peak"),
         ("peak, sampling", "sample_peak"),
         ("total (the larger peak)", "total"),

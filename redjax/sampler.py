@@ -20,7 +20,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from redjax.models.transformer import ModelConfig, forward, init_cache, unembedding
+from redjax.models.transformer import (
+    ModelConfig,
+    forward,
+    init_cache,
+    unembedding,
+    unstack_layers,
+)
 from redjax.sharding import batch_axes, data_shards, to_host
 
 STOP_CHUNK = 32  # decode steps between host checks for stop strings
@@ -164,10 +170,11 @@ def _state_shardings(mesh: Mesh, cfg: ModelConfig) -> dict:
     t = mesh.shape.get("tensor", 1)
     heads = "tensor" if t > 1 and cfg.num_kv_heads % t == 0 else None
     s = lambda *spec: NamedSharding(mesh, P(*spec))
+    kv = (s(rows, None, heads, None),) * cfg.num_layers
     return {
         "cache": {
-            "k": s(None, rows, None, heads, None),
-            "v": s(None, rows, None, heads, None),
+            "k": kv,
+            "v": kv,
             "mask": s(rows, None),
             "index": s(),
         },
@@ -210,10 +217,12 @@ def _prefill(
             return jnp.repeat(x, group, axis=axis)
         return jnp.take(x, jnp.minimum(jnp.arange(rows) // group, b - 1), axis=axis)
 
-    kv_pad = ((0, 0), (0, 0), (0, slots - p), (0, 0), (0, 0))
+    kv = lambda xs: tuple(
+        jnp.pad(expand(x, 0), ((0, 0), (0, slots - p), (0, 0), (0, 0))) for x in xs
+    )
     cache = {
-        "k": jnp.pad(expand(cache["k"], 1), kv_pad),
-        "v": jnp.pad(expand(cache["v"], 1), kv_pad),
+        "k": kv(cache["k"]),
+        "v": kv(cache["v"]),
         "mask": jnp.pad(expand(cache["mask"], 0), ((0, 0), (0, slots - p))),
         "index": cache["index"],
     }
@@ -252,6 +261,21 @@ def _decode(params, state, stop, knobs, *, cfg, mode, mesh):
 
 
 # ----------------------------------------------------------------------------- host side
+_unstack = jax.jit(unstack_layers, static_argnums=1)
+
+
+def decode_params(params: Any, cfg: ModelConfig) -> Any:
+    """The parameters as the decode loop reads them: one array per layer, in the compute dtype.
+
+    `sample` makes this copy itself (once per call, not per step); call it once beforehand to
+    share one copy across many `sample` calls with the same parameters (an evaluation).
+    """
+    dtype = jnp.dtype(cfg.dtype)
+    if "layers" not in params and all(x.dtype == dtype for x in jax.tree.leaves(params)):
+        return params
+    return _unstack(params, dtype.name)
+
+
 def _put(host: np.ndarray, sharding: NamedSharding | None) -> jax.Array:
     if sharding is None:
         return jnp.asarray(host)
@@ -375,6 +399,8 @@ def sample(
         params = _on_mesh(params, mesh)
         shardings = _state_shardings(mesh, cfg)
         row_sharding = NamedSharding(mesh, P(batch_axes(mesh), None))
+    params = decode_params(params, cfg)
+    cfg = cfg.replace(param_dtype=cfg.dtype)
     state = _prefill(
         params,
         _put(ids, row_sharding),

@@ -25,6 +25,7 @@ from redjax.models import (
     read_config,
     safetensors_io,
     save_pretrained,
+    unstack_layers,
 )
 
 VOCAB = 97  # conftest.TINY
@@ -245,6 +246,35 @@ def test_kv_cache_decode_equals_full_forward(checkpoint, name):
         valid = slice(width - n, width)
         assert max_diff(cached[row, valid], full[row, valid]) < 1e-4
         assert max_diff(cached[row, valid], torch_logits(ref, ids[row : row + 1, valid])[0]) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["qwen2", "qwen3"])
+def test_unstacked_layers_equal_the_scan(checkpoint, name):
+    """Per-layer parameters (the sampler's layout) give the scanned model's logits; cast to
+    bfloat16 beforehand they give exactly what bfloat16 compute on float32 parameters gives."""
+    path, _ = checkpoint(name)
+    model = from_pretrained(path)
+    params, cfg = model.params, model.cfg
+    flat = unstack_layers(params)
+    assert "layers" not in flat and sorted(k for k in flat if k.startswith("layers_")) == [
+        f"layers_{i}" for i in range(cfg.num_layers)
+    ]
+    q = params["layers"]["attn"]["q"]["kernel"]
+    np.testing.assert_array_equal(
+        flat[f"layers_{cfg.num_layers - 1}"]["attn"]["q"]["kernel"], q[-1]
+    )
+
+    ids = tokens(seed=7)
+    mask = np.arange(24)[None, :] < np.array([[24], [17], [9]])  # right-padded rows
+    run = jax.jit(lambda p, c: forward(p, c, ids, mask=mask)[0], static_argnums=1)
+    np.testing.assert_allclose(run(flat, cfg), run(params, cfg), rtol=1e-6, atol=1e-6)
+    bf = cfg.replace(dtype="bfloat16")
+    cast = unstack_layers(params, jnp.bfloat16)
+    assert {x.dtype for x in jax.tree.leaves(cast)} == {jnp.dtype(jnp.bfloat16)}
+    np.testing.assert_array_equal(  # same program but for the cast: bit for bit
+        np.asarray(run(cast, bf.replace(param_dtype="bfloat16")), np.float32),
+        np.asarray(run(flat, bf), np.float32),
+    )
 
 
 # ----------------------------------------------------------------------------- sharding

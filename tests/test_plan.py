@@ -117,6 +117,10 @@ def test_rows_kv_cache_and_chunk_buffers_by_hand():
     assert est["kv_cache"] == 24 * rows * slots * 2 * 2 * 64 * 2
     assert est["logprob_buffers"] == 3 * (512 // shards) * 151936 * 4
     assert est["total"] == max(est["train_peak"], est["sample_peak"])
+    assert est["decode_weights"] == est["params"] // 2  # float32 params, bfloat16 decode copy
+    assert est["sample_peak"] == (
+        est["params"] + est["optimizer"] + est["decode_weights"] + est["kv_cache"]
+    )
     assert est["train_peak"] == (
         est["params"]
         + est["optimizer"]

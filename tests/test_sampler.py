@@ -255,6 +255,26 @@ def test_stop_on_eos_ids_and_stop_strings(hf_checkpoint, monkeypatch):
     assert len(calls) < (n - 1) // 4  # decoding stopped once every row finished
 
 
+@pytest.mark.parametrize("family", ["qwen3"])
+def test_decode_params_reused_across_calls(hf_checkpoint):
+    """float32 weights sampled in bfloat16: one decode_params copy (per layer, cast once) gives
+    the same rollouts as letting each sample call make its own."""
+    path, _ = hf_checkpoint
+    model = from_pretrained(path)
+    cfg = model.cfg.replace(dtype="bfloat16")
+    ids, mask = prompts(cfg.vocab_size)
+    sp = SamplingParams(temperature=0.7, top_k=20, max_new_tokens=6)
+    prepared = sampler.decode_params(model.params, cfg)
+    assert "layers" not in prepared and "layers_0" in prepared
+    assert {x.dtype.name for x in jax.tree.leaves(prepared)} == {"bfloat16"}
+    assert sampler.decode_params(prepared, cfg) is prepared  # already in decode layout: no copy
+    a = sample(model.params, cfg, ids, mask, num_samples=2, sp=sp, seed=1)
+    b = sample(prepared, cfg, ids, mask, num_samples=2, sp=sp, seed=1)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_array_equal(a.logp, b.logp)
+    np.testing.assert_array_equal(a.logp_model, b.logp_model)
+
+
 def test_sharded_mesh_gives_the_same_tokens(tmp_path):
     make_hf_checkpoint(tmp_path / "m", "qwen2")
     model = from_pretrained(str(tmp_path / "m"))

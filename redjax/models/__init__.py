@@ -9,6 +9,7 @@ from redjax.models.transformer import (
     init_params,
     param_shapes,
     unembedding,
+    unstack_layers,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "read_config",
     "save_pretrained",
     "unembedding",
+    "unstack_layers",
 ]

@@ -1,9 +1,12 @@
 """The decoder-only transformer of the Llama / Qwen2 / Qwen2.5 / Qwen3 family, in Flax Linen.
 
 One definition serves the trainer (full sequences) and the sampler (prefill, then one token at a
-time against a KV cache). Layers are scanned (`nn.scan`), so parameters carry a leading layer axis
-and a 28-layer model compiles as fast as a 1-layer one. Everything is a pure function of
-(params, inputs, cache): the cache goes in and comes out, it is never hidden module state.
+time against a KV cache). For training, layers are scanned (`nn.scan`): parameters carry a leading
+layer axis and a 28-layer model compiles as fast as a 1-layer one. For sampling, `unstack_layers`
+gives each layer its own arrays and the layers run as a plain loop over a per-layer KV cache, so
+a decode step reads every weight and cache entry once, in place, with no per-layer slice copies.
+Everything is a pure function of (params, inputs, cache): the cache goes in and comes out, it is
+never hidden module state.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-# k, v: [layers, batch, slots, kv_heads, head_dim]; mask: [batch, slots]; index: []
-Cache = dict[str, Array]
+# k, v: one [batch, slots, kv_heads, head_dim] array per layer; mask: [batch, slots]; index: []
+Cache = dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +118,7 @@ class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, kv_mask, cache, layer, index):
+    def __call__(self, x, positions, kv_mask, cache, index):
         cfg = self.cfg
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         b, t, _ = x.shape
@@ -140,17 +143,12 @@ class Attention(nn.Module):
         if cache is None:  # full sequence: causal over the given slots
             keys, values, slots = k, v, t
             query_slot = jnp.arange(t)
-        else:  # write the new keys of this layer at [index, index + t), attend over all slots
-            # The whole [layers, ...] cache is carried and updated in place: a decode step
-            # writes one slot per layer instead of copying every layer's cache.
+        else:  # write the new keys at [index, index + t) in place, attend over all slots
             ck, cv = cache
-            at = (layer, 0, index, 0, 0)
-            ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), at)
-            cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), at)
-            cache = (ck, cv)
-            keys = jax.lax.dynamic_index_in_dim(ck, layer, 0, keepdims=False)
-            values = jax.lax.dynamic_index_in_dim(cv, layer, 0, keepdims=False)
-            slots = ck.shape[2]
+            keys = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
+            values = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
+            cache = (keys, values)
+            slots = ck.shape[1]
             query_slot = index + jnp.arange(t)
         causal = jnp.arange(slots)[None, :] <= query_slot[:, None]  # [t, slots]
         mask = causal[None, None] & kv_mask[:, None, None, :]  # [b, 1, t, slots]
@@ -179,22 +177,22 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """One pre-norm decoder layer. The scan carry is (residual stream, KV cache of all layers
-    or None, this layer's index)."""
+    """One pre-norm decoder layer: (residual stream, this layer's (k, v) cache or None) in and
+    out, in the shape of a scan carry."""
 
     cfg: ModelConfig
 
     @nn.compact
     def __call__(self, carry, positions, kv_mask, index):
-        x, cache, layer = carry
+        x, cache = carry
         cfg = self.cfg
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         y = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="attn_norm")(x)
-        y, cache = Attention(cfg, name="attn")(y, positions, kv_mask, cache, layer, index)
+        y, cache = Attention(cfg, name="attn")(y, positions, kv_mask, cache, index)
         x = x + y
         y = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="mlp_norm")(x)
         x = x + MLP(cfg, name="mlp")(y)
-        return (x, cache, layer + 1), None
+        return (x, cache), None
 
 
 REMAT_POLICIES = {
@@ -204,9 +202,14 @@ REMAT_POLICIES = {
 
 
 class Transformer(nn.Module):
-    """tokens [B, T] -> logits [B, T, V] (or final hidden states [B, T, D] with hidden=True)."""
+    """tokens [B, T] -> logits [B, T, V] (or final hidden states [B, T, D] with hidden=True).
+
+    scan=True: stacked layer parameters under "layers", no cache. scan=False: parameters
+    "layers_0" ... "layers_{L-1}" (see `unstack_layers`), with or without a cache.
+    """
 
     cfg: ModelConfig
+    scan: bool = True
 
     @nn.compact
     def __call__(
@@ -233,34 +236,41 @@ class Transformer(nn.Module):
         )
         x = embed(tokens)
 
-        if cache is None:
-            kv_mask, index, kv = mask, 0, None
-        else:
-            index = cache["index"]
-            kv_mask = jax.lax.dynamic_update_slice(cache["mask"], mask, (0, index))
-            kv = (cache["k"], cache["v"])
-
         block = Block
         if cfg.remat != "none" and cache is None:
             block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
-        layers = nn.scan(
-            block,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
-            length=cfg.num_layers,
-        )(cfg, name="layers")
-        (x, new_kv, _), _ = layers((x, kv, jnp.int32(0)), positions, kv_mask, index)
-        x = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="norm")(x)
-
         new_cache = None
-        if cache is not None:
+        if cache is None and self.scan:
+            layers = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                length=cfg.num_layers,
+            )(cfg, name="layers")
+            (x, _), _ = layers((x, None), positions, mask, 0)
+        elif cache is None:
+            for i in range(cfg.num_layers):
+                (x, _), _ = block(cfg, name=f"layers_{i}")((x, None), positions, mask, 0)
+        else:
+            if self.scan:
+                raise ValueError("a KV cache needs per-layer parameters: see unstack_layers")
+            index = cache["index"]
+            kv_mask = jax.lax.dynamic_update_slice(cache["mask"], mask, (0, index))
+            ks, vs = [], []
+            for i, kv in enumerate(zip(cache["k"], cache["v"], strict=True)):
+                layer = block(cfg, name=f"layers_{i}")
+                (x, (k, v)), _ = layer((x, kv), positions, kv_mask, index)
+                ks.append(k)
+                vs.append(v)
             new_cache = {
-                "k": new_kv[0],
-                "v": new_kv[1],
+                "k": tuple(ks),
+                "v": tuple(vs),
                 "mask": kv_mask,
                 "index": index + tokens.shape[1],
             }
+        x = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="norm")(x)
+
         if hidden:
             return x, new_cache
         if cfg.tie_embeddings:
@@ -285,15 +295,32 @@ def unembedding(params: dict, cfg: ModelConfig) -> Array:
 
 
 def init_cache(cfg: ModelConfig, batch: int, slots: int, dtype: Any = None) -> Cache:
-    """An empty KV cache with `slots` positions per row."""
+    """An empty KV cache with `slots` positions per row: one k and one v array per layer."""
     dtype = jnp.dtype(dtype or cfg.dtype)
-    shape = (cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch, slots, cfg.num_kv_heads, cfg.head_dim)
+    zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
     return {
-        "k": jnp.zeros(shape, dtype),
-        "v": jnp.zeros(shape, dtype),
+        "k": zeros(),
+        "v": zeros(),
         "mask": jnp.zeros((batch, slots), bool),
         "index": jnp.zeros((), jnp.int32),
     }
+
+
+def unstack_layers(params: dict, dtype: Any = None) -> dict:
+    """Per-layer parameters "layers_0" ... in place of the stacked "layers" (cast to `dtype`).
+
+    The sampler calls this once per batch, so that its decode loop reads each layer's weights in
+    place instead of slicing (copying) them out of the stack at every step; casting to the compute
+    dtype there also saves the per-step cast of float32 weights.
+    """
+    cast = (lambda x: x) if dtype is None else (lambda x: x.astype(dtype))
+    out = {k: jax.tree.map(cast, v) for k, v in params.items() if k != "layers"}
+    if "layers" in params:
+        n = jax.tree.leaves(params["layers"])[0].shape[0]
+        for i in range(n):
+            out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: cast(x[i]), params["layers"])
+    return out
 
 
 def init_params(cfg: ModelConfig, seed: int = 0) -> dict:
@@ -319,5 +346,12 @@ def forward(
     cache: Cache | None = None,
     hidden: bool = False,
 ) -> tuple[Array, Cache | None]:
-    """Pure forward pass: (logits or hidden states, updated cache or None)."""
-    return Transformer(cfg).apply({"params": params}, tokens, positions, mask, cache, hidden)
+    """Pure forward pass: (logits or hidden states, updated cache or None).
+
+    params: stacked (as trained) or per-layer (`unstack_layers`); a cache needs per-layer
+    parameters, so stacked ones are unstacked here (the sampler does it once, outside its loop).
+    """
+    if cache is not None:
+        params = unstack_layers(params)
+    model = Transformer(cfg, scan="layers" in params)
+    return model.apply({"params": params}, tokens, positions, mask, cache, hidden)
