@@ -1,6 +1,7 @@
 """math_reward / is_equiv against a table of cases; extraction, format reward, registry, fuzzing."""
 
 import time
+import warnings
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -164,6 +165,16 @@ def test_guards_reject_huge_or_malformed_answers(answer):
     assert math_reward(f"The answer is {answer}", "1") == 0.0
     assert is_equiv(answer, "1") is False
     assert time.monotonic() - start < SAFETY_BOUND
+
+
+@pytest.mark.parametrize("answer", ["2(1,2)", "(1,2)(3,4)", "x(1,2)"])
+def test_sympy_warnings_on_model_text_stay_quiet(answer):
+    """Tuples times numbers make SymPy warn (deprecated Mul of a Tuple); the verifier scores
+    such text without a warning reaching the trainer's output."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert math_reward(f"\\boxed{{{answer}}}", "3") == 0.0
+    assert [str(w.message)[:60] for w in seen] == []
 
 
 LATEX_FRAGMENTS = [

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 
 import sympy
 from sympy.parsing.sympy_parser import auto_number, auto_symbol, parse_expr, rationalize
@@ -684,6 +685,12 @@ def _too_deep(s: str) -> bool:
 
 def is_equiv(gold: str, answer: str, *, rtol: float = RTOL) -> bool:
     """Whether an extracted answer equals the gold answer (gold-led; see the module docstring)."""
+    with warnings.catch_warnings():  # model text makes SymPy warn (deprecated forms): not news
+        warnings.simplefilter("ignore")
+        return _is_equiv(gold, answer, rtol)
+
+
+def _is_equiv(gold: str, answer: str, rtol: float) -> bool:
     try:
         if not isinstance(gold, str) or not isinstance(answer, str):
             return False
