@@ -24,13 +24,18 @@ the partition rules of redjax.sharding apply; rows are split over data x fsdp):
   log-probs      the chunked float32 logits of objective.token_stats_chunked: a device holds its
                  rows of one chunk, (chunk / data shards) x vocab x 4 bytes, times 3 (logits,
                  softmax, their gradient)
+  gathered       with data shards > 1, each device scores its rows against a whole unembedding
+                 (split only over tensor) and sums its gradient there: vocab x d / tensor in
+                 param_dtype for the gradient, the same again for the copy when fsdp > 1
+                 splits it; with fsdp > 1, also one layer's weights all-gathered and their
+                 gradient: 2 x (layer parameters) / tensor
   KV cache       sampling: rows x (prompt + new tokens, bucketed) x L x 2 x kv heads x hd x b,
                  rows = the rollouts (prompts x group) or the evaluation batch of one device
   decode weights sampling: the sampler's per-layer copy of the parameters in the compute dtype
                  (sampler.decode_params), sharded like the parameters
 
 Peak = persistent (parameters, optimizer, reference) + the larger of the train step (gradients,
-activations, log-probs) and sampling (decode weights, KV cache); the two phases never overlap. XLA's own
+activations, log-probs, gathered) and sampling (decode weights, KV cache); the two phases never overlap. XLA's own
 temporaries and fragmentation come on top: keep a margin of 10-20%.
 """
 
@@ -177,6 +182,12 @@ def estimate(model_cfg: Any, cfg: config_lib.Config, mesh_shape: dict[str, int])
     act_bytes = rows_dev * seq * per_token
     chunk_tokens = max(-(-cfg.train.chunk // shards), rows_dev)
     logp_bytes = 3 * chunk_tokens * mc.vocab_size * 4
+    pb = DTYPE_BYTES[mc.param_dtype]
+    embed = mc.vocab_size * mc.hidden_size * (1 if mc.tie_embeddings else 2)
+    layer = (num_params - embed - mc.hidden_size) // mc.num_layers
+    fsdp = mesh["fsdp"] > 1
+    unembed = _split(mc.vocab_size, tensor) * mc.hidden_size * pb
+    gathered = unembed * ((shards > 1) + fsdp) + (2 * layer * pb // tensor if fsdp else 0)
 
     # Sampling: rollouts of one iteration, and the evaluation batch (k samples per problem).
     e = cfg.eval
@@ -190,7 +201,7 @@ def estimate(model_cfg: Any, cfg: config_lib.Config, mesh_shape: dict[str, int])
     decode_bytes = param_bytes * b // DTYPE_BYTES[mc.param_dtype]
 
     persistent = param_bytes + opt_bytes + ref_bytes
-    train_peak = persistent + grad_bytes + act_bytes + logp_bytes
+    train_peak = persistent + grad_bytes + act_bytes + logp_bytes + gathered
     sample_peak = persistent + decode_bytes + kv_bytes
     return {
         "num_params": num_params,
@@ -202,6 +213,7 @@ def estimate(model_cfg: Any, cfg: config_lib.Config, mesh_shape: dict[str, int])
         "reference": ref_bytes,
         "activations": act_bytes,
         "logprob_buffers": logp_bytes,
+        "gathered": gathered,
         "kv_cache": kv_bytes,
         "decode_weights": decode_bytes,
         "train_peak": train_peak,
@@ -244,6 +256,7 @@ def report(est: dict, model_cfg: Any, memory_gib: float | None = None) -> str:
         ("reference parameters", "reference"),
         ("activations (train step)", "activations"),
         ("log-prob chunk buffers", "logprob_buffers"),
+        ("gathered weights + grads", "gathered"),
         ("KV cache (sampling)", "kv_cache"),
         ("decode weights (sampling)", "decode_weights"),
         ("peak, train step", "train_peak"),

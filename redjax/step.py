@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from redjax import objective, sharding
 from redjax.models import ModelConfig, forward, unembedding
@@ -64,15 +65,32 @@ def make_optimizer(
     return adamw
 
 
-def score(params: Any, cfg: ModelConfig, rows: dict, chunk: int) -> tuple[jax.Array, jax.Array]:
-    """Log-probs and entropies [N, C] of the response tokens, in float32 chunks."""
+def score(
+    params: Any, cfg: ModelConfig, rows: dict, chunk: int, mesh: Mesh | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """Log-probs and entropies [N, C] of the response tokens, in float32 chunks of `chunk`
+    tokens (over all devices: chunk / data shards rows x positions on each)."""
     tokens = jnp.concatenate([rows["prompt"], rows["resp"]], axis=1)
     mask = jnp.concatenate([rows["prompt_mask"], rows["resp_mask"]], axis=1)
-    hidden, _ = forward(params, cfg, tokens, mask=mask, hidden=True)
+    hidden, _ = forward(params, cfg, tokens, mask=mask, hidden=True, mesh=mesh)
     p, c = rows["prompt"].shape[1], rows["resp"].shape[1]
     h = hidden[:, p - 1 : p + c - 1]  # the state before each response token predicts it
     # The unembedding stays in its parameter dtype: its gradient accumulates over chunks there.
-    return objective.token_stats_chunked(h, unembedding(params, cfg), rows["resp"], chunk=chunk)
+    w, shards = unembedding(params, cfg), sharding.data_shards(mesh)
+    if shards == 1:
+        return objective.token_stats_chunked(h, w, rows["resp"], chunk=chunk)
+    # Each device scores its own rows, so the unembedding's gradient sums over the chunks on
+    # the device and is reduced over devices once, not once per chunk. "tensor" stays automatic.
+    axes = sharding.batch_axes(mesh)
+
+    def local(h, w, targets):  # w marked per-device up front: its cotangent is summed here...
+        w = jax.lax.pcast(w, axes, to="varying")  # ...and reduced once, where this is transposed
+        return objective.token_stats_chunked(h, w, targets, chunk=max(1, chunk // shards))
+
+    spec = P(axes)
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(spec, P(), spec), out_specs=(spec, spec), axis_names=set(axes)
+    )(h, w, rows["resp"])
 
 
 def _micro(x: jax.Array, m: int) -> jax.Array:
@@ -87,9 +105,9 @@ def _sum_stats(ent, mask, rows):
     return jnp.sum(ent * on), jnp.sum(on)
 
 
-def loss_fn(params, cfg: ModelConfig, sc: StepConfig, mb: dict, lam, counts: dict):
+def loss_fn(params, cfg: ModelConfig, sc: StepConfig, mb: dict, lam, counts: dict, mesh=None):
     """L_rl + lam * L_ext on one micro-batch, normalised by the global counts."""
-    logp, ent = score(params, cfg, mb, sc.chunk)
+    logp, ent = score(params, cfg, mb, sc.chunk, mesh)
     resp_mask = mb["resp_mask"].astype(jnp.float32)
     online = mb["online"]
     on_mask = resp_mask * online[:, None]
@@ -148,8 +166,11 @@ def train_step(
     cfg: ModelConfig,
     sc: StepConfig,
     tx: optax.GradientTransformation,
+    mesh: Mesh | None = None,
 ) -> tuple[dict, dict]:
-    """One optimizer update on a full batch; returns the new state and scalar metrics."""
+    """One optimizer update on a full batch; returns the new state and scalar metrics.
+
+    With a mesh, the batch rows are split over its data axes (see `score`)."""
     params = state["params"]
     resp_mask = batch["resp_mask"].astype(jnp.float32)
     online = batch["online"]
@@ -159,7 +180,7 @@ def train_step(
         "on_seqs": jnp.sum(online & (resp_mask.sum(-1) > 0)).astype(jnp.float32),
     }
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    one = lambda mb: grad_fn(params, cfg, sc, mb, lam, counts)  # ((loss, aux), grads)
+    one = lambda mb: grad_fn(params, cfg, sc, mb, lam, counts, mesh)  # ((loss, aux), grads)
     rows = {k: v for k, v in batch.items() if not k.startswith("probe_")}
     (loss, aux), grads = _accumulate(one, rows, sc.micro_batches)
 
@@ -171,7 +192,7 @@ def train_step(
     after_on = after_off = jnp.float32(jnp.nan)
     if sc.probe:
         probe = {k: batch["probe_" + k] for k in (*ROW_KEYS, "online")}
-        _, ent_after = score(new_params, cfg, probe, sc.chunk)
+        _, ent_after = score(new_params, cfg, probe, sc.chunk, mesh)
         p_mask = probe["resp_mask"].astype(jnp.float32)
         after_on = _ratio(_sum_stats(ent_after, p_mask, probe["online"]))
         after_off = _ratio(_sum_stats(ent_after, p_mask, ~probe["online"]))
@@ -237,7 +258,7 @@ def jit_train_step(
     cfg: ModelConfig, sc: StepConfig, tx: optax.GradientTransformation, state_sh: dict, mesh: Mesh
 ):
     """train_step jitted for the mesh; the state is donated and keeps its shardings."""
-    fn = functools.partial(train_step, cfg=cfg, sc=sc, tx=tx)
+    fn = functools.partial(train_step, cfg=cfg, sc=sc, tx=tx, mesh=mesh)
     return jax.jit(fn, out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
 
 
@@ -246,9 +267,9 @@ def jit_score(cfg: ModelConfig, chunk: int, micro_batches: int, mesh: Mesh):
 
     def fn(params, rows):
         if micro_batches == 1:
-            return score(params, cfg, rows, chunk)
+            return score(params, cfg, rows, chunk, mesh)
         micro = jax.tree.map(lambda x: _micro(x, micro_batches), rows)
-        logp, ent = jax.lax.map(lambda mb: score(params, cfg, mb, chunk), micro)
+        logp, ent = jax.lax.map(lambda mb: score(params, cfg, mb, chunk, mesh), micro)
         unmicro = lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, x.shape[-1])
         return unmicro(logp), unmicro(ent)
 

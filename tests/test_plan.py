@@ -127,7 +127,12 @@ def test_rows_kv_cache_and_chunk_buffers_by_hand():
         + est["gradients"]
         + est["activations"]
         + est["logprob_buffers"]
+        + est["gathered"]
     )
+    # 4 data shards: a whole (tied) unembedding per device and its gradient, and with fsdp=2
+    # one layer all-gathered (float32 parameters).
+    layer = (est["num_params"] - 151936 * 896 - 896) // 24
+    assert est["gathered"] == 2 * 151936 * 896 * 4 + 2 * layer * 4
     tp = plan.estimate(mc, cfg, {"data": 2, "fsdp": 1, "tensor": 2})
     assert tp["kv_cache"] == 24 * math.ceil(32 / 2) * slots * 2 * 1 * 64 * 2  # kv heads split
 

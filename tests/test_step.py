@@ -116,3 +116,48 @@ def test_metrics_against_recompute(single):
     n_on = (rows["resp_mask"] * rows["online"][:, None]).sum()
     np.testing.assert_allclose(metrics["tokens_on"], n_on)
     assert np.isfinite(metrics["grad_norm"]) and metrics["grad_norm"] > 0
+
+
+# ----------------------------------------------------------------------------- communication
+@pytest.mark.parametrize("shape, budget", [((8, 1, 1), 2), ((1, 8, 1), 5)])
+def test_communication_is_fsdp_sized(shape, budget):
+    """Per step and device, the collectives move about what data parallelism / FSDP must: one
+    gradient reduction (1x the parameter bytes), plus with fsdp the per-layer weight all-gathers
+    of the forward, the backward and the probe (4x), not activations per layer nor the
+    unembedding's gradient per log-prob chunk (the step did both before: 7.2x and 58x)."""
+    cfg = ModelConfig(
+        vocab_size=1024,
+        hidden_size=128,
+        intermediate_size=384,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+    )
+    mesh = sharding.make_mesh(*shape)
+    tx = step.make_optimizer(1e-3, 10)
+    shapes = jax.eval_shape(lambda: init_params(cfg))
+    params = jax.jit(
+        lambda: init_params(cfg), out_shardings=sharding.param_shardings(shapes, mesh)
+    )()
+    state, sh = step.init_state(params, tx, mesh)
+    rng = np.random.default_rng(0)
+    n, p, c = 64, 16, 64
+    rows = {
+        "prompt": rng.integers(0, 1024, (n, p)).astype(np.int32),
+        "prompt_mask": np.ones((n, p), bool),
+        "resp": rng.integers(0, 1024, (n, c)).astype(np.int32),
+        "resp_mask": np.ones((n, c), bool),
+        "online": np.arange(n) % 8 != 0,
+        "adv": rng.normal(size=n).astype(np.float32),
+        "shift": np.full(n, 0.5, np.float32),
+        "old_logp": np.full((n, c), -3.0, np.float32),
+        "ref_logp": np.full((n, c), -3.0, np.float32),
+    }
+    rows = step.with_probe(rows, step.probe_rows(rows["online"], 0.25, multiple=8))
+    fn = step.jit_train_step(cfg, step.StepConfig(chunk=128), tx, sh, mesh)
+    hlo = fn.lower(state, sharding.put_local(rows, mesh), jnp.float32(1.0)).compile().as_text()
+    param_bytes = 4 * cfg.num_params
+    ratio = sharding.collective_bytes(hlo) / param_bytes
+    print(f"mesh {shape}: {ratio:.2f}x the parameter bytes")
+    assert ratio <= budget, ratio

@@ -18,6 +18,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from redjax import sharding
 
 Array = jax.Array
 # k, v: one [batch, slots, kv_heads, head_dim] array per layer; mask: [batch, slots]; index: []
@@ -206,10 +210,14 @@ class Transformer(nn.Module):
 
     scan=True: stacked layer parameters under "layers", no cache. scan=False: parameters
     "layers_0" ... "layers_{L-1}" (see `unstack_layers`), with or without a cache.
+    mesh: the train step's device mesh. With fsdp > 1, each layer's weights are all-gathered
+    over fsdp as the layer runs and activations stay split by rows (FSDP proper); without it XLA
+    may leave the weights split and move activations instead, at many times the traffic.
     """
 
     cfg: ModelConfig
     scan: bool = True
+    mesh: Mesh | None = None
 
     @nn.compact
     def __call__(
@@ -237,8 +245,16 @@ class Transformer(nn.Module):
         x = embed(tokens)
 
         block = Block
+        gather = sharding.layer_gather(self.mesh)
+        if gather is not None:  # the embedding's rows come split over fsdp by model dim: move
+            # them to the rows' split in two steps, each an all-to-all / all-gather both ways
+            x = jax.lax.with_sharding_constraint(
+                x, NamedSharding(self.mesh, P("data", None, "fsdp"))
+            )
+            x = jax.lax.with_sharding_constraint(x, sharding.batch_sharding(self.mesh, 3))
+            block = nn.map_variables(Block, "params", trans_in_fn=gather)
         if cfg.remat != "none" and cache is None:
-            block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+            block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
         new_cache = None
         if cache is None and self.scan:
             layers = nn.scan(
@@ -345,13 +361,15 @@ def forward(
     positions: Array | None = None,
     cache: Cache | None = None,
     hidden: bool = False,
+    mesh: Mesh | None = None,
 ) -> tuple[Array, Cache | None]:
     """Pure forward pass: (logits or hidden states, updated cache or None).
 
     params: stacked (as trained) or per-layer (`unstack_layers`); a cache needs per-layer
     parameters, so stacked ones are unstacked here (the sampler does it once, outside its loop).
+    mesh: the train step's mesh (see Transformer).
     """
     if cache is not None:
         params = unstack_layers(params)
-    model = Transformer(cfg, scan="layers" in params)
+    model = Transformer(cfg, scan="layers" in params, mesh=mesh)
     return model.apply({"params": params}, tokens, positions, mask, cache, hidden)

@@ -1,0 +1,96 @@
+"""Communication of the train step: bytes of collectives per step and device, by mesh.
+
+Compiles (never runs) the RED train step for 8 virtual CPU devices from abstract shapes, so a
+Qwen2.5-0.5B-shaped step needs no memory for weights, and reads the collectives out of the
+compiled program (redjax.sharding.collective_bytes). What data parallelism must move is one
+gradient reduction (1x the parameter bytes); FSDP adds the per-layer weight all-gathers of the
+forward, the backward and the probe.
+
+    python bench/comms.py                              # Qwen2.5-0.5B shape, about a minute
+    python bench/comms.py --size tiny --rows 64 --prompt-len 16 --resp-len 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+)
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+from step import SIZES  # noqa: E402
+
+from redjax import sharding, step  # noqa: E402
+from redjax.models import ModelConfig, init_params  # noqa: E402
+
+MESHES = ((8, 1, 1), (2, 4, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2))
+ROW_KEYS = {
+    "prompt": jnp.int32, "prompt_mask": bool, "resp": jnp.int32, "resp_mask": bool,
+    "online": bool, "adv": jnp.float32, "shift": jnp.float32, "old_logp": jnp.float32,
+    "ref_logp": jnp.float32, "probe": bool,
+}  # fmt: skip
+
+
+def abstract_inputs(cfg: ModelConfig, mesh, tx, n: int, p: int, c: int):
+    """The train state and a batch of n rows (a quarter probed) as sharded ShapeDtypeStructs."""
+    shapes = jax.eval_shape(lambda: init_params(cfg))
+    param_sh = sharding.param_shardings(shapes, mesh)
+    sh = step.state_shardings(shapes, param_sh, tx, mesh)
+    sds = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+    state = {
+        "params": jax.tree.map(sds, shapes, param_sh),
+        "opt_state": jax.tree.map(sds, jax.eval_shape(tx.init, shapes), sh["opt_state"]),
+        "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=sh["step"]),
+    }
+    rows = NamedSharding(mesh, P(sharding.batch_axes(mesh)))
+    width = {"prompt": p, "prompt_mask": p, "resp": c, "resp_mask": c, "old_logp": c}
+    width["ref_logp"] = c
+    batch = {}
+    for k, dtype in ROW_KEYS.items():
+        shape = (n, width[k]) if k in width else (n,)
+        batch[k] = jax.ShapeDtypeStruct(shape, dtype, sharding=rows)
+        if k in ("prompt", "prompt_mask", "resp", "resp_mask", "online"):
+            probe = (n // 4,) + shape[1:]
+            batch["probe_" + k] = jax.ShapeDtypeStruct(probe, dtype, sharding=rows)
+    return state, sh, batch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="qwen2.5-0.5b", choices=list(SIZES))
+    ap.add_argument("--rows", type=int, default=64)
+    ap.add_argument("--prompt-len", type=int, default=256)
+    ap.add_argument("--resp-len", type=int, default=512)
+    ap.add_argument("--chunk", type=int, default=1024)
+    ap.add_argument("--remat", default="full", choices=["none", "full", "dots"])
+    args = ap.parse_args()
+
+    cfg = ModelConfig(**SIZES[args.size], dtype="bfloat16", remat=args.remat)
+    tx = step.make_optimizer(1e-6, 100)
+    param_bytes = 4 * cfg.num_params
+    print(
+        f"model {args.size} ({cfg.num_params / 1e6:.1f}M float32 params, bfloat16 compute, "
+        f"remat {args.remat}), {args.rows} rows x ({args.prompt_len} + {args.resp_len}) tokens, "
+        f"chunk {args.chunk}, 8 virtual CPU devices, jax {jax.__version__}\n"
+    )
+    print("| mesh (data, fsdp, tensor) | collectives per step and device | x parameter bytes |")
+    print("|---|---:|---:|")
+    for shape in MESHES:
+        mesh = sharding.make_mesh(*shape)
+        state, sh, batch = abstract_inputs(cfg, mesh, tx, args.rows, args.prompt_len, args.resp_len)
+        fn = step.jit_train_step(cfg, step.StepConfig(chunk=args.chunk), tx, sh, mesh)
+        hlo = fn.lower(state, batch, jax.ShapeDtypeStruct((), jnp.float32)).compile().as_text()
+        moved = sharding.collective_bytes(hlo)
+        print(f"| {shape} | {moved / 1e9:.2f} GB | {moved / param_bytes:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
