@@ -140,14 +140,15 @@ def test_resume_matches_uninterrupted(reference, tmp_path, how):
     ref_dir, _, cache = reference
     run_dir = str(tmp_path / "run")
     proc = start(run_dir, cache, "train.steps=5", "train.save_every=2")
-    wait_for_step(run_dir, 3, proc)
-    while not os.path.isdir(os.path.join(run_dir, "checkpoints", "2")):  # finalised
-        time.sleep(0.1)
-    if how == "sigterm":
+    if how == "sigterm":  # as early as possible: later, the last steps may finish first
+        wait_for_step(run_dir, 1, proc)
         proc.send_signal(signal.SIGTERM)  # saves at the end of the step in flight, exits 0
         out = finish(proc)
         assert "Re-run the same command to resume" in out
     else:
+        wait_for_step(run_dir, 3, proc)
+        while not os.path.isdir(os.path.join(run_dir, "checkpoints", "2")):  # finalised
+            time.sleep(0.1)
         proc.kill()  # no chance to save: resumes from the last periodic checkpoint
         proc.wait()
     out = finish(start(run_dir, cache, "train.steps=5", "train.save_every=2"))
