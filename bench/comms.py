@@ -1,10 +1,13 @@
-"""Communication of the train step: bytes of collectives per step and device, by mesh.
+"""Communication of the train step and the sampler: bytes of collectives per device, by mesh.
 
 Compiles (never runs) the RED train step for 8 virtual CPU devices from abstract shapes, so a
 Qwen2.5-0.5B-shaped step needs no memory for weights, and reads the collectives out of the
 compiled program (redjax.sharding.collective_bytes). What data parallelism must move is one
 gradient reduction (1x the parameter bytes); FSDP adds the per-layer weight all-gathers of the
 forward, the backward and the probe.
+
+The sampler's table: one prefill of 64 prompts of 256 tokens (bfloat16 decode weights) and one
+decode step (the decode loop's body: the loop's length is not known when it compiles).
 
     python bench/comms.py                              # Qwen2.5-0.5B shape, about a minute
     python bench/comms.py --size tiny --rows 64 --prompt-len 16 --resp-len 64
@@ -24,11 +27,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 from step import SIZES  # noqa: E402
 
-from redjax import sharding, step  # noqa: E402
+from redjax import sampler, sharding, step  # noqa: E402
 from redjax.models import ModelConfig, init_params  # noqa: E402
 
 MESHES = ((8, 1, 1), (2, 4, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2))
@@ -63,6 +67,35 @@ def abstract_inputs(cfg: ModelConfig, mesh, tx, n: int, p: int, c: int):
     return state, sh, batch
 
 
+def sampler_bytes(cfg: ModelConfig, mesh, rows: int, prompt: int, new: int) -> tuple[int, int]:
+    """Collective bytes of one prefill and of one decode step, from abstract inputs."""
+    typed = lambda tree, shardings: jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+    shapes = jax.eval_shape(lambda: init_params(cfg))
+    params = typed(shapes, sharding.param_shardings(shapes, mesh))
+    unstack = sampler._unstack.lower(params, cfg.dtype).compile()
+    out = jax.eval_shape(lambda p: sampler.unstack_layers(p, cfg.dtype), params)
+    params = typed(out, unstack.output_shardings)
+    cfg = cfg.replace(param_dtype=cfg.dtype)
+    mode, knobs = sampler._split(sampler.SamplingParams(max_new_tokens=new), cfg.vocab_size)
+    row = NamedSharding(mesh, P(sharding.batch_axes(mesh), None))
+    ids = jax.ShapeDtypeStruct((rows, prompt), jnp.int32, sharding=row)
+    mask = jax.ShapeDtypeStruct((rows, prompt), bool, sharding=row)
+    static = dict(cfg=cfg, mode=mode, group=1, rows=rows, live=rows, mesh=mesh)
+    static.update(slots=prompt + new, width=new)
+    args = (params, ids, mask, np.uint32(0), knobs)
+    prefill = sampler._prefill.lower(*args, **static).compile()
+    state = typed(
+        jax.eval_shape(lambda *a: sampler._prefill(*a, **static), *args), prefill.output_shardings
+    )
+    decode = sampler._decode.lower(
+        params, state, np.int32(new), knobs, cfg=cfg, mode=mode, mesh=mesh
+    )
+    prefill_bytes = sharding.collective_bytes(prefill.as_text())
+    return prefill_bytes, sharding.collective_bytes(decode.compile().as_text())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="qwen2.5-0.5b", choices=list(SIZES))
@@ -90,6 +123,14 @@ def main() -> None:
         hlo = fn.lower(state, batch, jax.ShapeDtypeStruct((), jnp.float32)).compile().as_text()
         moved = sharding.collective_bytes(hlo)
         print(f"| {shape} | {moved / 1e9:.2f} GB | {moved / param_bytes:.1f} |", flush=True)
+
+    print(f"\nsampler: {args.rows} prompts x {args.prompt_len} tokens, {args.resp_len} new\n")
+    print("| mesh (data, fsdp, tensor) | prefill | one decode step |")
+    print("|---|---:|---:|")
+    for shape in MESHES:
+        mesh = sharding.make_mesh(*shape)
+        pre, dec = sampler_bytes(cfg, mesh, args.rows, args.prompt_len, args.resp_len)
+        print(f"| {shape} | {pre / 1e9:.2f} GB | {dec / 1e6:.1f} MB |", flush=True)
 
 
 if __name__ == "__main__":

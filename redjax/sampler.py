@@ -206,9 +206,10 @@ def _prefill(
     Rows from `live` on only pad the batch to a multiple of the data shards: they start done.
     """
     b, p = tokens.shape
-    hidden, cache = forward(
-        params, cfg, tokens, mask=mask, cache=init_cache(cfg, b, p), hidden=True
-    )
+    # With fsdp, the prefill gathers each layer's weights (many tokens per row); the decode
+    # steps keep them split and move the (one-token) activations instead.
+    cache = init_cache(cfg, b, p)
+    hidden, cache = forward(params, cfg, tokens, mask=mask, cache=cache, hidden=True, mesh=mesh)
     dtype = jnp.dtype(cfg.dtype)
     logits = hidden[:, -1].astype(dtype) @ unembedding(params, cfg).astype(dtype)
 
