@@ -35,8 +35,8 @@ the partition rules of redjax.sharding apply; rows are split over data x fsdp):
                  (sampler.decode_params), sharded like the parameters
 
 Peak = persistent (parameters, optimizer, reference) + the larger of the train step (gradients,
-activations, log-probs, gathered) and sampling (decode weights, KV cache); the two phases never overlap. XLA's own
-temporaries and fragmentation come on top: keep a margin of 10-20%.
+activations, log-probs, gathered) and sampling (decode weights, KV cache); the two phases never
+overlap. XLA's own temporaries and fragmentation come on top: keep a margin of 10-20%.
 """
 
 from __future__ import annotations
