@@ -280,17 +280,24 @@ def from_pretrained(
     return Model(cfg, load_params(path, cfg, shardings))
 
 
-def hf_tensors(params: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
-    """Parameters as Hugging Face-named numpy tensors."""
+def hf_tensors(params: dict, cfg: ModelConfig) -> dict[str, safetensors_io.Pending]:
+    """Parameters as Hugging Face-named tensors, each gathered to the host only when fetched
+    (a collective on multi-host meshes: every process fetches in the same order)."""
     out = {}
     for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         p = _key_path(kp)
-        arr = to_host(leaf)
+        dtype = np.dtype(leaf.dtype)
         if p[0] == "layers":
             for i in range(cfg.num_layers):
-                out[hf_name(p, i)] = np.ascontiguousarray(_to_hf(p, arr[i]))
+                fetch = lambda p=p, leaf=leaf, i=i: np.ascontiguousarray(
+                    _to_hf(p, to_host(leaf[i]))
+                )
+                out[hf_name(p, i)] = safetensors_io.Pending(
+                    _hf_shape(p, leaf.shape[1:]), dtype, fetch
+                )
         else:
-            out[hf_name(p)] = np.ascontiguousarray(_to_hf(p, arr))
+            fetch = lambda p=p, leaf=leaf: np.ascontiguousarray(_to_hf(p, to_host(leaf)))
+            out[hf_name(p)] = safetensors_io.Pending(_hf_shape(p, leaf.shape), dtype, fetch)
     return out
 
 
@@ -301,20 +308,27 @@ def save_pretrained(
     tokenizer: Any = None,
     max_shard_bytes: int = 4 << 30,
 ) -> None:
-    """Write a folder that transformers.AutoModelForCausalLM.from_pretrained loads."""
+    """Write a folder that transformers.AutoModelForCausalLM.from_pretrained loads.
+
+    Tensors reach the host one at a time, so the host never holds the whole model. With several
+    processes, each takes part in every gather; process 0 writes.
+    """
     os.makedirs(path, exist_ok=True)
     tensors = hf_tensors(model.params, model.cfg)
     if jax.process_index() != 0:
+        for t in tensors.values():
+            t.fetch()
         return
     config_to_hf(model.cfg).save_pretrained(path)
-    shards: list[dict[str, np.ndarray]] = [{}]
+    nbytes = lambda t: int(np.prod(t.shape)) * t.dtype.itemsize
+    shards: list[dict[str, safetensors_io.Pending]] = [{}]
     size = 0
-    for name, arr in tensors.items():
-        if size and size + arr.nbytes > max_shard_bytes:
+    for name, t in tensors.items():
+        if size and size + nbytes(t) > max_shard_bytes:
             shards.append({})
             size = 0
-        shards[-1][name] = arr
-        size += arr.nbytes
+        shards[-1][name] = t
+        size += nbytes(t)
     if len(shards) == 1:
         safetensors_io.write(os.path.join(path, "model.safetensors"), shards[0])
     else:
@@ -323,7 +337,7 @@ def save_pretrained(
             fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
             safetensors_io.write(os.path.join(path, fname), shard)
             weight_map.update(dict.fromkeys(shard, fname))
-        total = sum(a.nbytes for a in tensors.values())
+        total = sum(nbytes(t) for t in tensors.values())
         with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     if tokenizer is not None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import ml_dtypes
 import numpy as np
@@ -55,14 +56,29 @@ def iter_tensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
         yield name, mm[start + lo : start + hi].view(dtype).reshape(shape)
 
 
-def write(path: str, tensors: dict[str, np.ndarray], metadata: dict | None = None) -> None:
-    """Write tensors (any numpy dtype in DTYPES, bfloat16 included) to one safetensors file."""
+@dataclasses.dataclass(frozen=True)
+class Pending:
+    """A tensor known by shape and dtype, fetched only when its bytes are written."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fetch: Callable[[], np.ndarray]
+
+
+def write(
+    path: str, tensors: Mapping[str, np.ndarray | Pending], metadata: dict | None = None
+) -> None:
+    """Write tensors (any numpy dtype in DTYPES, bfloat16 included) to one safetensors file.
+
+    Pending tensors are fetched one at a time while writing, so a file larger than the host's
+    free memory can be written from device arrays.
+    """
     header: dict = {"__metadata__": metadata or {"format": "pt"}}
     offset = 0
     for name, arr in tensors.items():
         if np.dtype(arr.dtype) not in NAMES:
             raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {arr.dtype}")
-        nbytes = arr.size * arr.dtype.itemsize
+        nbytes = int(np.prod(arr.shape)) * np.dtype(arr.dtype).itemsize
         header[name] = {
             "dtype": NAMES[np.dtype(arr.dtype)],
             "shape": list(arr.shape),
@@ -75,6 +91,10 @@ def write(path: str, tensors: dict[str, np.ndarray], metadata: dict | None = Non
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
-        for arr in tensors.values():
-            f.write(np.ascontiguousarray(arr).tobytes())
+        for name, arr in tensors.items():
+            data = arr.fetch() if isinstance(arr, Pending) else arr
+            if data.shape != tuple(arr.shape) or data.dtype != arr.dtype:
+                raise ValueError(f"{path}: tensor {name!r} fetched as {data.dtype}{data.shape}")
+            f.write(np.ascontiguousarray(data).reshape(-1).view(np.uint8).data)  # no copy
+            del data
     os.replace(tmp, path)
