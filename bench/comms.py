@@ -30,21 +30,17 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
-from step import SIZES  # noqa: E402
+from step import SIZES, rows  # noqa: E402
 
 from redjax import sampler, sharding, step  # noqa: E402
 from redjax.models import ModelConfig, init_params  # noqa: E402
 
 MESHES = ((8, 1, 1), (2, 4, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2))
-ROW_KEYS = {
-    "prompt": jnp.int32, "prompt_mask": bool, "resp": jnp.int32, "resp_mask": bool,
-    "online": bool, "adv": jnp.float32, "shift": jnp.float32, "old_logp": jnp.float32,
-    "ref_logp": jnp.float32, "probe": bool,
-}  # fmt: skip
 
 
 def abstract_inputs(cfg: ModelConfig, mesh, tx, n: int, p: int, c: int):
-    """The train state and a batch of n rows (a quarter probed) as sharded ShapeDtypeStructs."""
+    """The train state and bench/step.py's batch of n rows (a quarter probed) as sharded
+    ShapeDtypeStructs."""
     shapes = jax.eval_shape(lambda: init_params(cfg))
     param_sh = sharding.param_shardings(shapes, mesh)
     sh = step.state_shardings(shapes, param_sh, tx, mesh)
@@ -54,17 +50,10 @@ def abstract_inputs(cfg: ModelConfig, mesh, tx, n: int, p: int, c: int):
         "opt_state": jax.tree.map(sds, jax.eval_shape(tx.init, shapes), sh["opt_state"]),
         "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=sh["step"]),
     }
-    rows = NamedSharding(mesh, P(sharding.batch_axes(mesh)))
-    width = {"prompt": p, "prompt_mask": p, "resp": c, "resp_mask": c, "old_logp": c}
-    width["ref_logp"] = c
-    batch = {}
-    for k, dtype in ROW_KEYS.items():
-        shape = (n, width[k]) if k in width else (n,)
-        batch[k] = jax.ShapeDtypeStruct(shape, dtype, sharding=rows)
-        if k in ("prompt", "prompt_mask", "resp", "resp_mask", "online"):
-            probe = (n // 4,) + shape[1:]
-            batch["probe_" + k] = jax.ShapeDtypeStruct(probe, dtype, sharding=rows)
-    return state, sh, batch
+    host = rows(n, p, c, cfg.vocab_size, offline_frac=0.125)
+    host = step.with_probe(host, step.probe_rows(host["online"], 0.25, sharding.data_shards(mesh)))
+    by_rows = NamedSharding(mesh, P(sharding.batch_axes(mesh)))
+    return state, sh, jax.tree.map(lambda x: sds(x, by_rows), host)
 
 
 def sampler_bytes(cfg: ModelConfig, mesh, rows: int, prompt: int, new: int) -> tuple[int, int]:

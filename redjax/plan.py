@@ -198,7 +198,7 @@ def estimate(model_cfg: Any, cfg: config_lib.Config, mesh_shape: dict[str, int])
     eval_rows = -(-(max(r.prompts, 32) * e.k) // shards)
     eval_slots = prompt_slots + sample_bucket(e.max_new_tokens or r.max_new_tokens)
     kv_bytes = max(roll_rows * roll_slots, eval_rows * eval_slots) * kv_token
-    decode_bytes = param_bytes * b // DTYPE_BYTES[mc.param_dtype]
+    decode_bytes = param_bytes * b // pb
 
     persistent = param_bytes + opt_bytes + ref_bytes
     train_peak = persistent + grad_bytes + act_bytes + logp_bytes + gathered

@@ -22,7 +22,7 @@ CFG = ModelConfig(
 SC = step.StepConfig(chunk=24, eps_low=0.2, eps_high=0.28)
 
 
-def host_rows(n=16, p=8, c=8, seed=0):
+def host_rows(n=16, p=8, c=8, seed=0, vocab=96):
     rng = np.random.default_rng(seed)
     plen = rng.integers(2, p + 1, n)
     clen = rng.integers(1, c + 1, n)
@@ -30,9 +30,9 @@ def host_rows(n=16, p=8, c=8, seed=0):
     resp_mask = np.arange(c)[None] < clen[:, None]  # right padded
     online = np.arange(n) % 4 != 3  # 3 online rows, then 1 offline row
     rows = {
-        "prompt": np.where(prompt_mask, rng.integers(0, 96, (n, p)), 0).astype(np.int32),
+        "prompt": np.where(prompt_mask, rng.integers(0, vocab, (n, p)), 0).astype(np.int32),
         "prompt_mask": prompt_mask,
-        "resp": np.where(resp_mask, rng.integers(0, 96, (n, c)), 0).astype(np.int32),
+        "resp": np.where(resp_mask, rng.integers(0, vocab, (n, c)), 0).astype(np.int32),
         "resp_mask": resp_mask,
         "online": online,
         "adv": rng.normal(size=n).astype(np.float32),
@@ -43,15 +43,20 @@ def host_rows(n=16, p=8, c=8, seed=0):
     return step.with_probe(rows, step.probe_rows(online, 0.25, multiple=8, seed=seed))
 
 
-def run(mesh, rows, sc=SC, lam=0.7):
+def jitted_step(cfg, sc, mesh):
+    """The train state on the mesh (seed-0 parameters) and the jitted step."""
     # Adam's eps well above the float32 noise of tiny gradients keeps the update well-conditioned.
     tx = step.make_optimizer(1e-2, 10, warmup_steps=0, eps=1e-4)
-    shapes = jax.eval_shape(lambda: init_params(CFG, 0))
+    shapes = jax.eval_shape(lambda: init_params(cfg, 0))
     params = jax.jit(
-        lambda: init_params(CFG, 0), out_shardings=sharding.param_shardings(shapes, mesh)
+        lambda: init_params(cfg, 0), out_shardings=sharding.param_shardings(shapes, mesh)
     )()
     state, sh = step.init_state(params, tx, mesh)
-    fn = step.jit_train_step(CFG, sc, tx, sh, mesh)
+    return state, step.jit_train_step(cfg, sc, tx, sh, mesh)
+
+
+def run(mesh, rows, sc=SC, lam=0.7):
+    state, fn = jitted_step(CFG, sc, mesh)
     batch = sharding.put_local(rows, mesh)
     new, metrics = fn(state, batch, jnp.float32(lam))
     return jax.device_get(new["params"]), jax.device_get(metrics), new
@@ -135,28 +140,9 @@ def test_communication_is_fsdp_sized(shape, budget):
         head_dim=32,
     )
     mesh = sharding.make_mesh(*shape)
-    tx = step.make_optimizer(1e-3, 10)
-    shapes = jax.eval_shape(lambda: init_params(cfg))
-    params = jax.jit(
-        lambda: init_params(cfg), out_shardings=sharding.param_shardings(shapes, mesh)
-    )()
-    state, sh = step.init_state(params, tx, mesh)
-    rng = np.random.default_rng(0)
-    n, p, c = 64, 16, 64
-    rows = {
-        "prompt": rng.integers(0, 1024, (n, p)).astype(np.int32),
-        "prompt_mask": np.ones((n, p), bool),
-        "resp": rng.integers(0, 1024, (n, c)).astype(np.int32),
-        "resp_mask": np.ones((n, c), bool),
-        "online": np.arange(n) % 8 != 0,
-        "adv": rng.normal(size=n).astype(np.float32),
-        "shift": np.full(n, 0.5, np.float32),
-        "old_logp": np.full((n, c), -3.0, np.float32),
-        "ref_logp": np.full((n, c), -3.0, np.float32),
-    }
-    rows = step.with_probe(rows, step.probe_rows(rows["online"], 0.25, multiple=8))
-    fn = step.jit_train_step(cfg, step.StepConfig(chunk=128), tx, sh, mesh)
-    hlo = fn.lower(state, sharding.put_local(rows, mesh), jnp.float32(1.0)).compile().as_text()
+    state, fn = jitted_step(cfg, step.StepConfig(chunk=128), mesh)
+    rows = sharding.put_local(host_rows(64, 16, 64, vocab=1024), mesh)
+    hlo = fn.lower(state, rows, jnp.float32(1.0)).compile().as_text()
     param_bytes = 4 * cfg.num_params
     ratio = sharding.collective_bytes(hlo) / param_bytes
     print(f"mesh {shape}: {ratio:.2f}x the parameter bytes")

@@ -286,18 +286,16 @@ def hf_tensors(params: dict, cfg: ModelConfig) -> dict[str, safetensors_io.Pendi
     out = {}
     for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         p = _key_path(kp)
-        dtype = np.dtype(leaf.dtype)
-        if p[0] == "layers":
-            for i in range(cfg.num_layers):
-                fetch = lambda p=p, leaf=leaf, i=i: np.ascontiguousarray(
-                    _to_hf(p, to_host(leaf[i]))
-                )
-                out[hf_name(p, i)] = safetensors_io.Pending(
-                    _hf_shape(p, leaf.shape[1:]), dtype, fetch
-                )
+        if p[0] == "layers":  # one tensor per layer of the stacked leaf
+            parts = [
+                (hf_name(p, i), leaf.shape[1:], lambda leaf=leaf, i=i: leaf[i])
+                for i in range(cfg.num_layers)
+            ]
         else:
-            fetch = lambda p=p, leaf=leaf: np.ascontiguousarray(_to_hf(p, to_host(leaf)))
-            out[hf_name(p)] = safetensors_io.Pending(_hf_shape(p, leaf.shape), dtype, fetch)
+            parts = [(hf_name(p), leaf.shape, lambda leaf=leaf: leaf)]
+        for name, shape, get in parts:
+            fetch = lambda p=p, get=get: np.ascontiguousarray(_to_hf(p, to_host(get())))
+            out[name] = safetensors_io.Pending(_hf_shape(p, shape), np.dtype(leaf.dtype), fetch)
     return out
 
 
