@@ -23,6 +23,8 @@ class ModelCfg:
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype
     param_dtype: Literal["float32", "bfloat16"] = "float32"  # master weights / optimizer dtype
     remat: Literal["none", "full", "dots"] = "none"  # activation rematerialisation
+    # auto: cuDNN fused on NVIDIA GPUs, Pallas Splash on TPUs, blockwise (linear memory) on CPU
+    attention: Literal["auto", "xla", "cudnn", "splash", "chunked"] = "auto"
     # Shape of a model trained from scratch (only when path is None).
     arch: Literal["llama", "qwen2", "qwen3"] = "qwen2"
     hidden_size: int = 128
@@ -59,6 +61,7 @@ class RolloutCfg:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    sub_batch: int = 0  # rollout rows per sampling pass; 0 = as many as device memory holds
 
 
 @dataclass
@@ -282,6 +285,7 @@ def validate(cfg: Config) -> None:
     checks = [
         (cfg.rollout.prompts >= 1, "rollout.prompts must be >= 1"),
         (cfg.rollout.group_size >= 1, "rollout.group_size must be >= 1"),
+        (cfg.rollout.sub_batch >= 0, "rollout.sub_batch must be >= 0 (0 = from device memory)"),
         (cfg.rollout.temperature >= 0, "rollout.temperature must be >= 0"),
         (0 < cfg.rollout.top_p <= 1, "rollout.top_p must be in (0, 1]"),
         (0 < cfg.red.probe_fraction <= 1, "red.probe_fraction must be in (0, 1]"),

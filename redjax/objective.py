@@ -94,15 +94,42 @@ def token_stats_chunked(
 
     @functools.partial(jax.checkpoint, prevent_cse=False)
     def stats(w, h_c, y_c):
-        # Cast here, not outside: the unembed gradient is then summed over chunks in
-        # unembed's own dtype (e.g. float32 master weights) rather than in bfloat16.
-        logits = jnp.matmul(h_c, w.astype(h_c.dtype), preferred_element_type=jnp.float32)
-        return token_stats(logits, y_c)
+        return token_stats(logits_f32(h_c, w), y_c)
 
     logp, entropy = jax.lax.map(lambda xs: stats(unembed, *xs), (h, y))
     logp = logp.swapaxes(0, 1).reshape(b, -1)[:, :t]
     entropy = entropy.swapaxes(0, 1).reshape(b, -1)[:, :t]
     return logp, entropy
+
+
+@jax.custom_vjp
+def logits_f32(h: jax.Array, w: jax.Array) -> jax.Array:
+    """h @ w as float32 logits from matmuls in h's dtype with float32 accumulation, forward and
+    backward: the logits' float32 cotangent is cast to h's dtype before the two gradient
+    matmuls, so no float32 x float32 GEMM over the vocabulary runs when h is bfloat16. The
+    gradient of w comes back in w's own dtype (float32 master weights sum it there)."""
+    prec = _highest_if_f32(h.dtype)
+    return jnp.matmul(h, w.astype(h.dtype), preferred_element_type=jnp.float32, precision=prec)
+
+
+def _highest_if_f32(dtype):
+    """Explicit, not from the caller's scope: custom_vjp rules are traced outside it."""
+    return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
+
+
+def _logits_fwd(h, w):
+    return logits_f32(h, w), (h, w)
+
+
+def _logits_bwd(res, g):
+    h, w = res
+    g, prec = g.astype(h.dtype), _highest_if_f32(h.dtype)
+    dh = jnp.matmul(g, w.astype(h.dtype).T, preferred_element_type=jnp.float32, precision=prec)
+    dw = jnp.einsum("...d,...v->dv", h, g, preferred_element_type=jnp.float32, precision=prec)
+    return dh.astype(h.dtype), dw.astype(w.dtype)
+
+
+logits_f32.defvjp(_logits_fwd, _logits_bwd)
 
 
 def _aggregate(x, mask, agg, *, n_tokens=None, n_seqs=None, norm_const=None):

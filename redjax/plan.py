@@ -47,6 +47,7 @@ from typing import Any
 from redjax import config as config_lib
 
 GIB = 1024**3
+HEADROOM = 0.9  # of device memory planned for; XLA's temporaries and fragmentation take the rest
 DEVICE_MEMORY_GIB = {"v4": 32.0, "v5e": 16.0, "v5p": 95.0, "h100": 80.0}
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 
@@ -94,7 +95,8 @@ def model_config(cfg: config_lib.Config) -> Any:
 
     m = cfg.model
     if m.path:
-        return read_config(m.path, dtype=m.dtype, param_dtype=m.param_dtype).replace(remat=m.remat)
+        mc = read_config(m.path, dtype=m.dtype, param_dtype=m.param_dtype)
+        return mc.replace(remat=m.remat, attention=m.attention)
     if m.tokenizer:
         from redjax.tokenizer import load_tokenizer
 
@@ -125,8 +127,37 @@ def _split(n: int, ways: int) -> int:
     return n // ways if n % ways == 0 else n
 
 
-def estimate(model_cfg: Any, cfg: config_lib.Config, mesh_shape: dict[str, int]) -> dict:
-    """Bytes per device of each part of a run (module docstring) and the peak."""
+def attention_bytes(mc: Any, heads: int, head_dim: int, seq: int) -> int:
+    """Attention working set per token of one layer in the backward pass, beyond q, k, v and
+    the output: with `xla`, the float32 [T, T] logits and softmax and their dtype copies (grows
+    with T); the fused and blockwise kernels keep a float32 log-sum-exp per head and a float32
+    dq accumulator instead (constant per token)."""
+    if mc.attention == "xla":
+        return heads * seq * (8 + 2 * DTYPE_BYTES[mc.dtype])
+    return heads * (8 + 4 * head_dim)
+
+
+def rows_per_pass(rows: int, row_bytes: int, free: float | None, setting: int = 0) -> int:
+    """Rollout rows one sampling pass holds in the KV cache: `setting` when > 0, else as many
+    as fit in `free` bytes (all rows when the free memory is unknown)."""
+    if rows <= 0:
+        return 0
+    if setting > 0:
+        return min(setting, rows)
+    if free is None:
+        return rows
+    fit = max(1, min(rows, int(free // max(row_bytes, 1))))
+    return -(-rows // -(-rows // fit))  # equal passes: 128 rows, 84 fit -> 2 passes of 64
+
+
+def estimate(
+    model_cfg: Any,
+    cfg: config_lib.Config,
+    mesh_shape: dict[str, int],
+    memory_gib: float | None = None,
+) -> dict:
+    """Bytes per device of each part of a run (module docstring) and the peak. With the device
+    memory known, rollouts are planned in as many sub-batches as their KV cache needs."""
     import jax
     import optax
     from jax.sharding import AbstractMesh
@@ -176,7 +207,7 @@ def estimate(model_cfg: Any, cfg: config_lib.Config, mesh_shape: dict[str, int])
     seq = cfg.data.max_prompt_len + bucket(response, default_buckets(max(4096, response)))
     d, hd, i = mc.hidden_size, mc.head_dim, _split(mc.intermediate_size, tensor)
     h, kv = _split(mc.num_heads, tensor), _split(mc.num_kv_heads, tensor)
-    full_layer = b * (5 * d + (2 * h + 2 * kv) * hd + 5 * i) + h * seq * (8 + 2 * b)
+    full_layer = b * (5 * d + (2 * h + 2 * kv) * hd + 5 * i) + attention_bytes(mc, h, hd, seq)
     kept = {"none": full_layer, "dots": b * (3 * d + (h + 2 * kv) * hd + 2 * i), "full": b * d}
     per_token = mc.num_layers * kept[mc.remat] + full_layer + 4 * d * b
     act_bytes = rows_dev * seq * per_token
@@ -197,10 +228,13 @@ def estimate(model_cfg: Any, cfg: config_lib.Config, mesh_shape: dict[str, int])
     roll_slots = prompt_slots + sample_bucket(r.max_new_tokens)
     eval_rows = -(-(max(r.prompts, 32) * e.k) // shards)
     eval_slots = prompt_slots + sample_bucket(e.max_new_tokens or r.max_new_tokens)
-    kv_bytes = max(roll_rows * roll_slots, eval_rows * eval_slots) * kv_token
     decode_bytes = param_bytes * b // pb
-
     persistent = param_bytes + opt_bytes + ref_bytes
+    free = None if memory_gib is None else HEADROOM * memory_gib * GIB - persistent - decode_bytes
+    roll_pass = rows_per_pass(roll_rows, roll_slots * kv_token, free, r.sub_batch)
+    eval_pass = rows_per_pass(eval_rows, eval_slots * kv_token, free, r.sub_batch)
+    kv_bytes = max(roll_pass * roll_slots, eval_pass * eval_slots) * kv_token
+
     train_peak = persistent + grad_bytes + act_bytes + logp_bytes + gathered
     sample_peak = persistent + decode_bytes + kv_bytes
     return {
@@ -223,6 +257,9 @@ def estimate(model_cfg: Any, cfg: config_lib.Config, mesh_shape: dict[str, int])
         "seq_len": seq,
         "chunk_tokens_per_device": chunk_tokens,
         "sample_rows_per_device": max(roll_rows, eval_rows),
+        "rollout_passes": -(-roll_rows // max(roll_pass, 1)),
+        "sample_rows_per_pass": max(roll_pass, eval_pass),
+        "attention": mc.attention,
         "kv_slots": max(roll_slots, eval_slots),
         "activation_bytes_per_token": per_token,
     }
@@ -245,7 +282,9 @@ def report(est: dict, model_cfg: Any, memory_gib: float | None = None) -> str:
         f"mesh: data={mesh['data']} fsdp={mesh['fsdp']} tensor={mesh['tensor']} "
         f"({est['devices']} devices)",
         f"train step: {est['rows_per_device']} rows x {est['seq_len']} tokens per device and "
-        f"micro-batch; sampling: {est['sample_rows_per_device']} rows x {est['kv_slots']} slots",
+        f"micro-batch; attention {est['attention']}",
+        f"sampling: {est['sample_rows_per_device']} rows x {est['kv_slots']} slots per device, "
+        f"{est['sample_rows_per_pass']} rows a pass ({est['rollout_passes']} rollout passes)",
         "",
         "per device:",
     ]
@@ -295,6 +334,6 @@ def main(
     if devices < 1:
         raise ValueError(f"--devices must be >= 1, got {devices}")
     mc = model_config(cfg)
-    est = estimate(mc, cfg, mesh_shape(cfg, devices))
+    est = estimate(mc, cfg, mesh_shape(cfg, devices), memory)
     print(report(est, mc, memory))
     return est

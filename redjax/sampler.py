@@ -24,6 +24,7 @@ from redjax.models.transformer import (
     ModelConfig,
     forward,
     init_cache,
+    precision,
     unembedding,
     unstack_layers,
 )
@@ -211,7 +212,8 @@ def _prefill(
     cache = init_cache(cfg, b, p)
     hidden, cache = forward(params, cfg, tokens, mask=mask, cache=cache, hidden=True, mesh=mesh)
     dtype = jnp.dtype(cfg.dtype)
-    logits = hidden[:, -1].astype(dtype) @ unembedding(params, cfg).astype(dtype)
+    with precision(cfg.dtype):
+        logits = hidden[:, -1].astype(dtype) @ unembedding(params, cfg).astype(dtype)
 
     def expand(x, axis):  # row r gets prompt r // G (the last prompt for padding rows)
         if rows == b * group:  # a repeat stays local to each data shard

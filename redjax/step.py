@@ -22,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from redjax import objective, sharding
 from redjax.models import ModelConfig, forward, unembedding
+from redjax.models.transformer import precision
 
 ROW_KEYS = ("prompt", "prompt_mask", "resp", "resp_mask")
 
@@ -78,7 +79,8 @@ def score(
     # The unembedding stays in its parameter dtype: its gradient accumulates over chunks there.
     w, shards = unembedding(params, cfg), sharding.data_shards(mesh)
     if shards == 1:
-        return objective.token_stats_chunked(h, w, rows["resp"], chunk=chunk)
+        with precision(cfg.dtype):
+            return objective.token_stats_chunked(h, w, rows["resp"], chunk=chunk)
     # Each device scores its own rows, so the unembedding's gradient sums over the chunks on
     # the device and is reduced over devices once, not once per chunk. "tensor" stays automatic.
     axes = sharding.batch_axes(mesh)
@@ -88,9 +90,14 @@ def score(
         return objective.token_stats_chunked(h, w, targets, chunk=max(1, chunk // shards))
 
     spec = P(axes)
-    return jax.shard_map(
-        local, mesh=mesh, in_specs=(spec, P(), spec), out_specs=(spec, spec), axis_names=set(axes)
-    )(h, w, rows["resp"])
+    with precision(cfg.dtype):
+        return jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(spec, P(), spec),
+            out_specs=(spec, spec),
+            axis_names=set(axes),
+        )(h, w, rows["resp"])
 
 
 def _micro(x: jax.Array, m: int) -> jax.Array:

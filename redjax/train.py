@@ -84,6 +84,7 @@ def scratch_config(cfg: config.Config, vocab_size: int, extra: tuple = ()) -> Mo
         dtype=m.dtype,
         param_dtype=m.param_dtype,
         remat=m.remat,
+        attention=m.attention,
         extra=extra,
     )
 
@@ -94,7 +95,7 @@ def load_model(cfg: config.Config, tokenizer: Any, mesh: Any) -> tuple[ModelConf
     shardings = lambda mc: sharding.param_shardings(param_shapes(mc), mesh)
     if m.path:
         model = from_pretrained(m.path, m.dtype, param_dtype=m.param_dtype, shardings=shardings)
-        return model.cfg.replace(remat=m.remat), model.params
+        return model.cfg.replace(remat=m.remat, attention=m.attention), model.params
     extra = (("eos_token_id", tokenizer.eos_token_id), ("pad_token_id", tokenizer.pad_token_id))
     mc = scratch_config(cfg, len(tokenizer), extra)
     init = jax.jit(lambda: init_params(mc, cfg.train.seed), out_shardings=shardings(mc))

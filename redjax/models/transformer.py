@@ -11,6 +11,7 @@ never hidden module state.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any
@@ -22,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from redjax import sharding
+from redjax.models import attention
 
 Array = jax.Array
 # k, v: one [batch, slots, kv_heads, head_dim] array per layer; mask: [batch, slots]; index: []
@@ -52,6 +54,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | dots: activation rematerialisation in the train step
+    attention: str = "auto"  # auto | xla | cudnn | splash | chunked (see models/attention.py)
     extra: tuple[tuple[str, Any], ...] = ()  # HF config fields kept for the round trip
 
     def replace(self, **kw: Any) -> ModelConfig:
@@ -120,6 +123,7 @@ class RMSNorm(nn.Module):
 
 class Attention(nn.Module):
     cfg: ModelConfig
+    mesh: Mesh | None = None
 
     @nn.compact
     def __call__(self, x, positions, kv_mask, cache, index):
@@ -144,19 +148,18 @@ class Attention(nn.Module):
         inv_freq = rope_frequencies(cfg)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
 
-        if cache is None:  # full sequence: causal over the given slots
-            keys, values, slots = k, v, t
-            query_slot = jnp.arange(t)
-        else:  # write the new keys at [index, index + t) in place, attend over all slots
+        if cache is None:  # full sequence: causal self-attention
+            out = attention.attend(q, k, v, kv_mask, impl=cfg.attention, mesh=self.mesh)
+        else:  # write the new keys at [index, index + t) in place, attend over the cache
             ck, cv = cache
             keys = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
             values = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
             cache = (keys, values)
-            slots = ck.shape[1]
-            query_slot = index + jnp.arange(t)
-        causal = jnp.arange(slots)[None, :] <= query_slot[:, None]  # [t, slots]
-        mask = causal[None, None] & kv_mask[:, None, None, :]  # [b, 1, t, slots]
-        out = jax.nn.dot_product_attention(q, keys.astype(dtype), values.astype(dtype), mask=mask)
+            if t == ck.shape[1]:  # the new tokens fill the cache (a prefill): self-attention
+                out = attention.attend(q, k, v, kv_mask, impl=cfg.attention, mesh=self.mesh)
+            else:
+                keys, values = keys.astype(dtype), values.astype(dtype)
+                out = attention.attend(q, keys, values, kv_mask, impl=cfg.attention, q_offset=index)
         out = dense(cfg.hidden_size, cfg.o_bias, "o")(out.reshape(b, t, h * hd))
         return out, cache
 
@@ -185,6 +188,7 @@ class Block(nn.Module):
     out, in the shape of a scan carry."""
 
     cfg: ModelConfig
+    mesh: Mesh | None = None
 
     @nn.compact
     def __call__(self, carry, positions, kv_mask, index):
@@ -192,7 +196,7 @@ class Block(nn.Module):
         cfg = self.cfg
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         y = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="attn_norm")(x)
-        y, cache = Attention(cfg, name="attn")(y, positions, kv_mask, cache, index)
+        y, cache = Attention(cfg, self.mesh, name="attn")(y, positions, kv_mask, cache, index)
         x = x + y
         y = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="mlp_norm")(x)
         x = x + MLP(cfg, name="mlp")(y)
@@ -263,11 +267,11 @@ class Transformer(nn.Module):
                 split_rngs={"params": True},
                 in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                 length=cfg.num_layers,
-            )(cfg, name="layers")
+            )(cfg, self.mesh, name="layers")
             (x, _), _ = layers((x, None), positions, mask, 0)
         elif cache is None:
             for i in range(cfg.num_layers):
-                (x, _), _ = block(cfg, name=f"layers_{i}")((x, None), positions, mask, 0)
+                (x, _), _ = block(cfg, self.mesh, name=f"layers_{i}")((x, None), positions, mask, 0)
         else:
             if self.scan:
                 raise ValueError("a KV cache needs per-layer parameters: see unstack_layers")
@@ -275,7 +279,7 @@ class Transformer(nn.Module):
             kv_mask = jax.lax.dynamic_update_slice(cache["mask"], mask, (0, index))
             ks, vs = [], []
             for i, kv in enumerate(zip(cache["k"], cache["v"], strict=True)):
-                layer = block(cfg, name=f"layers_{i}")
+                layer = block(cfg, self.mesh, name=f"layers_{i}")
                 (x, (k, v)), _ = layer((x, kv), positions, kv_mask, index)
                 ks.append(k)
                 vs.append(v)
@@ -372,4 +376,13 @@ def forward(
     if cache is not None:
         params = unstack_layers(params)
     model = Transformer(cfg, scan="layers" in params, mesh=mesh)
-    return model.apply({"params": params}, tokens, positions, mask, cache, hidden)
+    with precision(cfg.dtype):
+        return model.apply({"params": params}, tokens, positions, mask, cache, hidden)
+
+
+def precision(dtype: Any) -> contextlib.AbstractContextManager:
+    """Trace-time scope for matmuls: float32 compute means float32 on every backend (HIGHEST
+    precision, not TF32 on GPUs or bfloat16 passes on TPUs); other dtypes keep the default."""
+    if jnp.dtype(dtype) == jnp.float32:
+        return jax.default_matmul_precision("highest")
+    return contextlib.nullcontext()

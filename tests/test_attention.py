@@ -1,0 +1,202 @@
+"""Every attention implementation against the reference (values and gradients), its memory
+growth in T, the model / scorer / sampler on each implementation, and float32 precision."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from redjax import sampler, sharding, step
+from redjax.models import ModelConfig, attention, forward, init_params
+
+B, T, H, K, D = 3, 37, 4, 2, 16  # T not a multiple of any block size
+
+
+def qkv(seed=0, t=T):
+    ks = jax.random.split(jax.random.key(seed), 3)
+    return (
+        jax.random.normal(ks[0], (B, t, H, D)),
+        jax.random.normal(ks[1], (B, t, K, D)),
+        jax.random.normal(ks[2], (B, t, K, D)),
+    )
+
+
+def span_mask(t=T):
+    """Row 0 full, row 1 left-padded (a prompt), row 2 left- and right-padded (a train row)."""
+    start, end = np.array([0, 6, 4]), np.array([t, t, t - 9])
+    return jnp.asarray((np.arange(t) >= start[:, None]) & (np.arange(t) < end[:, None]))
+
+
+IMPLS = {
+    "chunked": lambda q, k, v, m: attention.chunked(
+        q, k, v, m, jnp.arange(T), block_q=8, block_kv=16
+    ),
+    "splash": lambda q, k, v, m: attention.splash(q, k, v, m),  # Pallas interpret mode on CPU
+    "cudnn-layout": lambda q, k, v, m: attention.cudnn(q, k, v, m, kernel="xla"),
+}
+
+
+@pytest.mark.parametrize("name", list(IMPLS))
+def test_matches_reference(name):
+    """Valid queries' outputs and the gradients of a loss on them equal the XLA path (1e-5)."""
+    q, k, v = qkv()
+    mask = span_mask()
+    w = jax.random.normal(jax.random.key(9), q.shape) * mask[:, :, None, None]
+    ref = lambda q, k, v: attention.reference(q, k, v, mask, jnp.arange(T))
+    impl = lambda q, k, v: IMPLS[name](q, k, v, mask)
+    loss = lambda f: lambda *a: jnp.sum(f(*a) * w)
+    np.testing.assert_allclose(impl(q, k, v) * w != 0, ref(q, k, v) * w != 0)
+    np.testing.assert_allclose(impl(q, k, v) * (w != 0), ref(q, k, v) * (w != 0), atol=1e-5)
+    got = jax.grad(loss(impl), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(loss(ref), argnums=(0, 1, 2))(q, k, v)
+    assert float(jnp.abs(want[1]).max()) > 0.1  # the gradients are not trivially zero
+    for g, r in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_with_cache_offset():
+    """Queries at slots offset..offset+t of a longer cache (the sampler's decode layout)."""
+    q, k, v = qkv(1)
+    mask = span_mask()
+    slots = 20 + jnp.arange(5)
+    got = attention.chunked(q[:, :5], k, v, mask, slots, block_q=2, block_kv=8)
+    want = attention.reference(q[:, :5], k, v, mask, slots)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def temp_bytes(impl, t):
+    q, k, v = (jax.ShapeDtypeStruct(x.shape, x.dtype) for x in qkv(t=t))
+    mask = jnp.ones((B, t), bool)
+    fn = lambda q, k, v: jnp.sum(impl(q, k, v, mask, jnp.arange(t)))
+    grad = jax.jit(jax.grad(fn, argnums=(0, 1, 2)))
+    return grad.lower(q, k, v).compile().memory_analysis().temp_size_in_bytes
+
+
+def test_chunked_memory_grows_linearly():
+    """Forward + backward temporaries (XLA's memory analysis) at T = 1k, 2k, 4k: linear in T for
+    the blockwise kernel, quadratic for xla."""
+    chunked = lambda *a: attention.chunked(*a, block_q=128, block_kv=128)
+    mem = {
+        name: [temp_bytes(f, t) for t in (1024, 2048, 4096)]
+        for name, f in (("chunked", chunked), ("xla", attention.reference))
+    }
+    # m(T) = a + b T + c T^2: the growth from 2k to 4k over that from 1k to 2k is 2 when c = 0
+    # (linear; a is the fixed tile working set) and 4 when the T^2 term dominates.
+    growth = {k: (m[2] - m[1]) / (m[1] - m[0]) for k, m in mem.items()}
+    assert 1.8 < growth["chunked"] < 2.2, mem
+    assert growth["xla"] > 3.8, mem
+    assert mem["chunked"][-1] * 10 < mem["xla"][-1], mem
+
+
+# ----------------------------------------------------------------------------- in the model
+CFG = ModelConfig(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=48,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    qk_norm=True,
+    rope_theta=500.0,
+)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return init_params(CFG, 0)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(attention, "BLOCK_Q", 8)
+    monkeypatch.setattr(attention, "BLOCK_KV", 8)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "splash"])
+def test_model_logits_match_xla(params, impl, small_blocks):
+    """QK-norm, RoPE, GQA, left- and right-padded rows: logits of valid tokens equal xla's."""
+    tokens = jax.random.randint(jax.random.key(3), (3, 21), 0, CFG.vocab_size)
+    mask = span_mask(21)
+    want = forward(params, CFG.replace(attention="xla"), tokens, mask=mask)[0]
+    got = forward(params, CFG.replace(attention=impl), tokens, mask=mask)[0]
+    np.testing.assert_allclose(got * mask[..., None], want * mask[..., None], atol=1e-5)
+
+
+def test_step_on_mesh_with_chunked_matches_xla(small_blocks):
+    """The train step on a (2, 2, 2) mesh with the blockwise kernel == one device with xla."""
+    from tests.test_step import SC, host_rows  # noqa: PLC0415
+
+    cfg = ModelConfig(**{**CFG.__dict__, "qk_norm": False, "vocab_size": 96})
+    rows = host_rows()
+    out = {}
+    for impl, mesh in (
+        ("xla", sharding.make_mesh(devices=jax.devices()[:1])),
+        ("chunked", sharding.make_mesh(2, 2, 2)),
+    ):
+        c = cfg.replace(attention=impl)
+        init = lambda c=c: init_params(c, 0)
+        tx = step.make_optimizer(1e-2, 10, warmup_steps=0, eps=1e-4)
+        shapes = jax.eval_shape(init)
+        p = jax.jit(init, out_shardings=sharding.param_shardings(shapes, mesh))()
+        state, sh = step.init_state(p, tx, mesh)
+        fn = step.jit_train_step(c, SC, tx, sh, mesh)
+        new, metrics = fn(state, sharding.put_local(rows, mesh), jnp.float32(0.7))
+        out[impl] = jax.device_get((new["params"], metrics))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), *out.values())
+
+
+def test_sampler_prefill_with_chunked_matches_xla(params, small_blocks):
+    """Greedy rollouts: the blockwise prefill gives the same tokens and log-probs as xla."""
+    lens = np.array([11, 2, 9])
+    mask = np.arange(11)[None] >= (11 - lens)[:, None]  # left padded
+    ids = np.where(mask, np.arange(1, 12)[None] % CFG.vocab_size, 0).astype(np.int32)
+    sp = sampler.SamplingParams(temperature=0.0, max_new_tokens=6)
+    out = {}
+    for impl in ("xla", "chunked"):
+        cfg = CFG.replace(attention=impl)
+        out[impl] = sampler.sample(params, cfg, ids, mask, num_samples=2, sp=sp, seed=0)
+    np.testing.assert_array_equal(out["xla"].tokens, out["chunked"].tokens)
+    np.testing.assert_allclose(out["xla"].logp_model, out["chunked"].logp_model, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- precision
+def test_float32_lowers_every_dot_at_highest(params):
+    """float32 compute is float32 on every backend: no dot of the forward, the scorer or their
+    gradients is left at DEFAULT precision (TF32 on NVIDIA GPUs)."""
+    tokens = jnp.zeros((2, 12), jnp.int32)
+    fwd = jax.jit(lambda p: forward(p, CFG, tokens)[0]).lower(params).as_text()
+    rows = {
+        "prompt": tokens[:, :6],
+        "prompt_mask": jnp.ones((2, 6), bool),
+        "resp": tokens[:, 6:],
+        "resp_mask": jnp.ones((2, 6), bool),
+    }
+    score = lambda p: jnp.sum(step.score(p, CFG, rows, chunk=4)[0])
+    grad = jax.jit(jax.grad(score)).lower(params).as_text()
+    for text in (fwd, grad):
+        dots = [line for line in text.splitlines() if "dot_general" in line]
+        assert len(dots) >= 8
+        assert all(re.search(r"precision = \[HIGHEST, HIGHEST\]", d) for d in dots), dots[:3]
+
+
+def test_bfloat16_logits_never_run_float32_gemms(params):
+    """With bfloat16 compute, every matmul of the scorer's forward and backward over the
+    vocabulary takes bfloat16 operands (float32 accumulation)."""
+    cfg = CFG.replace(dtype="bfloat16")
+    tokens = jnp.zeros((2, 12), jnp.int32)
+    rows = {
+        "prompt": tokens[:, :6],
+        "prompt_mask": jnp.ones((2, 6), bool),
+        "resp": tokens[:, 6:],
+        "resp_mask": jnp.ones((2, 6), bool),
+    }
+    score = lambda p: jnp.sum(step.score(p, cfg, rows, chunk=4)[0])
+    text = jax.jit(jax.grad(score)).lower(params).as_text()
+    vocab = [d for d in text.splitlines() if "dot_general" in d and f"x{CFG.vocab_size}x" in d]
+    assert len(vocab) >= 3, vocab
+    for d in vocab:
+        operands = re.search(r"\((tensor.*?)\) ->", d).group(1)
+        assert "f32" not in operands, d
