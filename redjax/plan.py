@@ -132,9 +132,21 @@ def attention_bytes(mc: Any, heads: int, head_dim: int, seq: int) -> int:
     the output: with `xla`, the float32 [T, T] logits and softmax and their dtype copies (grows
     with T); the fused and blockwise kernels keep a float32 log-sum-exp per head and a float32
     dq accumulator instead (constant per token)."""
-    if mc.attention == "xla":
-        return heads * seq * (8 + 2 * DTYPE_BYTES[mc.dtype])
+    b = DTYPE_BYTES[mc.dtype]
+    if mc.attention == "xla":  # float32 logits and softmax, plus their copies in a 16-bit dtype
+        return heads * seq * (8 + (2 * b if b < 4 else 0))
     return heads * (8 + 4 * head_dim)
+
+
+def attention_tile_bytes(mc: Any, rows: int, heads: int, seq: int) -> int:
+    """The blockwise kernel's score tiles in the backward pass (scores, probabilities and their
+    gradients, float32): fixed in T. Counted for `auto` too, where it is an upper bound (the
+    fused kernels keep their tiles on chip)."""
+    from redjax.models import attention
+
+    if mc.attention not in ("chunked", "auto"):
+        return 0
+    return 5 * 4 * rows * heads * min(attention.BLOCK_Q, seq) * min(attention.BLOCK_KV, seq)
 
 
 def rows_per_pass(rows: int, row_bytes: int, free: float | None, setting: int = 0) -> int:
@@ -210,7 +222,7 @@ def estimate(
     full_layer = b * (5 * d + (2 * h + 2 * kv) * hd + 5 * i) + attention_bytes(mc, h, hd, seq)
     kept = {"none": full_layer, "dots": b * (3 * d + (h + 2 * kv) * hd + 2 * i), "full": b * d}
     per_token = mc.num_layers * kept[mc.remat] + full_layer + 4 * d * b
-    act_bytes = rows_dev * seq * per_token
+    act_bytes = rows_dev * seq * per_token + attention_tile_bytes(mc, rows_dev, h, seq)
     chunk_tokens = max(-(-cfg.train.chunk // shards), rows_dev)
     logp_bytes = 3 * chunk_tokens * mc.vocab_size * 4
     pb = DTYPE_BYTES[mc.param_dtype]

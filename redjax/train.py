@@ -27,7 +27,7 @@ from redjax import checkpoint, config, distributed, evaluate, logs, red, rewards
 from redjax import sampler as sampling
 from redjax.data import load_records, make_task
 from redjax.data.pipeline import bucket, default_buckets, make_loader
-from redjax.models import ModelConfig, from_pretrained, init_params, param_shapes
+from redjax.models import ModelConfig, attention, from_pretrained, init_params, param_shapes
 from redjax.models.hf import config_to_hf
 from redjax.tokenizer import eos_ids, load_tokenizer, make_char_tokenizer
 
@@ -92,6 +92,7 @@ def scratch_config(cfg: config.Config, vocab_size: int, extra: tuple = ()) -> Mo
 def load_model(cfg: config.Config, tokenizer: Any, mesh: Any) -> tuple[ModelConfig, Any]:
     """The policy's config and parameters, placed straight onto their shardings."""
     m = cfg.model
+    attention.check(m.attention, m.dtype)
     shardings = lambda mc: sharding.param_shardings(param_shapes(mc), mesh)
     if m.path:
         model = from_pretrained(m.path, m.dtype, param_dtype=m.param_dtype, shardings=shardings)

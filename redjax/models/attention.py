@@ -35,8 +35,7 @@ MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite, so a fully masked r
 def resolve(impl: str, dtype, q_len: int, kv_len: int, self_attn: bool) -> str:
     """The implementation `impl` runs as here: fused kernels serve self-attention (the train
     step, the scorer, the prefill); cached decoding and refused shapes take xla or chunked."""
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"model.attention must be one of {IMPLEMENTATIONS}, got {impl!r}")
+    check(impl, dtype)
     backend = jax.default_backend()
     fits_cudnn = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
     if self_attn and impl == "auto" and backend == "gpu" and fits_cudnn:
@@ -50,6 +49,19 @@ def resolve(impl: str, dtype, q_len: int, kv_len: int, self_attn: bool) -> str:
     if impl == "xla" or q_len * kv_len <= BLOCK_Q * BLOCK_KV:
         return "xla"
     return "chunked"
+
+
+def check(impl: str, dtype) -> None:
+    """A clear error for a setting this backend cannot run (called before training starts)."""
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"model.attention must be one of {IMPLEMENTATIONS}, got {impl!r}")
+    if impl == "cudnn" and jax.default_backend() != "gpu":
+        raise ValueError(
+            f"model.attention=cudnn needs an NVIDIA GPU, but JAX runs on "
+            f"{jax.default_backend()}: use model.attention=auto"
+        )
+    if impl == "cudnn" and jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+        raise ValueError("model.attention=cudnn needs model.dtype=bfloat16 (cuDNN has no float32)")
 
 
 def attend(
