@@ -1,0 +1,235 @@
+"""Comparison: gold-led equality of two cleaned answers (see redjax.rewards.math).
+
+Scalars by string, then text, then sympy (numbers within `rtol` of the gold, expressions
+by fixed irrational points and simplify); structures item by item, led by the gold's kind.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+
+import sympy
+
+from redjax.rewards.lex import Reject, to_sympy
+from redjax.rewards.normalise import clean, key, text_key
+from redjax.rewards.parse import structure
+
+RTOL = 1e-6  # default relative tolerance of the numeric comparison
+MAX_CHARS = 1000  # longer answers (or golds) are not parsed
+MAX_DEPTH = 40  # deeper bracket nesting is not parsed
+MAX_ITEMS = 32  # longest tuple / set / matrix row compared
+MAX_OPS = 200  # larger expressions skip sympy's simplify (random points still apply)
+
+_RELATION = re.compile(r"\\leq?(?![a-zA-Z])|\\geq?(?![a-zA-Z])|\\neq(?![a-zA-Z])|<=|>=|<|>|=")
+_REL_OPS = {"\\le": "<=", "\\leq": "<=", "\\ge": ">=", "\\geq": ">=", "\\neq": "!="}
+
+
+def _relation(s: str):
+    """("rel", op, lhs - rhs) for a single (in)equation, normalised to op in {=, !=, <, <=}."""
+    parts = _RELATION.split(s)
+    ops = _RELATION.findall(s)
+    if len(ops) != 1:
+        raise Reject("not one relation")
+    op = _REL_OPS.get(ops[0], ops[0])
+    lhs, rhs = to_sympy(parts[0]), to_sympy(parts[1])
+    if op in (">", ">="):
+        op, lhs, rhs = op.replace(">", "<"), rhs, lhs
+    return ("rel", op, lhs - rhs)
+
+
+def _parse_scalar(s: str):
+    """(value, percent) of a scalar: a sympy expression or relation tuple, and a % flag."""
+    pct = s.endswith("%")
+    s = s.rstrip("%").strip()
+    if _RELATION.search(s):
+        return _relation(s), pct
+    return to_sympy(s), pct
+
+
+def _num_equal(g: sympy.Expr, a: sympy.Expr, rtol: float) -> bool:
+    """Numeric equality of two constant expressions, relative to the gold."""
+    if g.is_infinite or a.is_infinite or g.has(sympy.zoo, sympy.nan):
+        return g == a
+    gv, av = complex(sympy.N(g, 30)), complex(sympy.N(a, 30))
+    if not all(map(math.isfinite, (gv.real, gv.imag, av.real, av.imag))):
+        return False
+    if g.is_Integer and a.is_Integer:  # exact counts: 123456790 is not 123456789
+        return g == a
+    if gv == 0:
+        return av == 0
+    return abs(gv - av) <= rtol * abs(gv)
+
+
+_POINTS = (0.5772156649, 1.3247179572, -0.7390851332, 2.2360679775, -1.6180339887)
+
+
+def _points_equal(g: sympy.Expr, a: sympy.Expr, rtol: float) -> bool | None:
+    """Compare at fixed irrational points of the free symbols: None if < 3 points are usable."""
+    symbols = sorted(g.free_symbols | a.free_symbols, key=str)
+    agree = 0
+    for k in range(len(_POINTS)):
+        subs = {x: _POINTS[(k + j) % len(_POINTS)] + 0.1 * j for j, x in enumerate(symbols)}
+        try:
+            gv = complex(sympy.N(g.subs(subs), 20))
+            av = complex(sympy.N(a.subs(subs), 20))
+        except (TypeError, ValueError, ZeroDivisionError):
+            continue
+        if not all(map(math.isfinite, (gv.real, gv.imag, av.real, av.imag))):
+            continue
+        if abs(gv - av) > rtol * max(abs(gv), 1e-9):
+            return False
+        agree += 1
+    return True if agree >= 3 else None
+
+
+def _expr_equal(g: sympy.Expr, a: sympy.Expr, rtol: float) -> bool:
+    """Two sympy expressions: structurally, numerically (constants), or symbolically.
+
+    With free symbols, a difference at fixed points rejects at once (most wrong answers);
+    otherwise simplify(gold - answer) == 0 proves equality, and agreement at >= 3 points
+    is accepted when simplify cannot decide.
+    """
+    if g == a:
+        return True
+    if g.has(sympy.zoo, sympy.nan) or a.has(sympy.zoo, sympy.nan):
+        return False
+    if not g.free_symbols and not a.free_symbols:
+        return _num_equal(g, a, rtol)
+    points = _points_equal(g, a, rtol)
+    if points is False:
+        return False
+    if sympy.count_ops(g) + sympy.count_ops(a) <= MAX_OPS and sympy.simplify(g - a) == 0:
+        return True
+    return bool(points)
+
+
+def _relation_equal(g, a, rtol: float) -> bool:
+    """Same relation up to a constant factor (positive for inequalities)."""
+    if a[0] != "rel" or a[1] != g[1]:
+        return False
+    dg, da = g[2], a[2]
+    if _expr_equal(dg, da, rtol):
+        return True
+    if da == 0 or sympy.count_ops(dg) + sympy.count_ops(da) > MAX_OPS:
+        return False
+    ratio = sympy.simplify(dg / da)
+    if ratio.free_symbols or not ratio.is_number or ratio == 0:
+        return False
+    return g[1] in ("=", "!=") or bool(ratio > 0)
+
+
+_CHOICE = re.compile(r"\([A-Za-z]\)")  # a multiple-choice letter: "(B)"
+_TEXT_GOLD = re.compile(r"\\text(?:bf|rm|normal)?\s*\{\s*\(?[A-Za-z][A-Za-z ]*\)?\s*\}")
+
+
+def _scalar_equal(g: str, a: str, rtol: float) -> bool:
+    """Gold scalar vs answer scalar: string, then text, then sympy."""
+    if key(g) == key(a):
+        return True
+    if _CHOICE.fullmatch(g) and text_key(g) == text_key(a):  # "(B)" vs "b"
+        return True
+    try:
+        gv, gpct = _parse_scalar(g)
+    except Reject:  # a word or choice letter: text comparison
+        return text_key(g) == text_key(a)
+    try:
+        av, apct = _parse_scalar(a)
+    except Reject:
+        return False
+    if isinstance(gv, tuple) or isinstance(av, tuple):
+        return isinstance(gv, tuple) and isinstance(av, tuple) and _relation_equal(gv, av, rtol)
+    if _expr_equal(gv, av, rtol):  # the numbers as written ("50\%" vs "50")
+        return True
+    if gpct or apct:  # the values ("50\%" vs "0.5")
+        return _expr_equal(gv / 100 if gpct else gv, av / 100 if apct else av, rtol)
+    return False
+
+
+def _matching(gold_items, answer_items, rtol: float) -> bool:
+    """A perfect matching between gold and answer items (unordered comparison)."""
+    n = len(gold_items)
+    eq = [[_node_equal(g, a, rtol) for a in answer_items] for g in gold_items]
+    owner = [-1] * n  # answer index -> gold index
+
+    def augment(gi: int, seen: list[bool]) -> bool:
+        for ai in range(n):
+            if eq[gi][ai] and not seen[ai]:
+                seen[ai] = True
+                if owner[ai] < 0 or augment(owner[ai], seen):
+                    owner[ai] = gi
+                    return True
+        return False
+
+    return all(augment(gi, [False] * n) for gi in range(n))
+
+
+def _node_equal(g, a, rtol: float) -> bool:
+    """Compare two structures, led by the gold's kind (see the module docstring)."""
+    kind = g[0]
+    if kind == "scalar":
+        return a[0] == "scalar" and _scalar_equal(g[1], a[1], rtol)
+    if kind == "matrix":
+        if a[0] != "matrix" or [len(r) for r in a[1]] != [len(r) for r in g[1]]:
+            return False
+        cells = zip(sum(g[1], ()), sum(a[1], ()), strict=True)
+        return all(_node_equal(x, y, rtol) for x, y in cells)
+    if kind == "union":
+        return a[0] == "union" and len(a[1]) == len(g[1]) and _matching(g[1], a[1], rtol)
+    _, left, right, items = g
+    if len(items) > MAX_ITEMS:
+        return False
+    if left in ("{", ""):  # unordered: any of set / bare list / parenthesised tuple
+        if a[0] == "scalar":
+            a = ("seq", "", "", (a,))
+        if a[0] != "seq" or a[1] not in ("{", "", "(") or len(a[3]) != len(items):
+            return False
+        return _matching(items, a[3], rtol)
+    if a[0] != "seq" or (a[1], a[2]) != (left, right) or len(a[3]) != len(items):
+        return False
+    return all(_node_equal(x, y, rtol) for x, y in zip(items, a[3], strict=True))
+
+
+def _too_deep(s: str) -> bool:
+    depth = best = 0
+    for c in s:
+        if c in "([{":
+            depth += 1
+            best = max(best, depth)
+        elif c in ")]}":
+            depth -= 1
+    return best > MAX_DEPTH
+
+
+def is_equiv(gold: str, answer: str, *, rtol: float = RTOL) -> bool:
+    """Whether an extracted answer equals the gold answer (gold-led; see the module docstring)."""
+    with warnings.catch_warnings():  # model text makes SymPy warn (deprecated forms): not news
+        warnings.simplefilter("ignore")
+        return _is_equiv(gold, answer, rtol)
+
+
+def _is_equiv(gold: str, answer: str, rtol: float) -> bool:
+    try:
+        if not isinstance(gold, str) or not isinstance(answer, str):
+            return False
+        if len(gold) > MAX_CHARS or len(answer) > MAX_CHARS:
+            return False
+        g, a = clean(gold), clean(answer)
+        if not g or not a:
+            return False
+        if key(g) == key(a):
+            return True
+        if _TEXT_GOLD.fullmatch(gold.strip()):  # "\\text{Yes}": a word, compared as text
+            return text_key(g) == text_key(a)
+        if _too_deep(g) or _too_deep(a):
+            return False
+        if _node_equal(structure(g), structure(a), rtol):
+            return True
+        g_eq, a_eq = clean(gold, lhs=False), clean(answer, lhs=False)
+        if (g_eq, a_eq) != (g, a) and _RELATION.search(g_eq) and _RELATION.search(a_eq):
+            # "x+y=3" vs "y=3-x": with their left sides kept, both are equations
+            return _node_equal(("scalar", g_eq), ("scalar", a_eq), rtol)
+        return False
+    except Exception:  # never let a malformed answer raise (RecursionError, MemoryError, ...)
+        return False
