@@ -14,7 +14,9 @@ import sympy
 
 from redjax.rewards.lex import Reject, to_sympy
 from redjax.rewards.normalise import clean, key, text_key
-from redjax.rewards.parse import structure
+from redjax.rewards.parse import labelled, last_side, structure
+
+_VARIABLE = re.compile(r"(?:[A-Za-z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?")
 
 RTOL = 1e-6  # default relative tolerance of the numeric comparison
 MAX_CHARS = 1000  # longer answers (or golds) are not parsed
@@ -165,9 +167,48 @@ def _matching(gold_items, answer_items, rtol: float) -> bool:
     return all(augment(gi, [False] * n) for gi in range(n))
 
 
+def _constant(s: str) -> bool:
+    """Whether `s` is a number (infinities included): an interval's end."""
+    try:
+        return not to_sympy(s).free_symbols
+    except Reject:
+        return False
+
+
+def _interval(s: str):
+    """An inequality in one variable as an interval: "-1 < x \\le 3" -> ("seq", "(", "]", ...);
+    None for anything else (two variables, "=", mixed directions)."""
+    parts = [p.strip() for p in _RELATION.split(s)]
+    ops = [_REL_OPS.get(o, o) for o in _RELATION.findall(s)]
+    if not 1 <= len(ops) <= 2 or any(o in ("=", "!=") for o in ops):
+        return None
+    if all(o[0] == ">" for o in ops):
+        parts, ops = parts[::-1], [o.replace(">", "<") for o in ops[::-1]]
+    if not all(o[0] == "<" for o in ops):
+        return None
+    if len(ops) == 2:
+        (lo, var, hi), (lo_op, hi_op) = parts, ops
+    elif _VARIABLE.fullmatch(parts[0]):
+        lo, var, hi, lo_op, hi_op = "-\\infty", parts[0], parts[1], "<", ops[0]
+    else:
+        lo, var, hi, lo_op, hi_op = parts[0], parts[1], "\\infty", ops[0], "<"
+    if not _VARIABLE.fullmatch(var) or not _constant(lo) or not _constant(hi):
+        return None
+    left, right = "[" if lo_op == "<=" else "(", "]" if hi_op == "<=" else ")"
+    return ("seq", left, right, (("scalar", lo), ("scalar", hi)))
+
+
 def _node_equal(g, a, rtol: float) -> bool:
     """Compare two structures, led by the gold's kind (see the module docstring)."""
     kind = g[0]
+    if kind == "scalar" and a[0] != "scalar" and _RELATION.search(g[1]):
+        g = _interval(g[1]) or g  # gold "x \\ge 5" vs answer "[5, \\infty)"
+        kind = g[0]
+    if a[0] == "scalar" and kind != "scalar" and _RELATION.search(a[1]):
+        a = _interval(a[1]) or a  # gold "(-1, 3)" vs answer "-1 < x < 3"
+    if kind == "scalar" and a[0] == "scalar" and len(_RELATION.findall(g[1])) == 2:
+        g, a = _interval(g[1]) or g, _interval(a[1]) or a  # "-1 < x < 3": not one relation
+        kind = g[0]
     if kind == "scalar":
         return a[0] == "scalar" and _scalar_equal(g[1], a[1], rtol)
     if kind == "matrix":
@@ -202,6 +243,38 @@ def _too_deep(s: str) -> bool:
     return best > MAX_DEPTH
 
 
+_DECIMAL_COMMA = re.compile(r"-?\d+,\d+")  # "1000,99" (a thousands "1,000" is gone by now)
+_DECIMAL = re.compile(r"-?\d*\.\d+")
+
+
+def _decimal_comma(g: str, a: str) -> tuple[str, str]:
+    """Read "1000,99" as 1000.99 when the other side is a decimal number."""
+    if _DECIMAL_COMMA.fullmatch(a) and _DECIMAL.fullmatch(g):
+        return g, a.replace(",", ".")
+    if _DECIMAL_COMMA.fullmatch(g) and _DECIMAL.fullmatch(a):
+        return g.replace(",", "."), a
+    return g, a
+
+
+def _read_labels(g: str, a: str, rtol: float) -> tuple[str, str] | bool:
+    """Labelled answers: the verdict when both carry labels ("(p,q)=(3,2)" vs "q=2, p=3",
+    value by label), else (gold, answer) with the labels an unlabelled other side lacks
+    dropped. A gold tuple "(x,y)=(1,2)" keeps its labels: "(1,2)" does not say which is x."""
+    gl, al = labelled(g), labelled(a)
+    if gl and al:
+        if sorted(gl[1]) != sorted(al[1]):
+            return False
+        by_label = dict(zip(al[1], al[2], strict=True))
+        pairs = [(structure(v), structure(by_label[x])) for x, v in zip(gl[1], gl[2], strict=True)]
+        return all(_node_equal(x, y, rtol) for x, y in pairs)
+    if gl and gl[0] != "(":
+        g = ":".join(gl[2]) if gl[0] == ":" else ", ".join(gl[2])
+    if al:
+        joined = ":".join(al[2]) if al[0] == ":" else ", ".join(al[2])
+        a = f"({joined})" if al[0] == "(" or g.startswith("(") else joined
+    return g, a
+
+
 def is_equiv(gold: str, answer: str, *, rtol: float = RTOL) -> bool:
     """Whether an extracted answer equals the gold answer (gold-led; see the module docstring)."""
     with warnings.catch_warnings():  # model text makes SymPy warn (deprecated forms): not news
@@ -224,7 +297,11 @@ def _is_equiv(gold: str, answer: str, rtol: float) -> bool:
             return text_key(g) == text_key(a)
         if _too_deep(g) or _too_deep(a):
             return False
-        if _node_equal(structure(g), structure(a), rtol):
+        g, a = _decimal_comma(last_side(g), last_side(a))
+        read = _read_labels(g, a, rtol)
+        if isinstance(read, bool):
+            return read
+        if _node_equal(structure(read[0]), structure(read[1]), rtol):
             return True
         g_eq, a_eq = clean(gold, lhs=False), clean(answer, lhs=False)
         if (g_eq, a_eq) != (g, a) and _RELATION.search(g_eq) and _RELATION.search(a_eq):

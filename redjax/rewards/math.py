@@ -38,30 +38,58 @@ and binomials are bounded before sympy evaluates anything (see redjax.rewards.le
 from __future__ import annotations
 
 from redjax.rewards.compare import MAX_CHARS, MAX_DEPTH, MAX_ITEMS, MAX_OPS, RTOL, is_equiv
-from redjax.rewards.extract import extract_answer
+from redjax.rewards.extract import ANSWER_MARKERS, EXTRACT_MODES, boxed_group, extract_answer
 from redjax.rewards.lex import MAX_DIGITS, Reject, to_sympy
 from redjax.rewards.normalise import clean
 from redjax.rewards.parse import structure
 
 __all__ = ["MAX_CHARS", "MAX_DEPTH", "MAX_DIGITS", "MAX_ITEMS", "MAX_OPS", "RTOL", "Reject"]
-__all__ += ["clean", "gold_answer", "is_equiv", "math_reward", "structure", "to_sympy"]
+__all__ += ["clean", "gold_answer", "is_equiv", "math_reward", "math_reward_any", "structure"]
+__all__ += ["to_sympy"]
 
 
-def gold_answer(gold: str) -> str:
-    """The answer in a gold string: its boxed / "####" answer if it has one, else all of it."""
+def gold_answer(gold: str, extract: str = "boxed") -> str:
+    """The answer in a gold string: its boxed answer (several boxes in a row: their list) or
+    "####" answer (with extract="any", also an "answer is" line), else all of it."""
     if not isinstance(gold, str):
         return ""
-    if "\\boxed" in gold or "\\fbox" in gold or "####" in gold:
+    if "\\boxed" in gold or "\\fbox" in gold:
+        group = boxed_group(gold)
+        return ", ".join(group) if group else gold
+    lower = gold.lower()
+    if "####" in gold or (extract == "any" and any(m in lower for m in ANSWER_MARKERS)):
         return extract_answer(gold) or gold
     return gold
 
 
-def math_reward(completion: str, gold: str, *, rtol: float = RTOL) -> float:
-    """1.0 if the completion's final answer equals the gold answer, else 0.0; never raises."""
+def _is_collection(gold: str) -> bool:
+    """Whether a gold is a set or a bare list of two or more items (several boxes answer it)."""
+    shape = structure(clean(gold))
+    return shape[0] == "seq" and shape[1] in ("{", "") and len(shape[3]) > 1
+
+
+def math_reward(completion: str, gold: str, *, rtol: float = RTOL, extract: str = "boxed") -> float:
+    """1.0 if the completion's final answer equals the gold answer, else 0.0; never raises.
+
+    extract: "boxed" reads the last \\boxed{} (else an "answer is" line); "any" reads the
+    final answer wherever the model put it (see redjax.rewards.extract). When the gold is a
+    set or list, a run of boxes "\\boxed{1}, \\boxed{2}" is compared as that list.
+    """
+    if extract not in EXTRACT_MODES:
+        raise ValueError(f"math_reward: extract must be one of {EXTRACT_MODES}, got {extract!r}")
     try:
-        answer = extract_answer(completion)
+        answer = extract_answer(completion, extract)
         if answer is None:
             return 0.0
-        return 1.0 if is_equiv(gold_answer(gold), answer, rtol=rtol) else 0.0
+        gold = gold_answer(gold, extract)
+        group = boxed_group(completion)
+        if len(group) > 1 and group[-1] == answer and _is_collection(gold):
+            answer = ", ".join(group)
+        return 1.0 if is_equiv(gold, answer, rtol=rtol) else 0.0
     except Exception:
         return 0.0
+
+
+def math_reward_any(completion: str, gold: str) -> float:
+    """`math_reward` with extract="any": the built-in reward "math" under reward.extract=any."""
+    return math_reward(completion, gold, extract="any")

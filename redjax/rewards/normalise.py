@@ -40,7 +40,16 @@ _UNICODE = {
     "\u00f7": "/",
     "\u03c0": "\\pi ",
     "\u221e": "\\infty ",
+    "\u2264": "\\le ",
+    "\u2265": "\\ge ",
+    "\u2260": "\\neq ",
 }
+_ALIAS = {
+    "dfrac": "\\frac", "tfrac": "\\frac", "cfrac": "\\frac", "dbinom": "\\binom",
+    "tbinom": "\\binom", "lt": "<", "gt": ">", "ne": "\\neq ", "leqslant": "\\le ",
+    "geqslant": "\\ge ",
+}  # fmt: skip
+_ALIASES = re.compile(r"\\(" + "|".join(_ALIAS) + r")(?![a-zA-Z])")
 _DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\degree")
 _LHS = re.compile(
     r"^\s*(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?[a-zA-Z0-9]+\}?)?(?:\([a-zA-Z]\))?\s*(?:=|\\in(?![a-zA-Z]))\s*"
@@ -58,12 +67,11 @@ def clean(s: str, lhs: bool = True) -> str:
     s = s.replace("\x00", "").strip()
     s = re.sub(r"\\left\.|\\right\.", "", s)
     s = _SIZING.sub("", s)
-    s = s.replace("\\!", "")  # negative space, as in "32,\\!348"
+    s = re.sub(r",\s*\\!\s*", ",", s).replace("\\!", "")  # "32,\\! 348": one number
     s = _SPACING.sub(lambda m: m.group(0) if m.group(0) == "\\\\" else " ", s)
     for old, new in _UNICODE.items():
         s = s.replace(old, new)
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = s.replace("\\dbinom", "\\binom").replace("\\tbinom", "\\binom")
+    s = _ALIASES.sub(lambda m: _ALIAS[m.group(1)], s)
     s = s.replace("\\$", "").replace("$", "")
     s = s.replace("\\(", "").replace("\\)", "") if s.startswith("\\(") else s
     s = _DEGREES.sub("", s)

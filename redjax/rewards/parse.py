@@ -49,13 +49,60 @@ def split_top(s: str, sep: str = ",") -> list[str]:
     return [p.strip() for p in parts]
 
 
+_MATRIX = re.compile(r"\\begin\{([pbBvV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}", re.S)
+_LABEL = re.compile(r"(?:[A-Za-z]{1,3}|\\[a-zA-Z]+)(?:_\{?\w+\}?)?")
+_VARIABLE = re.compile(r"(?:[A-Za-z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?")
+_RELATION_CHARS = re.compile(r"<|>|\\[lg]eq?(?![a-zA-Z])|\\neq")
+
+
+def last_side(s: str) -> str:
+    """The value a chain states: "x = 5+5+1 = 11" -> "11"; with "\\approx", the last exact
+    side ("\\frac13 \\approx 0.33" -> "\\frac13"), or the approximation after a lone variable."""
+    if ("=" not in s and "\\approx" not in s) or _RELATION_CHARS.search(s):
+        return s
+    if len(split_top(s)) > 1 or len(split_top(s, ";")) > 1:  # "x = 1, y = 2": a list
+        return s
+    approx = split_top(s, "\\approx")
+    sides = split_top(approx[0], "=")
+    if len(approx) == 1:
+        return sides[-1] if len(sides) > 2 and sides[-1] else s
+    if len(sides) == 1 and _VARIABLE.fullmatch(sides[0]):  # "x \\approx 3.14"
+        return split_top(approx[-1], "=")[-1] or s
+    return sides[-1] or s
+
+
+def labelled(s: str) -> tuple[str, tuple[str, ...], tuple[str, ...]] | None:
+    """(form, labels, values) of "(p,q)=(3,2)" (form "("), "AB=4, CD=5" (","), "S:T=7:32"
+    (":"); None when `s` is not two or more distinct labels with as many values."""
+    m = re.fullmatch(r"\((.*)\)\s*=\s*\((.*)\)", s, re.S)
+    if (
+        m
+        and closing(s, 0, BRACKETS) == m.end(1)
+        and closing(s, m.start(2) - 1, BRACKETS) == len(s) - 1
+    ):
+        form, labels, values = "(", split_top(m.group(1)), split_top(m.group(2))
+    elif s.count("=") == 1 and ":" in s:
+        form = ":"
+        labels, values = (split_top(x, ":") for x in s.split("="))
+    else:
+        pairs = [x.split("=") for x in split_top(s)]
+        if any(len(p) != 2 for p in pairs):
+            return None
+        form, labels, values = ",", [p[0].strip() for p in pairs], [p[1].strip() for p in pairs]
+    if len(labels) < 2 or len(labels) != len(values) or len(set(labels)) != len(labels):
+        return None
+    if not all(_LABEL.fullmatch(x) for x in labels) or not all(values):
+        return None
+    return form, tuple(labels), tuple(values)
+
+
 def structure(s: str):
     """Read the top-level shape of a cleaned answer into nested tuples.
 
     ("matrix", rows) | ("union", parts) | ("seq", open, close, items) | ("scalar", text)
     """
     s = s.strip()
-    m = re.fullmatch(r"\\begin\{([pbBvV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}", s, re.S)
+    m = _MATRIX.fullmatch(s)
     if m:
         rows = [r for r in (x.strip() for x in m.group(2).split("\\\\")) if r]
         return ("matrix", tuple(tuple(structure(c) for c in r.split("&")) for r in rows))
@@ -68,13 +115,19 @@ def structure(s: str):
         return ("union", tuple(structure(p) for p in parts))
     if s.startswith("\\{") and s.endswith("\\}"):
         return ("seq", "{", "}", tuple(_item(x) for x in split_top(s[2:-2]) if x))
-    if s[:1] in "([" and s[-1:] in ")]" and closing(s, 0, {"(": ")", "[": "]"}) == len(s) - 1:
+    if s[:1] in "([{" and s[-1:] in ")]}" and closing(s, 0, BRACKETS) == len(s) - 1:
+        if _MATRIX.fullmatch(s[1:-1].strip()):  # "\left[\begin{array}...\end{array}\right]"
+            return structure(s[1:-1])
         items = split_top(s[1:-1])
-        if len(items) > 1:
+        if len(items) > 1:  # "{1, 2}": a set written with plain braces
             return ("seq", s[0], s[-1], tuple(_item(x) for x in items))
-    items = split_top(s)
-    if len(items) > 1:
-        return ("seq", "", "", tuple(_item(x) for x in items if x))
+    for sep in (",", ";"):  # "1, 2, 3" or "1; 2; 3"
+        items = split_top(s, sep)
+        if len(items) > 1:
+            return ("seq", "", "", tuple(_item(x) for x in items if x))
+    ratio = split_top(s, ":")
+    if len(ratio) > 1 and all(ratio):  # "7:32", ordered
+        return ("seq", ":", ":", tuple(structure(x) for x in ratio))
     return ("scalar", s)
 
 
