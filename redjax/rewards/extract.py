@@ -66,7 +66,10 @@ def _box_at(text: str, start: int, limit: int) -> tuple[str | None, int]:
     return None, -1
 
 
-_CONNECTOR = re.compile(r"[\s,;$.]*(?:(?:and|or|\\text\{\s*(?:and|or)\s*\}|\\q?quad)[\s,;$.]*)?")
+_CONNECTOR = re.compile(  # between boxes of one answer: ", ", " and ", "$ or $x = "
+    r"[\s,;$.]*(?:(?:and|or|\\text\{\s*(?:and|or)\s*\}|\\q?quad)[\s,;$.]*)?"
+    r"(?:[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*)?"
+)
 MAX_BOXES = 32  # longest run of boxes read as one list
 
 

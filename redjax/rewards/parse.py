@@ -64,8 +64,9 @@ def last_side(s: str) -> str:
         return s
     approx = split_top(s, "\\approx")
     sides = split_top(approx[0], "=")
-    if len(approx) == 1:
-        return sides[-1] if len(sides) > 2 and sides[-1] else s
+    if len(approx) == 1:  # "4! = 24": a constant worked out (a left side without letters)
+        stated = len(sides) > 2 or (len(sides) == 2 and not re.search(r"[a-zA-Z]", sides[0]))
+        return sides[-1] if stated and sides[-1] else s
     if len(sides) == 1 and _VARIABLE.fullmatch(sides[0]):  # "x \\approx 3.14"
         return split_top(approx[-1], "=")[-1] or s
     return sides[-1] or s
