@@ -68,6 +68,11 @@ RULES = [
     ("interval", "(-\\infty, 2)", B("x<y"), 0),
     ("interval", "-1 < x < 3", B("-1 < y < 3"), 1),
     ("interval", "-1 < x < 3", B("-1 < x \\le 3"), 0),
+    ("union", "(-\\infty,2)\\cup(3,\\infty)", B("x < 2 \\text{ or } x > 3"), 1),
+    ("union", "(-\\infty,2)\\cup(3,\\infty)", B("x < 2 \\text{ or } x \\geq 3"), 0),
+    ("union", "(-\\infty,2)\\cup(3,\\infty)", B("x < 2 \\text{ or } y > 3"), 0),
+    ("union", "x<2 \\text{ or } x>3", B("(-\\infty,2)\\cup(3,\\infty)"), 1),
+    ("union", "x<2 \\text{ or } x>3", B("(-\\infty,2]\\cup(3,\\infty)"), 0),
     ("commands", "\\frac{1}{2}", B("\\cfrac{1}{2}"), 1),
     ("commands", "\\frac{1}{2}", B("\\cfrac{1}{3}"), 0),
     ("commands", "x<3", B("x \\lt 3"), 1),
@@ -163,6 +168,9 @@ def test_extract_modes_differ_where_they_should():
     assert math_reward("The total is 7,425,001 dollars.", "7425000", extract="any") == 0.0
     assert math_reward("So we need $x \\geq 5$.", "[5,\\infty)", extract="any") == 1.0
     assert math_reward("So we need $x > 5$.", "[5,\\infty)", extract="any") == 0.0
+    assert math_reward("$1$, $2$, and $3$", "\\{1,2,3\\}", extract="any") == 1.0
+    assert math_reward("$1$, $2$, and $4$", "\\{1,2,3\\}", extract="any") == 0.0
+    assert math_reward("$x<2$ or $x>3$", "(-\\infty,2)\\cup(3,\\infty)", extract="any") == 1.0
     gold = "The roots satisfy $x^2 = 4$, so the answer is $\\{-2, 2\\}$."
     assert math_reward(B("\\{2,-2\\}"), gold, extract="any") == 1.0
     with pytest.raises(ValueError, match="extract"):

@@ -198,6 +198,15 @@ def _interval(s: str):
     return ("seq", left, right, (("scalar", lo), ("scalar", hi)))
 
 
+def _union(items):
+    """A list of inequalities ("x < 2, x > 3", from "or") as a union of intervals, or None."""
+    parts = [_interval(x[1]) if x[0] == "scalar" else None for x in items]
+    if len(parts) < 2 or not all(parts):
+        return None
+    names = {re.sub(r"\\[a-zA-Z]+|[^a-zA-Z]", "", x[1]) for x in items}  # "x < 2", "y > 3"
+    return ("union", tuple(parts)) if len(names) == 1 else None
+
+
 def _node_equal(g, a, rtol: float) -> bool:
     """Compare two structures, led by the gold's kind (see the module docstring)."""
     kind = g[0]
@@ -206,6 +215,11 @@ def _node_equal(g, a, rtol: float) -> bool:
         kind = g[0]
     if a[0] == "scalar" and kind != "scalar" and _RELATION.search(a[1]):
         a = _interval(a[1]) or a  # gold "(-1, 3)" vs answer "-1 < x < 3"
+    if kind == "union" and a[0] == "seq" and a[1] == "":
+        a = _union(a[3]) or a  # "x < 2 \\text{ or } x > 3"
+    if kind == "seq" and g[1] == "" and a[0] == "union":
+        g = _union(g[3]) or g
+        kind = g[0]
     if kind == "scalar" and a[0] == "scalar" and len(_RELATION.findall(g[1])) == 2:
         g, a = _interval(g[1]) or g, _interval(a[1]) or a  # "-1 < x < 3": not one relation
         kind = g[0]

@@ -159,12 +159,16 @@ _MATH_LIKE = re.compile(r"[^\n]{1,300}")
 
 
 def _whole(text: str) -> str | None:
-    """The text itself when it is one short line of math or of at most three words."""
-    s = text.strip()
-    if not _MATH_LIKE.fullmatch(s) or "$" in s:
+    """The text itself when it is one short line of math ("7,425,000", "\\frac{1}{2}",
+    "$1$, $2$ and $3$": its dollars dropped) or one or two words without math ("Yes")."""
+    s = re.sub(r"(?<!\\)\$", " ", text).strip()
+    if not _MATH_LIKE.fullmatch(s):
         return None
-    bare = re.sub(r"\\text\w*\s*\{[^{}]*\}|\\[a-zA-Z]+", " ", s)
-    return s if not re.search(r"[a-zA-Z]{4,}", bare) or len(s.split()) <= 3 else None
+    if "$" not in text and len(s.split()) <= 2 and not re.search(r"\d", s):
+        return s
+    bare = re.sub(r"\\text\w*\s*\{[^{}]*\}|\\[a-zA-Z]+|\b(?:and|or)\b", " ", s)
+    prose = re.search(r"[a-zA-Z]{4,}|[a-zA-Z]\s+[a-zA-Z]", bare)  # "we get x=3"
+    return None if prose else s
 
 
 def _any_answer(text: str) -> str | None:
