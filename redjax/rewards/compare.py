@@ -107,6 +107,25 @@ def _expr_equal(g: sympy.Expr, a: sympy.Expr, rtol: float) -> bool:
     return bool(points)
 
 
+def _ratio_varies(dg: sympy.Expr, da: sympy.Expr) -> bool:
+    """Whether dg / da takes two different values at the fixed points (no constant factor)."""
+    symbols = sorted(dg.free_symbols | da.free_symbols, key=str)
+    first = None
+    for k in range(len(_POINTS)):
+        subs = {x: _POINTS[(k + j) % len(_POINTS)] + 0.1 * j for j, x in enumerate(symbols)}
+        try:
+            r = complex(sympy.N((dg / da).subs(subs), 20))
+        except (TypeError, ValueError, ZeroDivisionError):
+            continue
+        if not (math.isfinite(r.real) and math.isfinite(r.imag)):
+            continue
+        if first is None:
+            first = r
+        elif abs(r - first) > 1e-6 * max(abs(first), 1e-9):
+            return True
+    return False
+
+
 def _relation_equal(g, a, rtol: float) -> bool:
     """Same relation up to a constant factor (positive for inequalities)."""
     if a[0] != "rel" or a[1] != g[1]:
@@ -115,6 +134,8 @@ def _relation_equal(g, a, rtol: float) -> bool:
     if _expr_equal(dg, da, rtol):
         return True
     if da == 0 or sympy.count_ops(dg) + sympy.count_ops(da) > MAX_OPS:
+        return False
+    if _ratio_varies(dg, da):  # most wrong equations: no simplify needed
         return False
     ratio = sympy.simplify(dg / da)
     if ratio.free_symbols or not ratio.is_number or ratio == 0:

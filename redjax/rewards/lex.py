@@ -11,6 +11,7 @@ arguments to its rule, `_TOKENS` a plain command to the tokens it stands for.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable
@@ -326,6 +327,7 @@ def _log10_bound(e: sympy.Basic) -> float:
     return bound
 
 
+@functools.lru_cache(maxsize=4096)  # a gold's items are read once per answer item
 def to_sympy(latex: str) -> sympy.Expr:
     """Parse one cleaned scalar LaTeX answer into sympy; raises Reject if it cannot or must not."""
     py = _to_python(lex(latex))
