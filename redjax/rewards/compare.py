@@ -2,6 +2,8 @@
 
 Scalars by string, then text, then sympy (numbers within `rtol` of the gold, expressions
 by fixed irrational points and simplify); structures item by item, led by the gold's kind.
+Before that, chains are cut to their last side, labels matched, decimal commas read, and an
+inequality meets an interval as an interval.
 """
 
 from __future__ import annotations
@@ -279,14 +281,17 @@ def _too_deep(s: str) -> bool:
 
 
 _DECIMAL_COMMA = re.compile(r"-?\d+,\d+")  # "1000,99" (a thousands "1,000" is gone by now)
+# A gold "2,3" is a list: only a side no list of small numbers looks like is read as decimal.
+_GOLD_DECIMAL_COMMA = re.compile(r"-?(?:\d{4,},\d+|\d+,\d{4,})")
 _DECIMAL = re.compile(r"-?\d*\.\d+")
 
 
 def _decimal_comma(g: str, a: str) -> tuple[str, str]:
-    """Read "1000,99" as 1000.99 when the other side is a decimal number."""
+    """Read an answer "1000,99" as 1000.99 when the gold is a decimal number, and a gold
+    "1000,99" likewise when the answer is (not a gold "2,3": that is the list 2, 3)."""
     if _DECIMAL_COMMA.fullmatch(a) and _DECIMAL.fullmatch(g):
         return g, a.replace(",", ".")
-    if _DECIMAL_COMMA.fullmatch(g) and _DECIMAL.fullmatch(a):
+    if _GOLD_DECIMAL_COMMA.fullmatch(g) and _DECIMAL.fullmatch(a):
         return g.replace(",", "."), a
     return g, a
 

@@ -1,7 +1,11 @@
 """Math answer checking: extract the final answer, normalise LaTeX, compare with the gold.
 
 Pipeline for one (gold, answer) pair, gold first, one module per job:
-  1. redjax.rewards.extract: the completion's final answer (the last \\boxed{} by default);
+  1. redjax.rewards.extract: the completion's final answer: with extract="boxed" (the
+     default) the last \\boxed{}, else an "answer is" / "answer:" / "####" line; with
+     extract="any" also a "Final Answer" heading, a short answer-only text, the last math
+     span or the last number. A run of boxes ("\\boxed{1}, \\boxed{2}") answers a gold set
+     or list as that list; otherwise the last box counts;
   2. redjax.rewards.normalise: clean both strings (dollars, \\left/\\right, spacing, \\dfrac,
      \\text{}, units, degrees, thousands separators "1,234", a trailing period, "x =");
   3. redjax.rewards.parse: read the structure of the gold: a matrix, a union of intervals, a
@@ -14,6 +18,18 @@ Pipeline for one (gold, answer) pair, gold first, one module per job:
      is 0 (agreement at >= 3 points alone is accepted when simplify cannot decide).
      Equations and inequalities ("x+y=3", "x>3") are equal up to a constant factor (positive
      for "<").
+
+Forms read as the same answer (each rule has negative tests in tests/test_verifier.py):
+  - a chain states its last side ("x = 5+5+1 = 11" is 11; "4! = 24" is 24); with \\approx,
+    the last exact side ("x = \\frac13 \\approx 0.33" is 1/3; "x \\approx 3.14" is 3.14);
+  - labels: "(p,q)=(3,2)", "q=2, p=3" and "S:T=7:32" are compared value by label when both
+    sides carry labels; an unlabelled gold takes a labelled answer's values, but a labelled
+    gold tuple needs a labelled answer ("(1,2)" does not say which is x);
+  - an inequality in one variable is an interval: "-1 < x \\le 3" is "(-1, 3]", "x \\ge 5"
+    is "[5, \\infty)", "x < 2 \\text{ or } x > 3" a union;
+  - "\\cfrac", "\\lt", "\\gt", "\\ne", "\\leqslant", unicode "\u2264"; "32,\\! 349" and
+    "1\\,000" are numbers; "1000,99" is 1000.99 against a decimal; "{1,2}" is a set;
+    "\\left[\\begin{array}...\\end{array}\\right]" a matrix; "1; 2; 3" a list; "7:32" a ratio.
 
 The comparison is deliberately gold-led, not symmetric:
   - the gold decides the structure: a gold set or bare list ("1, 2") is unordered and the
