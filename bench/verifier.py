@@ -5,12 +5,14 @@
 
 Accuracy is measured through the time-bounded worker pool (2 workers, 5 s per item, the
 trainer's defaults): agreement with the hand-written labels, false positives (a wrong answer
-scored 1) and false negatives (a right answer scored 0). Speed, on the pairs that are not
-adversarial, timed on the pairs of half of the golds after a warm-up pass on the other half
-(imports, sympy's lazy modules): verifications per CPU-second in one process (one worker's
-rate: three passes per backend, taking turns, redjax's parse cache cleared before each) and
-per wall-second through the 2-worker pool (one pass, each worker's cache as the warm-up left
-it; on a busy machine the pool's figure moves with the load). The "math_verify" backend is skipped when math-verify is not installed.
+scored 1) and false negatives (a right answer scored 0).
+
+Speed is timed on the ordinary (not adversarial) pairs of half of the golds, after a warm-up
+pass on the other half (imports, sympy's lazy modules): verifications per CPU-second and per
+wall-second in one process (one worker: three passes per backend, the backends taking turns,
+redjax's and sympy's caches cleared before each pass), and per wall-second through the
+2-worker pool (one pass). On a busy machine the wall figures move with the load; the CPU
+figure does not. The "math_verify" backend is skipped when math-verify is not installed.
 """
 
 from __future__ import annotations
@@ -43,28 +45,33 @@ def accuracy(rows: list[dict], scores) -> dict:
 
 
 def clear_caches() -> None:
-    """Forget parsed answers, so each timed pass reads every answer afresh."""
+    """Forget parsed answers (redjax's cache and sympy's), so a pass reads every answer afresh."""
+    from sympy.core.cache import clear_cache
+
     from redjax.rewards.lex import to_sympy
 
     to_sympy.cache_clear()
+    clear_cache()
 
 
 def per_worker_rates(fns: dict, warm: list[dict], rows: list[dict], repeats: int = 3) -> dict:
-    """Verifications per CPU-second in this process on `rows`, for each reward in `fns`, after
+    """(verifications per CPU-second, per wall-second) in this process on `rows`, for each reward in `fns`, after
     a pass over `warm` (imports, sympy's lazy modules). The rewards take turns, pass by pass,
-    and each pass starts with redjax's parse cache cleared, so a busy machine slows all alike."""
+    and each pass starts with the parse caches cleared, so a busy machine slows all alike."""
     for fn in fns.values():
         for r in warm:
             fn(r["completion"], r["gold"])
-    cpu = dict.fromkeys(fns, 0.0)
+    cpu, wall = dict.fromkeys(fns, 0.0), dict.fromkeys(fns, 0.0)
     for _ in range(repeats):
         for key, fn in fns.items():
             clear_caches()
-            start = time.process_time()
+            start, start_wall = time.process_time(), time.perf_counter()
             for r in rows:
                 fn(r["completion"], r["gold"])
             cpu[key] += time.process_time() - start
-    return {key: repeats * len(rows) / cpu[key] for key in fns}
+            wall[key] += time.perf_counter() - start_wall
+    n = repeats * len(rows)
+    return {key: (n / cpu[key], n / wall[key]) for key in fns}
 
 
 def measure(name: str, extract: str, rows: list[dict], warm: list[dict], timed: list[dict]):
@@ -107,14 +114,15 @@ def main() -> None:
             continue
         results[(name, extract)] = measure(name, extract, rows, warm, timed)
     fns = {setup: get_reward_fn(*setup) for setup in results}
-    for setup, rate in per_worker_rates(fns, warm, timed).items():
-        results[setup]["rate"] = rate
-    print("| backend | extract | agreement | FP | FN | time-outs | verif/s (1 worker, CPU) "
-          "| verif/s (pool, 2 workers, wall) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    for setup, (rate, wall_rate) in per_worker_rates(fns, warm, timed).items():
+        results[setup].update(rate=rate, wall_rate=wall_rate)
+    print("| backend | extract | agreement | FP | FN | time-outs | verif/s 1 worker (CPU) "
+          "| verif/s 1 worker (wall) | verif/s pool of 2 (wall) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for (name, extract), r in results.items():
         print(f"| {name} | {extract} | {r['agree']:.1%} | {r['fp']} | {r['fn']} | "
-              f"{r['timeouts']} | {r['rate']:.0f} | {r['pool_rate']:.0f} |")  # fmt: skip
+              f"{r['timeouts']} | {r['rate']:.0f} | {r['wall_rate']:.0f} | "
+              f"{r['pool_rate']:.0f} |")  # fmt: skip
     for extract in ("boxed", "any"):
         ours, theirs = results.get(("math", extract)), results.get(("math_verify", extract))
         if ours and theirs:

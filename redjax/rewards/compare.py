@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from fractions import Fraction
 
 import sympy
 
@@ -149,12 +150,24 @@ _CHOICE = re.compile(r"\([A-Za-z]\)")  # a multiple-choice letter: "(B)"
 _TEXT_GOLD = re.compile(r"\\text(?:bf|rm|normal)?\s*\{\s*\(?[A-Za-z][A-Za-z ]*\)?\s*\}")
 
 
+_PLAIN = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)")  # "72", "-0.5", "72.", ".5": < 1000 chars
+
+
+def _plain_equal(g: Fraction, a: Fraction, rtol: float) -> bool:
+    """`_num_equal` for two plain numbers: integers exactly, else within rtol of the gold."""
+    if g.denominator == 1 and a.denominator == 1 or g == 0:
+        return g == a
+    return abs(g - a) <= Fraction(rtol) * abs(g)
+
+
 def _scalar_equal(g: str, a: str, rtol: float) -> bool:
     """Gold scalar vs answer scalar: string, then text, then sympy."""
     if key(g) == key(a):
         return True
     if _CHOICE.fullmatch(g) and text_key(g) == text_key(a):  # "(B)" vs "b"
         return True
+    if _PLAIN.fullmatch(g) and _PLAIN.fullmatch(a):  # two plain numbers: no sympy needed
+        return _plain_equal(Fraction(g), Fraction(a), rtol)
     try:
         gv, gpct = _parse_scalar(g)
     except Reject:  # a word or choice letter: text comparison
