@@ -92,9 +92,9 @@ def _points_equal(g: sympy.Expr, a: sympy.Expr, rtol: float) -> bool | None:
 def _expr_equal(g: sympy.Expr, a: sympy.Expr, rtol: float) -> bool:
     """Two sympy expressions: structurally, numerically (constants), or symbolically.
 
-    With free symbols, a difference at fixed points rejects at once (most wrong answers);
-    otherwise simplify(gold - answer) == 0 proves equality, and agreement at >= 3 points
-    is accepted when simplify cannot decide.
+    With free symbols, a difference at fixed points rejects at once (most wrong answers) and
+    agreement at >= 3 points accepts; with fewer usable points, simplify(gold - answer) == 0
+    decides.
     """
     if g == a:
         return True
@@ -103,17 +103,16 @@ def _expr_equal(g: sympy.Expr, a: sympy.Expr, rtol: float) -> bool:
     if not g.free_symbols and not a.free_symbols:
         return _num_equal(g, a, rtol)
     points = _points_equal(g, a, rtol)
-    if points is False:
-        return False
-    if sympy.count_ops(g) + sympy.count_ops(a) <= MAX_OPS and sympy.simplify(g - a) == 0:
-        return True
-    return bool(points)
+    if points is not None:
+        return points
+    return sympy.count_ops(g) + sympy.count_ops(a) <= MAX_OPS and sympy.simplify(g - a) == 0
 
 
-def _ratio_varies(dg: sympy.Expr, da: sympy.Expr) -> bool:
-    """Whether dg / da takes two different values at the fixed points (no constant factor)."""
+def _point_ratio(dg: sympy.Expr, da: sympy.Expr) -> complex | bool | None:
+    """dg / da at the fixed points: its value when >= 3 points agree on one, False when two
+    differ (no constant factor), None when fewer than 3 points are usable."""
     symbols = sorted(dg.free_symbols | da.free_symbols, key=str)
-    first = None
+    values = []
     for k in range(len(_POINTS)):
         subs = {x: _POINTS[(k + j) % len(_POINTS)] + 0.1 * j for j, x in enumerate(symbols)}
         try:
@@ -122,15 +121,15 @@ def _ratio_varies(dg: sympy.Expr, da: sympy.Expr) -> bool:
             continue
         if not (math.isfinite(r.real) and math.isfinite(r.imag)):
             continue
-        if first is None:
-            first = r
-        elif abs(r - first) > 1e-6 * max(abs(first), 1e-9):
-            return True
-    return False
+        if values and abs(r - values[0]) > 1e-6 * max(abs(values[0]), 1e-9):
+            return False
+        values.append(r)
+    return values[0] if len(values) >= 3 else None
 
 
 def _relation_equal(g, a, rtol: float) -> bool:
-    """Same relation up to a constant factor (positive for inequalities)."""
+    """Same relation up to a constant factor (positive for inequalities), the factor read at
+    the fixed points like `_expr_equal` (simplify when fewer than 3 points are usable)."""
     if a[0] != "rel" or a[1] != g[1]:
         return False
     dg, da = g[2], a[2]
@@ -138,12 +137,17 @@ def _relation_equal(g, a, rtol: float) -> bool:
         return True
     if da == 0 or sympy.count_ops(dg) + sympy.count_ops(da) > MAX_OPS:
         return False
-    if _ratio_varies(dg, da):  # most wrong equations: no simplify needed
+    ratio = _point_ratio(dg, da)  # decides most pairs without simplify
+    if ratio is False:
         return False
-    ratio = sympy.simplify(dg / da)
-    if ratio.free_symbols or not ratio.is_number or ratio == 0:
+    if ratio is None:
+        ratio = sympy.simplify(dg / da)
+        if ratio.free_symbols or not ratio.is_number:
+            return False
+        ratio = complex(ratio)
+    if abs(ratio) < 1e-12:
         return False
-    return g[1] in ("=", "!=") or bool(ratio > 0)
+    return g[1] in ("=", "!=") or (abs(ratio.imag) < 1e-12 and ratio.real > 0)
 
 
 _CHOICE = re.compile(r"\([A-Za-z]\)")  # a multiple-choice letter: "(B)"
