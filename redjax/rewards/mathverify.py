@@ -8,13 +8,14 @@ like any reward. extract="boxed" hands math-verify redjax's boxed answer (the sa
 from __future__ import annotations
 
 import threading
+import types
 
 from redjax.rewards.extract import EXTRACT_MODES, boxed_group, extract_answer
 
 INSTALL = "pip install 'redjax[mathverify]'"
 
 
-def load():
+def load() -> types.ModuleType:
     """The math_verify module; ImportError naming the extra to install when it is missing."""
     try:
         import math_verify

@@ -97,7 +97,7 @@ def labelled(s: str) -> tuple[str, tuple[str, ...], tuple[str, ...]] | None:
     return form, tuple(labels), tuple(values)
 
 
-def structure(s: str):
+def structure(s: str) -> tuple:
     """Read the top-level shape of a cleaned answer into nested tuples.
 
     ("matrix", rows) | ("union", parts) | ("seq", open, close, items) | ("scalar", text)
