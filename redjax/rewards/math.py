@@ -98,9 +98,11 @@ def math_reward(completion: str, gold: str, *, rtol: float = RTOL, extract: str 
         if answer is None:
             return 0.0
         gold = gold_answer(gold, extract)
-        group = boxed_group(completion)
-        if len(group) > 1 and group[-1] == answer and _is_collection(gold):
-            answer = ", ".join(group)
+        boxes = sum(completion.count(cmd) for cmd in ("\\boxed", "\\fbox"))
+        if boxes > 1 and _is_collection(gold):
+            group = boxed_group(completion)
+            if len(group) > 1 and group[-1] == answer:
+                answer = ", ".join(group)
         return 1.0 if is_equiv(gold, answer, rtol=rtol) else 0.0
     except Exception:
         return 0.0
