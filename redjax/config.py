@@ -98,7 +98,8 @@ class RedCfg:
 
 @dataclass
 class RewardCfg:
-    fn: str = "math"  # "math", "format" or a dotted path package.module:function
+    fn: str = "math"  # "math", "math_verify", "format" or a dotted path package.module:function
+    extract: Literal["boxed", "any"] = "boxed"  # math answers: last \boxed{} or anywhere
     format_weight: float = 0.0
     think_format: bool = False
     workers: int = 2

@@ -141,7 +141,8 @@ def main(args: argparse.Namespace) -> None:
     if temperature is None:
         temperature = 0.0 if args.k == 1 else 0.6
     suffix = extra.get("prompt_suffix", "") if args.prompt_suffix is None else args.prompt_suffix
-    with rewards.Verifier(extra.get("reward_fn", "math")) as verifier:
+    reward_fn, extract = extra.get("reward_fn", "math"), extra.get("reward_extract", "boxed")
+    with rewards.Verifier(reward_fn, extract=extract) as verifier:
         results = evaluate(
             model.params,
             model.cfg,

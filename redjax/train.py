@@ -335,6 +335,7 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
         timeout=cfg.reward.timeout,
         format_weight=cfg.reward.format_weight,
         think_format=cfg.reward.think_format,
+        extract=cfg.reward.extract,
     )
     ckpts = checkpoint.Checkpoints(os.path.join(run_dir, "checkpoints"), keep=cfg.train.keep)
 

@@ -163,3 +163,14 @@ def test_close_stops_workers():
     assert all(p.poll() is not None for p in procs)
     with pytest.raises(RuntimeError, match="close"):
         v.score(["a"], ["a"])
+
+
+def test_adversarial_completions_with_extract_any():
+    """extract="any" reads more of the text: every adversarial completion still scores 0 within
+    the default time-out (5 s), and no worker crashes or times out."""
+    bad = list(ADVERSARIAL.values())
+    with Verifier("math", workers=2, extract="any") as v:
+        assert v.score([B("1")] * 2, ["1"] * 2).tolist() == [1.0, 1.0]  # started and warm
+        assert v.score(bad, ["1"] * len(bad)).tolist() == [0.0] * len(bad)
+        assert v.stats()["crashes"] == 0 and v.stats()["timeouts"] == 0
+        assert v.score(["so we get $7$.", B("7")], ["7", "7"]).tolist() == [1.0, 1.0]

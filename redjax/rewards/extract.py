@@ -11,6 +11,7 @@ import re
 BOX_COMMANDS = ("\\boxed", "\\fbox")
 # Phrases that introduce a final answer when there is no box, longest first.
 ANSWER_MARKERS = ("final answer is", "the answer is", "answer is", "answer:", "####")
+ANY_MARKERS = (*ANSWER_MARKERS, "final answer")  # mode "any": a "**Final Answer**" heading too
 
 
 def last_boxed(text: str) -> str | None:
@@ -27,53 +28,176 @@ def last_boxed(text: str) -> str | None:
         m = re.match(r"[^$\n]*", text[i:])
         content = m.group(0).strip() if m else ""
         return content or None
-    depth, j = 0, i
-    while j < len(text):
-        c = text[j]
-        if c == "\\":  # an escaped brace (\{ or \}) does not count
-            j += 2
-            continue
+    j = _closing_brace(text, i, len(text))
+    return (text[i + 1 : j].strip() or None) if j >= 0 else None
+
+
+_BRACE_TOKENS = re.compile(r"\\.|[{}]", re.S)  # an escaped brace (\{ or \}) does not count
+
+
+def _closing_brace(text: str, i: int, limit: int) -> int:
+    """Index of the "}" closing the "{" at text[i], searched before `limit`; -1 if none.
+    The regex skips ordinary characters in C: a megabyte box costs milliseconds."""
+    depth = 0
+    for m in _BRACE_TOKENS.finditer(text, i, limit):
+        c = m.group(0)
         if c == "{":
             depth += 1
         elif c == "}":
             depth -= 1
             if depth == 0:
-                content = text[i + 1 : j].strip()
-                return content or None
-        j += 1
-    return None
+                return m.start()
+    return -1
 
 
-def _marker_answer(text: str) -> str | None:
+def _box_at(text: str, start: int, limit: int) -> tuple[str | None, int]:
+    """(content, end) of the box command at text[start]; (None, -1) if it does not close
+    before `limit` (a scan never passes `limit`, so walking back over boxes stays linear)."""
+    i = start + (len("\\boxed") if text.startswith("\\boxed", start) else len("\\fbox"))
+    while i < limit and text[i] == " ":
+        i += 1
+    if i >= limit or text[i] != "{":
+        return None, -1
+    j = _closing_brace(text, i, limit)
+    return (text[i + 1 : j].strip() or None, j + 1) if j >= 0 else (None, -1)
+
+
+_CONNECTOR = re.compile(  # between boxes of one answer: ", ", " and ", "$ or $x = "
+    r"[\s,;$.]*(?:(?:and|or|\\text\{\s*(?:and|or)\s*\}|\\q?quad)[\s,;$.]*)?"
+    r"(?:[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*)?"
+)
+MAX_BOXES = 32  # longest run of boxes read as one list
+
+
+def boxed_group(text: str) -> list[str]:
+    """The last box and the boxes just before it joined only by ",", "and", "$": "\\boxed{1},
+    \\boxed{2} and \\boxed{3}" -> ["1", "2", "3"]; [] when the text has no readable box."""
+    if not isinstance(text, str):
+        return []
+    last = last_boxed(text)
+    if last is None:
+        return []
+    group, start = [last], max(text.rfind(cmd) for cmd in BOX_COMMANDS)
+    while len(group) < MAX_BOXES:
+        prev = max(text.rfind(cmd, 0, start) for cmd in BOX_COMMANDS)
+        if prev < 0:
+            break
+        content, end = _box_at(text, prev, start)
+        if content is None or not _CONNECTOR.fullmatch(text[end:start]):
+            break
+        group.append(content)
+        start = prev
+    return group[::-1]
+
+
+_SPAN_OF = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<!\\)\$(.+?)(?<!\\)\$", re.S)
+_IS = re.compile(r".*\b(?:is|are|equals|be)\s+|.*=\s*", re.S)
+
+
+def _trim(rest: str) -> str:
+    """An answer line cut to its answer: its math span, or what follows "is" in a sentence."""
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if rest.startswith(left):
+            close = rest.find(right, len(left))
+            return rest[len(left) : close] if close >= 0 else rest[len(left) :]
+    m = re.search(r"\.(\s|$)", rest)  # end of sentence; a decimal point is kept
+    if m:
+        rest = rest[: m.start()]
+    if re.search(r"[a-zA-Z]{4,}", rest):  # a sentence: "The number of ways is $12$"
+        spans = _SPAN_OF.findall(rest)
+        if spans:
+            return next(x for x in spans[-1] if x)
+        m = _IS.match(rest)
+        if m and re.search(r"\d", rest[m.end() :]):
+            return rest[m.end() :]
+    return rest
+
+
+def _marker_answer(text: str, markers: tuple[str, ...] = ANSWER_MARKERS) -> str | None:
     """The answer after the last "final answer is" / "answer:" / "####" marker, if any."""
     lower = text.lower()
     best, end = -1, -1
-    for marker in ANSWER_MARKERS:
+    for marker in markers:
         pos = lower.rfind(marker)
         if pos >= 0 and pos + len(marker) > end:
             best, end = pos, pos + len(marker)
     if best < 0:
         return None
     rest = text[end:].lstrip(" \t*:")  # markdown bold and a colon often follow the marker
-    rest = rest.split("\n", 1)[0].strip()
-    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
-        if rest.startswith(left):
-            close = rest.find(right, len(left))
-            rest = rest[len(left) : close] if close >= 0 else rest[len(left) :]
-            break
-    else:
-        m = re.search(r"\.(\s|$)", rest)  # end of sentence; a decimal point is kept
-        if m:
-            rest = rest[: m.start()]
+    if markers is not ANSWER_MARKERS:  # mode "any": the answer may be on the next line
+        rest = rest.lstrip(" \t\n*:")
+    rest = _trim(rest.split("\n", 1)[0].strip()[:2000])
     rest = rest.strip().strip("*").strip()
     return rest or None
 
 
-def extract_answer(text: str) -> str | None:
-    """The final answer in a completion: last \\boxed{}, else a "final answer is"/"answer:" line."""
+def _last_span(text: str) -> tuple[str | None, int]:
+    """(content, end) of the last $...$, $$...$$, \\(...\\) or \\[...\\] span; linear."""
+    best, best_end = None, -1
+    for left, right in (("\\[", "\\]"), ("\\(", "\\)")):
+        close = text.rfind(right)
+        start = text.rfind(left, 0, close) if close >= 0 else -1
+        if start >= 0 and close + 2 > best_end:
+            best, best_end = text[start + 2 : close], close + 2
+    dollars = [m.start() for m in re.finditer(r"(?<!\\)\$", text)]
+    if len(dollars) >= 2 and dollars[-1] + 1 > best_end:
+        start, close = dollars[-2] + 1, dollars[-1]
+        if start == close and len(dollars) >= 4:  # "$$...$$"
+            start, close = dollars[-3] + 1, dollars[-2]
+        best, best_end = text[start:close], dollars[-1] + 1
+    return (best.strip() or None) if best is not None else None, best_end
+
+
+_LAST_NUMBER = re.compile(
+    r"(?:(?<![\w)\]}])-)?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:/\d+)?|\.\d+)"
+)
+_MATH_LIKE = re.compile(r"[^\n]{1,300}")
+
+
+def _whole(text: str) -> str | None:
+    """The text itself when it is one short line of math ("7,425,000", "\\frac{1}{2}",
+    "$1$, $2$ and $3$": its dollars dropped) or one or two words without math ("Yes")."""
+    s = re.sub(r"(?<!\\)\$", " ", text).strip()
+    if not _MATH_LIKE.fullmatch(s):
+        return None
+    if "$" not in text and len(s.split()) <= 2 and not re.search(r"\d", s):
+        return s
+    bare = re.sub(r"\\text\w*\s*\{[^{}]*\}|\\[a-zA-Z]+|\b(?:and|or)\b", " ", s)
+    prose = re.search(r"[a-zA-Z]{4,}|[a-zA-Z]\s+[a-zA-Z]", bare)  # "we get x=3"
+    return None if prose else s
+
+
+def _any_answer(text: str) -> str | None:
+    """Mode "any": the last box, else a final-answer line, else the text if it is only an
+    answer, else the last math span or the last number, whichever comes later."""
+    if any(cmd in text for cmd in BOX_COMMANDS):
+        boxed = last_boxed(text)
+        if boxed is not None:
+            return boxed
+    found = _marker_answer(text, ANY_MARKERS) or _whole(text)
+    if found is not None:
+        return found
+    span, span_end = _last_span(text)
+    tail = text[max(0, span_end, len(text) - 2000) :]
+    numbers = _LAST_NUMBER.findall(tail)
+    if numbers:
+        return numbers[-1]
+    return span
+
+
+EXTRACT_MODES = ("boxed", "any")
+
+
+def extract_answer(text: str, mode: str = "boxed") -> str | None:
+    """The final answer in a completion. mode "boxed": the last \\boxed{}, else a "final
+    answer is" / "answer:" line; mode "any": wherever a model puts it (see `_any_answer`)."""
+    if mode not in EXTRACT_MODES:
+        raise ValueError(f"extract mode must be one of {EXTRACT_MODES}, got {mode!r}")
     if not isinstance(text, str):
         return None
     text = text.replace("\x00", "")
+    if mode == "any":
+        return _any_answer(text)
     if any(cmd in text for cmd in BOX_COMMANDS):
         return last_boxed(text)  # a malformed last box is no answer, not a fall-back
     return _marker_answer(text)

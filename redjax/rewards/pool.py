@@ -96,6 +96,8 @@ class Verifier:
     timeout: seconds allowed per item; past it the item scores 0 and its worker restarts.
     format_weight, think_format: total = reward + format_weight * format_reward(completion,
       think=think_format), with format_reward in {0, 1} (answer boxed, "<think>" form).
+    extract: how the built-in "math" / "math_verify" rewards find the final answer: "boxed"
+      (the last \\boxed{}) or "any" (wherever the model puts it); see redjax.rewards.extract.
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class Verifier:
         timeout: float = 5.0,
         format_weight: float = 0.0,
         think_format: bool = False,
+        extract: str = "boxed",
     ):
         if not isinstance(workers, int) or workers < 0:
             raise ValueError(f"Verifier workers must be an integer >= 0, got {workers!r}")
@@ -116,8 +119,8 @@ class Verifier:
         if workers == 0 and callable(reward):
             self.name, self._fn = getattr(reward, "__name__", repr(reward)), reward
         else:
-            self.name = reward_path(reward)
-            self._fn = get_reward_fn(self.name)  # a bad name fails here, with its message
+            self._fn = get_reward_fn(reward_path(reward), extract)  # a bad name fails here
+            self.name = reward_path(self._fn)  # "math" + extract="any": its own function
         self.workers, self.timeout = workers, float(timeout)
         self.format_weight, self.think_format = float(format_weight), bool(think_format)
         self.timeouts = self.crashes = self.failures = self.restarts = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from redjax.rewards.extract import format_reward
+from redjax.rewards.extract import EXTRACT_MODES, format_reward
 
 RewardFn = Callable[[str, str], float]
 
@@ -20,24 +20,37 @@ def _format(completion: str, gold: str) -> float:
     return format_reward(completion)
 
 
-def _builtin(name: str) -> RewardFn | None:
-    """A built-in reward; "math" imports sympy only when asked for."""
+def _builtin(name: str, extract: str = "boxed") -> RewardFn | None:
+    """A built-in reward; "math" imports sympy and "math_verify" math-verify only when asked."""
     if name == "math":
-        from redjax.rewards.math import math_reward
+        from redjax.rewards.math import math_reward, math_reward_any
 
-        return math_reward
+        return math_reward if extract == "boxed" else math_reward_any
+    if name == "math_verify":
+        from redjax.rewards import mathverify
+
+        mathverify.load()  # a missing package fails here, naming the extra to install
+        if extract == "boxed":
+            return mathverify.math_verify_reward
+        return mathverify.math_verify_reward_any
     return {"format": _format, "format_think": _format_think}.get(name)
 
 
-BUILTIN_NAMES = ("math", "format", "format_think")
+BUILTIN_NAMES = ("math", "math_verify", "format", "format_think")
 
 
-def get_reward_fn(name: str) -> RewardFn:
-    """The reward function `(completion, gold) -> float` named by a built-in or a dotted path."""
+def get_reward_fn(name: str, extract: str = "boxed") -> RewardFn:
+    """The reward function `(completion, gold) -> float` named by a built-in or a dotted path.
+
+    extract ("boxed" or "any") picks how the built-in math rewards find the final answer;
+    the format rewards and user functions do not take it.
+    """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"reward name must be a non-empty string, got {name!r}")
+    if extract not in EXTRACT_MODES:
+        raise ValueError(f"reward extract must be one of {list(EXTRACT_MODES)}, got {extract!r}")
     if name in BUILTIN_NAMES:
-        return _builtin(name)
+        return _builtin(name, extract)
     if ":" in name:
         module_name, _, attr = name.partition(":")
     else:
@@ -65,7 +78,7 @@ def reward_path(fn: RewardFn | str) -> str:
     """A name that worker processes can import for `fn` (a name is returned unchanged)."""
     if isinstance(fn, str):
         return fn
-    for name in BUILTIN_NAMES:
+    for name in ("math", "format", "format_think"):  # math_verify may not be installed
         if fn is _builtin(name):
             return name
     module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
