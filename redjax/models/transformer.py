@@ -52,6 +52,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | dots: activation rematerialisation in the train step
+    attention: str = "auto"  # auto | xla | cudnn | splash | chunked: attention implementation
     extra: tuple[tuple[str, Any], ...] = ()  # HF config fields kept for the round trip
 
     def replace(self, **kw: Any) -> ModelConfig:
