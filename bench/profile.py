@@ -42,6 +42,8 @@ import importlib.util
 import json
 import os
 import re
+import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -174,9 +176,10 @@ def classify(name: str, op: Op | None) -> str:
     """The class of a kernel from its HLO op when known, else from its (kernel) name."""
     text = f"{name} {op.target if op else ''}".lower()
     ops = {op.opcode} | op.inner if op else set()
+    body = op.inner if op and op.opcode == "fusion" else ops  # what the kernel computes
     if ops & COLLECTIVE_OPS or COLLECTIVE_NAME.search(text):
         return "collectives"
-    if (ops and ops <= MOVE_OPS) or (not op and COPY_NAME.search(text)):
+    if (body and body <= MOVE_OPS) or (not op and COPY_NAME.search(text)):
         return "copies"
     scope = op.scope if op else ""
     in_attn = ATTENTION_SCOPE.search(scope) and not PROJECTION_SCOPE.search(scope)
@@ -228,24 +231,31 @@ def _leaves(events: list[dict]) -> list[dict]:
     return out
 
 
+def _device_number(name: str) -> int:
+    m = re.search(r"(\d+)\s*$", name)
+    return int(m.group(1)) if m else 0
+
+
 def device_lines(trace: dict) -> dict[tuple, str]:
-    """(pid, tid) -> name of the trace's device op lines: a GPU's streams, else a TPU's XLA Ops
-    line; empty when the trace has no device (CPU)."""
-    devices = {p for p, n in _names(trace, "process_name").items() if n.startswith("/device:")}
-    threads = {k: n for k, n in _names(trace, "thread_name").items() if k[0] in devices}
+    """(pid, tid) -> name of device 0's op lines in a trace: a GPU's streams, else a TPU's XLA
+    Ops line; empty when the trace has no device (CPU)."""
+    devices = {n: p for p, n in _names(trace, "process_name").items() if n.startswith("/device:")}
+    first = {devices[min(devices, key=_device_number)]} if devices else set()
+    threads = {k: n for k, n in _names(trace, "thread_name").items() if k[0] in first}
     streams = {k: n for k, n in threads.items() if n.startswith("Stream")}
     return streams or {k: n for k, n in threads.items() if n == "XLA Ops"}
 
 
 def device_events(trace: dict) -> list[Event]:
-    """The device op events of a trace: those on its device lines, or (no device: CPU) the XLA
-    ops the host threads ran, innermost only."""
+    """Device 0's op events in a trace: those on its device lines, or (no device: CPU) the XLA
+    ops the host threads ran for it, innermost only."""
     spans = [e for e in trace["traceEvents"] if e.get("ph") == "X" and "dur" in e]
     lines = device_lines(trace)
     if lines:
         picked = [e for e in spans if (e["pid"], e.get("tid")) in lines]
     else:
-        picked = [e for e in spans if "hlo_op" in e.get("args", {})]
+        ops = [e for e in spans if "hlo_op" in e.get("args", {})]
+        picked = [e for e in ops if str(e["args"].get("device_ordinal", "0")) == "0"]
     return [
         Event(
             e["name"],
@@ -343,9 +353,12 @@ def profile(run: Callable[[], None], steps: int, log_dir: str) -> tuple[dict, fl
 
 def _bench_step():
     """bench/step.py as a module (by path and under its own name: it would shadow redjax.step)."""
+    if "bench_step" in sys.modules:
+        return sys.modules["bench_step"]
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "step.py")
     spec = importlib.util.spec_from_file_location("bench_step", path)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod
 
@@ -394,13 +407,23 @@ def dumped_hlo(dump_dir: str, pattern: str) -> dict[str, dict[str, Op]]:
     return out
 
 
-def report(title: str, rows: list[Row], steps: int, wall: str, top: int) -> None:
+@dataclasses.dataclass
+class Profile:
+    """One program's profile: what it was, its kernel rows, the steps they cover, notes."""
+
+    title: str
+    rows: list[Row]
+    steps: int
+    notes: str
+
+
+def report(p: Profile, top: int) -> None:
     """Print a program's header line, its class table and its top kernels."""
-    total = sum(r.us for r in rows) / 1e3 / steps
-    count = _count(sum(r.calls for r in rows) / steps)
-    print(f"\n### {title}\n\ndevice time {total:.3f} ms per step in {count} kernels; {wall}\n")
-    print(class_table(rows, steps) + "\n")
-    print(top_table(rows, steps, top), flush=True)
+    total = sum(r.us for r in p.rows) / 1e3 / p.steps
+    count = _count(sum(r.calls for r in p.rows) / p.steps)
+    print(f"\n### {p.title}\n\ndevice time {total:.3f} ms per step in {count} kernels; {p.notes}\n")
+    print(class_table(p.rows, p.steps) + "\n")
+    print(top_table(p.rows, p.steps, top), flush=True)
 
 
 def source(trace: dict) -> str:
@@ -409,6 +432,40 @@ def source(trace: dict) -> str:
     if not lines:
         return "events: the XLA ops of the host's threads (no device in the trace)"
     return f"events: device lines {', '.join(sorted(set(lines.values())))}"
+
+
+def profile_train(cfg, args, work: str) -> Profile:
+    """Profile --steps RED train steps (after a compile and a warm-up step)."""
+    run, hlo = train_program(cfg, args)
+    run()
+    trace, wall = profile(run, args.steps, os.path.join(work, "train"))
+    rows = summarise(device_events(trace), hlo)
+    shape = f"{args.rows} x ({args.prompt_len} + {args.resp_len}), remat {args.remat}"
+    notes = f"wall time {wall * 1e3:.3f} ms per step; {source(trace)}"
+    return Profile(f"train step: {shape}, {args.steps} steps profiled", rows, args.steps, notes)
+
+
+def profile_decode(cfg, args, work: str, dump: str) -> Profile:
+    """Profile one sampler call (after a compiling one); its decode events per decode step."""
+    run = decode_program(cfg, args)
+    run()
+    trace, wall = profile(run, 1, os.path.join(work, "decode"))
+    steps = args.new_tokens - 1
+    events = device_events(trace)
+    mine = in_module(events, "decode")
+    hlo = dumped_hlo(dump, "decode")
+    notes = [f"sample() call {wall * 1e3:.1f} ms wall (prefill included)", source(trace)]
+    if not mine:
+        notes.append("no event names a decode module: the whole call counted")
+    if not hlo:
+        notes.append("no HLO dumped: classes from kernel names")
+    shape = f"batch {args.batch}, prompt {args.prompt_len}, {args.new_tokens} new tokens"
+    return Profile(
+        f"decode step: {shape}, per step of {steps}",
+        summarise(mine or events, hlo),
+        steps,
+        "; ".join(notes),
+    )
 
 
 def parse_args(argv=None):
@@ -426,6 +483,7 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=int, default=2, help="train steps profiled")
     ap.add_argument("--chunk", type=int, default=1024)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--out", default=None, help="keep the traces (Perfetto UI) and HLO here")
     args = ap.parse_args(argv)
     args.offline_frac, args.micro_batches = 0.125, 1  # what bench/step.py's setup reads
     if args.new_tokens < 2:
@@ -435,10 +493,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    work = tempfile.mkdtemp(prefix="redjax-profile-")
+    work = args.out or tempfile.mkdtemp(prefix="redjax-profile-")
     dump = os.path.join(work, "hlo")
     flags = os.environ.get("XLA_FLAGS", "")
-    if "--xla_dump_to" not in flags:  # the decode program's HLO (read before jax starts)
+    if "--xla_dump_to" not in flags:  # the decode program's HLO (read when jax starts)
         os.environ["XLA_FLAGS"] = (
             f"{flags} --xla_dump_to={dump} --xla_dump_hlo_as_text --xla_dump_hlo_module_re=decode"
         )
@@ -454,35 +512,15 @@ def main(argv=None) -> None:
     dev = jax.devices()[0]
     print(f"# kernel profile: {args.size} ({cfg.num_params / 1e6:.1f}M params), {args.dtype}, "
           f"attention {args.attention}, {jax.device_count()} x {dev.device_kind}, "
-          f"jax {jax.__version__}")  # fmt: skip
-    if args.program in ("both", "train"):
-        run, hlo = train_program(cfg, args)
-        run()  # warm up
-        trace, wall = profile(run, args.steps, os.path.join(work, "train"))
-        rows = summarise(device_events(trace), hlo)
-        shape = f"{args.rows} x ({args.prompt_len} + {args.resp_len}), remat {args.remat}"
-        wall = f"wall time {wall * 1e3:.3f} ms per step; {source(trace)}"
-        report(
-            f"train step: {shape}, {args.steps} steps profiled", rows, args.steps, wall, args.top
-        )
-    if args.program in ("both", "decode"):
-        run = decode_program(cfg, args)
-        run()  # compile the prefill and the decode loop
-        trace, wall = profile(run, 1, os.path.join(work, "decode"))
-        steps = args.new_tokens - 1
-        events = device_events(trace)
-        mine = in_module(events, "decode")
-        hlo = dumped_hlo(dump, "decode")
-        notes = [f"sample() call {wall * 1e3:.1f} ms wall (prefill included)", source(trace)]
-        if not mine:
-            notes.append("no event names a decode module: the whole call counted")
-        if not hlo:
-            notes.append("no HLO dumped: classes from kernel names")
-        shape = f"batch {args.batch}, prompt {args.prompt_len}, {args.new_tokens} new tokens"
-        rows = summarise(mine or events, hlo)
-        report(
-            f"decode step: {shape}, per step of {steps}", rows, steps, "; ".join(notes), args.top
-        )
+          f"jax {jax.__version__}; traces under {work}")  # fmt: skip
+    try:
+        if args.program in ("both", "train"):
+            report(profile_train(cfg, args, work), args.top)
+        if args.program in ("both", "decode"):
+            report(profile_decode(cfg, args, work, dump), args.top)
+    finally:
+        if not args.out:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
