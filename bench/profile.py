@@ -9,6 +9,7 @@ other fusions, copies, collectives, other) and the top kernels by time with call
     python bench/profile.py --size qwen2.5-0.5b --rows 64 --prompt-len 256 --resp-len 512 \
         --batch 64 --new-tokens 512 --dtype bfloat16 --remat full   # bench/gpu.sh's shapes
     python bench/profile.py --program decode ...                    # one of the two
+    python bench/profile.py --out prof ...   # keep the traces (ui.perfetto.dev) and HLO dump
 
 The train step is redjax.step's jitted RED step on bench/step.py's batch (--rows rows of
 --prompt-len + --resp-len tokens, an eighth teacher rows, a quarter probed), --steps steps
