@@ -54,5 +54,5 @@ for lens in "64 256 512 768" "8 512 3584 4096"; do
     --iters 3 --timeout 45 2>&1 | tee "$out/step-$total.txt" || true
 done
 
-timeout 130 python3 bench/profile.py "${shape[@]}" --rows 64 --prompt-len 256 --resp-len 512 \
-  --remat full --batch 64 --new-tokens 512 --steps 2 2>&1 | tee "$out/profile.txt" || true
+timeout 130 python3 bench/kernel_profile.py "${shape[@]}" --rows 64 --prompt-len 256 \
+  --resp-len 512 --remat full --batch 64 --new-tokens 512 --steps 2 2>&1 | tee "$out/profile.txt" || true

@@ -15,9 +15,10 @@ first so that the others print their cost against it.
 
 Peak device memory is `peak_bytes_in_use` of `jax.devices()[0].memory_stats()` ("n/a" where
 that is None, as on CPU). It is a peak over the life of a process, so when the device reports
-it (or with --isolate) each row runs in a child process of its own; a row that fails there (out
-of memory, a crash, --timeout) prints what happened and the run goes on. Prints a markdown table
-whose rows appear as they finish.
+it (or with --isolate) each row runs in a child process of its own, and this process leaves the
+devices to them (a child tells it what they are). A row that fails (out of memory, a crash,
+past --timeout seconds) prints what happened and the run goes on. Prints a markdown table whose
+rows appear as they finish.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import time
 import traceback
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -65,8 +67,7 @@ VARIANTS = {  # name: (label, every row online, entropy probe); grpo first: the 
     "red-no-probe": ("RED step without probe", False, False),
     "red": ("RED step (Extend rows + probe)", False, True),
 }
-RESULT = "RESULT "  # prefix of the line a child process reports its row on
-PREALLOCATE = os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")  # as the user set it
+RESULT = "RESULT "  # prefix of the line a child process reports its result on
 
 
 def rows(n, p, c, vocab, offline_frac, seed=0):
@@ -169,24 +170,53 @@ def measure_safely(cfg: ModelConfig, args, variant: str) -> dict:
         return {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:150]}"}
 
 
+def _child(args, extra: list[str]) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, os.path.abspath(__file__), *args.argv, *extra]
+    return subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=args.timeout)
+
+
+def _reported(out: subprocess.CompletedProcess) -> dict | None:
+    found = [ln for ln in out.stdout.splitlines() if ln.startswith(RESULT)]
+    return json.loads(found[-1][len(RESULT) :]) if found else None
+
+
 def measure_isolated(args, attention: str, variant: str) -> dict:
     """One row in a child process of this script (its own memory peak, crashes contained)."""
-    cmd = [sys.executable, os.path.abspath(__file__), *args.argv]
-    cmd += ["--attention", attention, "--variants", variant, "--child"]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_PYTHON_CLIENT_PREALLOCATE"}
-    if PREALLOCATE is not None:  # the child allocates as this process would have
-        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = PREALLOCATE
     try:
-        out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=args.timeout, env=env)
+        out = _child(args, ["--attention", attention, "--variants", variant, "--child", "row"])
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {args.timeout:g} s"}
-    found = [ln for ln in out.stdout.splitlines() if ln.startswith(RESULT)]
-    if found:
-        return json.loads(found[-1][len(RESULT) :])
-    return {"error": f"child process exited with code {out.returncode}"}
+    res = _reported(out)
+    return res if res is not None else {"error": f"child process exited with code {out.returncode}"}
 
 
-def row(cfg, args, name: str, variant: str, res: dict, ref: float | None) -> str:
+def device_info() -> dict:
+    """Platform, kind and count of this process's devices, and whether they report memory."""
+    dev = jax.devices()[0]
+    return {
+        "platform": dev.platform,
+        "device_kind": dev.device_kind,
+        "count": jax.device_count(),
+        "memory": peak_bytes() is not None,
+    }
+
+
+def probe_devices(args) -> dict:
+    """device_info from a child process: this one must leave the devices free for the rows'
+    (a TPU opens in one process at a time; a GPU's memory goes to the first that asks)."""
+    try:
+        out = _child(args, ["--child", "devices"])
+    except subprocess.TimeoutExpired:
+        raise SystemExit(
+            f"jax did not start in a child process within {args.timeout:g} s"
+        ) from None
+    info = _reported(out)
+    if info is None:
+        raise SystemExit(f"could not start jax in a child process (exit code {out.returncode})")
+    return info
+
+
+def row(cfg, args, name: str, variant: str, res: dict, ref: float | None, devices: int = 1) -> str:
     """One markdown row: step time, response tokens/s, MFU, peak memory, cost vs GRPO."""
     label = f"| {name} | {VARIANTS[variant][0]} |"
     if "error" in res:
@@ -194,7 +224,7 @@ def row(cfg, args, name: str, variant: str, res: dict, ref: float | None) -> str
     n, p, c, dt = args.rows, args.prompt_len, args.resp_len, res["step_s"]
     mfu = "n/a"
     if args.peak_tflops:
-        mfu = f"{train_flops(cfg, n, p + c, c) / dt / (args.peak_tflops * 1e12 * jax.device_count()):.1%}"
+        mfu = f"{train_flops(cfg, n, p + c, c) / dt / (args.peak_tflops * 1e12 * devices):.1%}"
     peak = "n/a" if res.get("peak") is None else f"{res['peak'] / 2**30:.2f}"
     vs = "n/a" if ref is None else f"{dt / ref:.2f}x"
     return f"{label} {dt:.3f} | {n * c / dt:,.0f} | {mfu} | {peak} | {vs} |"
@@ -217,7 +247,7 @@ def parse_args(argv=None):
     ap.add_argument("--variants", default="grpo,red-no-probe,red", help="comma list")
     ap.add_argument("--isolate", action="store_true", help="each row in a child process")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per isolated row")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["row", "devices"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
@@ -225,22 +255,23 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if not args.child:  # rows may run in child processes: leave them the device's memory
-        os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     cfg = ModelConfig(**SIZES[args.size], dtype=args.dtype, remat=args.remat)
-    dev = jax.devices()[0]
-    names = pick_attention(args.attention, args.dtype, dev)
     variants = pick_variants(args.variants)
-    if args.child:  # one row, reported to the parent process
-        res = measure_safely(cfg.replace(attention=names[0]), args, variants[0])
+    if args.child == "devices":
+        print(RESULT + json.dumps(device_info()), flush=True)
+        return
+    if args.child == "row":  # one row, reported to the parent process
+        res = measure_safely(cfg.replace(attention=args.attention), args, variants[0])
         print(RESULT + json.dumps(res), flush=True)
         return
-    isolate = args.isolate or peak_bytes() is not None
+    info = probe_devices(args)
+    isolate = args.isolate or info["memory"]  # else this process runs the rows (CPU)
+    names = pick_attention(args.attention, args.dtype, SimpleNamespace(**info))
     n, p, c = args.rows, args.prompt_len, args.resp_len
     print(
         f"\nmodel {args.size} ({cfg.num_params / 1e6:.1f}M params), {n} rows x "
         f"({p} prompt + {c} response) tokens, {args.dtype}, remat {args.remat}, "
-        f"{jax.device_count()} x {dev.device_kind}, jax {jax.__version__}\n"
+        f"{info['count']} x {info['device_kind']}, jax {jax.__version__}\n"
     )
     print(
         "| attention | variant | step s | response tokens/s | MFU | peak memory GiB | vs plain GRPO |"
@@ -255,7 +286,7 @@ def main(argv=None):
                 res = measure_safely(cfg.replace(attention=name), args, v)
             if v == "grpo" and "error" not in res:
                 ref = res["step_s"]
-            print(row(cfg, args, name, v, res, ref), flush=True)
+            print(row(cfg, args, name, v, res, ref, info["count"]), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""bench/: redjax imports from a plain checkout; bench/profile.py reads HLO and traces into
+"""bench/: redjax imports from a plain checkout; bench/kernel_profile.py reads HLO and traces into
 exact class totals (handmade module and traces), and profiles a real train step and decode step
 on CPU; bench/step.py picks attention implementations per backend and reports failed rows;
 neither script needs grain or tensorboardX (not on the GPU image)."""
@@ -32,7 +32,7 @@ def load(name: str):
     return mod
 
 
-prof = load("profile")
+prof = load("kernel_profile")
 bstep = load("step")
 
 
@@ -59,7 +59,7 @@ import runpy, sys
 sys.modules["grain"] = None
 sys.modules["tensorboardX"] = None
 import redjax.sampler, redjax.step, redjax.sharding, redjax.models
-for name in ("step", "profile"):
+for name in ("step", "kernel_profile"):
     sys.argv = [name, "--help"]
     try:
         runpy.run_path({os.path.join(ROOT, "bench")!r} + f"/{{name}}.py", run_name="__main__")
@@ -74,6 +74,16 @@ print("ok", "grain" in sys.modules and sys.modules["grain"] is None)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok True")
     assert "--attention" in out.stdout and "--new-tokens" in out.stdout  # both helps printed
+
+
+def test_no_bench_script_shadows_a_module():
+    """`python bench/x.py` puts bench/ first on sys.path: a bench/profile.py there would be what
+    `import profile` finds (cProfile does, under torch._dynamo, under transformers)."""
+    stems = [f[:-3] for f in os.listdir(os.path.join(ROOT, "bench")) if f.endswith(".py")]
+    assert "step" in stems and "kernel_profile" in stems
+    for stem in stems:
+        assert stem not in sys.stdlib_module_names, stem
+        assert importlib.util.find_spec(stem) is None, stem
 
 
 HLO = """HloModule jit_step, is_scheduled=true, entry_computation_layout={(f32[4,4]{1,0})->f32[]}

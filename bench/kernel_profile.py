@@ -5,11 +5,11 @@ trace jax writes (a Chrome-trace JSON) is read back with the standard library an
 program, two markdown tables are printed: device time per step by class (matmul, attention,
 other fusions, copies, collectives, other) and the top kernels by time with calls per step.
 
-    python bench/profile.py                  # tiny model on CPU, under a minute
-    python bench/profile.py --size qwen2.5-0.5b --rows 64 --prompt-len 256 --resp-len 512 \
+    python bench/kernel_profile.py                  # tiny model on CPU, under a minute
+    python bench/kernel_profile.py --size qwen2.5-0.5b --rows 64 --prompt-len 256 --resp-len 512 \
         --batch 64 --new-tokens 512 --dtype bfloat16 --remat full   # bench/gpu.sh's shapes
-    python bench/profile.py --program decode ...                    # one of the two
-    python bench/profile.py --out prof ...   # keep the traces (ui.perfetto.dev) and HLO dump
+    python bench/kernel_profile.py --program decode ...                    # one of the two
+    python bench/kernel_profile.py --out prof ...   # keep the traces (ui.perfetto.dev) and HLO dump
 
 The train step is redjax.step's jitted RED step on bench/step.py's batch (--rows rows of
 --prompt-len + --resp-len tokens, an eighth teacher rows, a quarter probed), --steps steps
