@@ -456,8 +456,11 @@ def profile_decode(cfg, args, work: str, dump: str) -> Profile:
     mine = in_module(events, "decode")
     hlo = dumped_hlo(dump, "decode")
     notes = [f"sample() call {wall * 1e3:.1f} ms wall (prefill included)", source(trace)]
+    unnamed = sum(e.us for e in events if not e.module) / 1e3 / steps
     if not mine:
         notes.append("no event names a decode module: the whole call counted")
+    elif unnamed:
+        notes.append(f"{unnamed:.3f} ms per step of events that name no XLA module left out")
     if not hlo:
         notes.append("no HLO dumped: classes from kernel names")
     shape = f"batch {args.batch}, prompt {args.prompt_len}, {args.new_tokens} new tokens"
@@ -513,7 +516,7 @@ def main(argv=None) -> None:
     dev = jax.devices()[0]
     print(f"# kernel profile: {args.size} ({cfg.num_params / 1e6:.1f}M params), {args.dtype}, "
           f"attention {args.attention}, {jax.device_count()} x {dev.device_kind}, "
-          f"jax {jax.__version__}; traces under {work}")  # fmt: skip
+          f"jax {jax.__version__}" + (f"; traces under {work}" if args.out else ""))  # fmt: skip
     try:
         if args.program in ("both", "train"):
             report(profile_train(cfg, args, work), args.top)
