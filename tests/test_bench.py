@@ -366,3 +366,26 @@ def test_failed_rows(tmp_path):
     assert line.count("|") == 8  # the table's 7 columns; the message's "|" escaped
     ok = bstep.row(cfg, args, "xla", "red", {"step_s": 0.5, "peak": 3 * 2**30}, 0.25)
     assert ok.endswith("| 0.500 | 1,024 | n/a | 3.00 | 2.00x |")  # 8 rows x 64 tokens / 0.5 s
+
+
+def test_device_lines_without_streams():
+    """A TPU's ops are on its XLA Ops line (not the XLA Modules one); lines of another name on
+    a device count unless a profiler derives them from the ops (Steps, XLA Modules, ...)."""
+    tpu = {
+        "traceEvents": [
+            _meta(5, "/device:TPU:1"),
+            _meta(5, "XLA Ops", 2),
+            _meta(4, "/device:TPU:0"),
+            _meta(4, "XLA Modules", 1),
+            _meta(4, "XLA Ops", 2),
+        ]
+    }
+    assert prof.device_lines(tpu) == {(4, 2): "XLA Ops"}
+    other = {
+        "traceEvents": [
+            _meta(4, "/device:GPU:0"),
+            _meta(4, "Steps", 1),
+            _meta(4, "Compute", 3),
+        ]
+    }
+    assert prof.device_lines(other) == {(4, 3): "Compute"}
