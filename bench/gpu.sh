@@ -4,7 +4,8 @@
 # a hang costs one part, never the run; the timeouts add up to 470 s, under 8 minutes on one
 # H100 (each part's compiles included).
 #
-#   1. device.txt (30 s): GPU, driver, python, jax, flax, optax, torch, transformers versions.
+#   1. device.txt, versions.txt (30 s): GPU, driver; python, jax, flax, optax, torch,
+#      transformers versions.
 #   2. tests.txt (50 s): the sampler's correctness tests on the device (greedy == transformers
 #      and == recompute, log-probs == forward, seeds, distributions).
 #   3. sampler.txt (60 s): the sampler target shape, Qwen2.5-0.5B, batch 64, prompt 256, 512
@@ -14,13 +15,15 @@
 #      Qwen2.5-0.5B, bfloat16, remat full, at 64 rows x (256 + 512) and 8 x (512 + 3584), one
 #      row per attention implementation that runs here (xla, cudnn, chunked on an NVIDIA GPU),
 #      each in a process of its own: step time, response tokens/s, MFU, peak device memory
-#      (memory_stats). A row that fails (out of memory) or passes 45 s says so.
+#      (memory_stats). A row that fails (out of memory) or passes 45 s says so; rows print as
+#      they finish, so a part cut short keeps the rows it has.
 #   5. profile.txt (130 s): kernel profile (jax.profiler) of one train step (64 x (256 + 512),
 #      attention auto) and of one sampler decode step (batch 64, prompt 256, 512 new tokens):
 #      device time per step by class (matmul, attention, other fusions, copies, collectives)
 #      and the top 25 kernels with calls per step.
 #
-#   bash bench/gpu.sh            # logs under $OUT (the device tool's folder) or ./gpu-out
+#   bash bench/gpu.sh                    # logs under $OUT (the device tool's folder) or ./gpu-out
+#   TIMEOUT_PCT=200 bash bench/gpu.sh    # every timeout doubled, where the budget allows
 #
 # Runs from the repository root without installing redjax. Needs jax with CUDA, flax, optax,
 # transformers, torch and pytest; not grain or tensorboardX (none of these parts imports them).
@@ -30,29 +33,42 @@ out=${OUT:-gpu-out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 peak=${PEAK_TFLOPS:-989}  # H100 SXM dense bf16; 989 for H200 too
+pct=${TIMEOUT_PCT:-100}   # scales every timeout (200: twice as long a budget)
 shape=(--size qwen2.5-0.5b --dtype bfloat16)
+
+# part NAME SECONDS COMMAND...: run COMMAND under timeout, output to stdout and $out/NAME.txt,
+# with its exit status (124: timed out) and the seconds it took.
+part() {
+  local name=$1 secs=$(($2 * pct / 100)) t0=$SECONDS
+  shift 2
+  {
+    echo "## $name (timeout $secs s)"
+    timeout "$secs" "$@" 2>&1 || echo "($name exited with status $?)"
+    echo "($name took $((SECONDS - t0)) s)"
+  } | tee "$out/$name.txt"
+}
 
 {
   date -u +%Y-%m-%dT%H:%MZ
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-  timeout 30 python3 -c "import sys, jax, flax, optax, torch, transformers as t
+} 2>&1 | tee "$out/device.txt"
+part versions 30 python3 -c "import sys, jax, flax, optax, torch, transformers as t
 print('python', sys.version.split()[0], '| jax', jax.__version__, jax.devices(), '| flax',
       flax.__version__, '| optax', optax.__version__, '| torch', torch.__version__,
       '| transformers', t.__version__)"
-} 2>&1 | tee "$out/device.txt" || true
 
-JAX_PLATFORMS=cuda timeout 50 python3 -m pytest -q -p no:cacheprovider tests/test_sampler.py \
-  -k "not sharded and not cli and not bad_inputs" 2>&1 | tee "$out/tests.txt" || true
+part tests 50 env JAX_PLATFORMS=cuda python3 -m pytest -q -p no:cacheprovider \
+  tests/test_sampler.py -k "not sharded and not cli and not bad_inputs"
 
-timeout 60 python3 bench/sampler.py "${shape[@]}" --batch 64 --prompt-len 256 --new-tokens 512 \
-  --skip-torch 2>&1 | tee "$out/sampler.txt" || true
+part sampler 60 python3 bench/sampler.py "${shape[@]}" --batch 64 --prompt-len 256 \
+  --new-tokens 512 --skip-torch
 
 for lens in "64 256 512 768" "8 512 3584 4096"; do
   read -r rows prompt resp total <<<"$lens"
-  timeout 100 python3 bench/step.py "${shape[@]}" --rows "$rows" --prompt-len "$prompt" \
-    --resp-len "$resp" --remat full --peak-tflops "$peak" --attention all --variants red \
-    --iters 3 --timeout 45 2>&1 | tee "$out/step-$total.txt" || true
+  part "step-$total" 100 python3 bench/step.py "${shape[@]}" --rows "$rows" \
+    --prompt-len "$prompt" --resp-len "$resp" --remat full --peak-tflops "$peak" \
+    --attention all --variants red --iters 3 --timeout $((45 * pct / 100))
 done
 
-timeout 130 python3 bench/kernel_profile.py "${shape[@]}" --rows 64 --prompt-len 256 \
-  --resp-len 512 --remat full --batch 64 --new-tokens 512 --steps 2 2>&1 | tee "$out/profile.txt" || true
+part profile 130 python3 bench/kernel_profile.py "${shape[@]}" --rows 64 --prompt-len 256 \
+  --resp-len 512 --remat full --batch 64 --new-tokens 512 --steps 2
