@@ -1,34 +1,74 @@
 #!/usr/bin/env bash
-# Everything bench/RESULTS.md asks of a GPU, in one call: device and versions, the sampler's
-# correctness tests on the device, then the sampler target shape (Qwen2.5-0.5B, batch 64,
-# prompt 256, 512 new tokens, bfloat16) against transformers, and the train step's MFU.
+# Everything bench/RESULTS.md asks of a GPU, in one call that explains itself. Each part prints
+# its tables to stdout and to a file under $OUT, and runs under `timeout` (seconds below), so
+# a hang costs one part, never the run; the timeouts add up to 470 s, under 8 minutes on one
+# H100 (each part's compiles included).
 #
-#   bash bench/gpu.sh            # logs under $OUT (the device tool's folder) or ./gpu-out
+#   1. device.txt, versions.txt (30 s): GPU, driver; python, jax, flax, optax, torch,
+#      transformers versions.
+#   2. tests.txt (50 s): the sampler's correctness tests on the device (greedy == transformers
+#      and == recompute, log-probs == forward, seeds, distributions).
+#   3. sampler.txt (60 s): the sampler target shape, Qwen2.5-0.5B, batch 64, prompt 256, 512
+#      new tokens, bfloat16: decode tokens/s and % of the bandwidth floor (redjax only:
+#      transformers generate is ~55x slower there and would not fit the budget).
+#   4. step-768.txt (100 s) and step-4096.txt (100 s): the RED train step (Extend rows + probe),
+#      Qwen2.5-0.5B, bfloat16, remat full, at 64 rows x (256 + 512) and 8 x (512 + 3584), one
+#      row per attention implementation that runs here (xla, cudnn, chunked on an NVIDIA GPU),
+#      each in a process of its own: step time, response tokens/s, MFU, peak device memory
+#      (memory_stats). A row that fails (out of memory) or passes 45 s says so; rows print as
+#      they finish, so a part cut short keeps the rows it has.
+#   5. profile.txt (130 s): kernel profile (jax.profiler) of one train step (64 x (256 + 512),
+#      attention auto) and of one sampler decode step (batch 64, prompt 256, 512 new tokens):
+#      device time per step by class (matmul, attention, other fusions, copies, collectives)
+#      and the top 25 kernels with calls per step.
 #
-# Needs jax with CUDA, flax, optax, transformers, torch and pytest; not grain or tensorboardX
-# (none of these steps imports them). Runs from the repository root without installing redjax.
+#   bash bench/gpu.sh                    # logs under $OUT (the device tool's folder) or ./gpu-out
+#   TIMEOUT_PCT=200 bash bench/gpu.sh    # every timeout doubled, where the budget allows
+#
+# Runs from the repository root without installing redjax. Needs jax with CUDA, flax, optax,
+# transformers, torch and pytest; not grain or tensorboardX (none of these parts imports them).
 set -euo pipefail
 
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 peak=${PEAK_TFLOPS:-989}  # H100 SXM dense bf16; 989 for H200 too
+pct=${TIMEOUT_PCT:-100}   # scales every timeout (200: twice as long a budget)
+shape=(--size qwen2.5-0.5b --dtype bfloat16)
+
+# part NAME SECONDS COMMAND...: run COMMAND under timeout, output to stdout and $out/NAME.txt,
+# with its exit status (124: timed out) and the seconds it took.
+part() {
+  local name=$1 secs=$(($2 * pct / 100)) t0=$SECONDS
+  shift 2
+  {
+    echo "## $name (timeout $secs s)"
+    timeout "$secs" "$@" 2>&1 || echo "($name exited with status $?)"
+    echo "($name took $((SECONDS - t0)) s)"
+  } | tee "$out/$name.txt"
+}
 
 {
   date -u +%Y-%m-%dT%H:%MZ
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-  python3 -c "import sys, jax, flax, optax, torch, transformers as t
+} 2>&1 | tee "$out/device.txt"
+part versions 30 python3 -c "import sys, jax, flax, optax, torch, transformers as t
 print('python', sys.version.split()[0], '| jax', jax.__version__, jax.devices(), '| flax',
       flax.__version__, '| optax', optax.__version__, '| torch', torch.__version__,
       '| transformers', t.__version__)"
-} 2>&1 | tee "$out/device.txt"
 
-# Greedy == transformers and == recompute, log-probs == forward, seeds, distributions: on the GPU.
-JAX_PLATFORMS=cuda python3 -m pytest -q -p no:cacheprovider tests/test_sampler.py \
-  -k "not sharded and not cli and not bad_inputs" 2>&1 | tee "$out/tests.txt" || true
+part tests 50 env JAX_PLATFORMS=cuda python3 -m pytest -q -p no:cacheprovider \
+  tests/test_sampler.py -k "not sharded and not cli and not bad_inputs"
 
-python3 bench/sampler.py --size qwen2.5-0.5b --batch 64 --prompt-len 256 --new-tokens 512 \
-  --dtype bfloat16 2>&1 | tee "$out/sampler.txt" || true
+part sampler 60 python3 bench/sampler.py "${shape[@]}" --batch 64 --prompt-len 256 \
+  --new-tokens 512 --skip-torch
 
-python3 bench/step.py --size qwen2.5-0.5b --rows 64 --prompt-len 256 --resp-len 512 \
-  --dtype bfloat16 --remat full --peak-tflops "$peak" 2>&1 | tee "$out/step.txt" || true
+for lens in "64 256 512 768" "8 512 3584 4096"; do
+  read -r rows prompt resp total <<<"$lens"
+  part "step-$total" 100 python3 bench/step.py "${shape[@]}" --rows "$rows" \
+    --prompt-len "$prompt" --resp-len "$resp" --remat full --peak-tflops "$peak" \
+    --attention all --variants red --iters 3 --timeout $((45 * pct / 100))
+done
+
+part profile 130 python3 bench/kernel_profile.py "${shape[@]}" --rows 64 --prompt-len 256 \
+  --resp-len 512 --remat full --batch 64 --new-tokens 512 --steps 2
