@@ -104,5 +104,6 @@ def load_model(path: str, dtype: str = "float32", step: int | None = None) -> tu
         "system": run_cfg["data"]["system"],
         "chat": run_cfg["data"]["chat"],
         "reward_fn": run_cfg["reward"]["fn"],
+        "reward_extract": run_cfg["reward"].get("extract", "boxed"),
     }
     return Model(cfg, params), load_tokenizer(model_dir), settings
