@@ -94,6 +94,9 @@ def token_stats_chunked(
 
     @functools.partial(jax.checkpoint, prevent_cse=False)
     def stats(w, h_c, y_c):
+        if h_c.dtype == jnp.float32:  # float32 compute: autodiff's own float32 matmuls
+            prec = jax.lax.Precision.HIGHEST
+            return token_stats(jnp.matmul(h_c, w.astype(h_c.dtype), precision=prec), y_c)
         return token_stats(logits_f32(h_c, w), y_c)
 
     logp, entropy = jax.lax.map(lambda xs: stats(unembed, *xs), (h, y))
