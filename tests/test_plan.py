@@ -228,7 +228,7 @@ def test_attention_memory_is_linear_except_xla():
         for a in ("xla", "chunked", "auto")
     }
     assert est["chunked"]["activations"] == est["auto"]["activations"]
-    assert est["xla"]["activations"] > 5 * est["chunked"]["activations"]
+    assert est["xla"]["activations"] > 3 * est["chunked"]["activations"]
     per_token = (
         est["xla"]["activation_bytes_per_token"] - est["chunked"]["activation_bytes_per_token"]
     )
