@@ -125,18 +125,19 @@ def test_model_logits_match_xla(params, impl, small_blocks):
     np.testing.assert_allclose(got * mask[..., None], want * mask[..., None], atol=1e-5)
 
 
-def test_step_on_mesh_with_chunked_matches_xla(small_blocks):
-    """The train step on a (2, 2, 2) mesh with the blockwise kernel == one device with xla."""
+@pytest.mark.parametrize("impl", ["chunked", "splash"])
+def test_step_on_mesh_matches_xla(impl, small_blocks):
+    """The train step on a (2, 2, 2) mesh with `impl` == one device with xla."""
     from tests.test_step import SC, host_rows  # noqa: PLC0415
 
     cfg = ModelConfig(**{**CFG.__dict__, "qk_norm": False, "vocab_size": 96})
     rows = host_rows()
     out = {}
-    for impl, mesh in (
+    for name, mesh in (
         ("xla", sharding.make_mesh(devices=jax.devices()[:1])),
-        ("chunked", sharding.make_mesh(2, 2, 2)),
+        (impl, sharding.make_mesh(2, 2, 2)),
     ):
-        c = cfg.replace(attention=impl)
+        c = cfg.replace(attention=name)
         init = lambda c=c: init_params(c, 0)
         tx = step.make_optimizer(1e-2, 10, warmup_steps=0, eps=1e-4)
         shapes = jax.eval_shape(init)
@@ -144,22 +145,23 @@ def test_step_on_mesh_with_chunked_matches_xla(small_blocks):
         state, sh = step.init_state(p, tx, mesh)
         fn = step.jit_train_step(c, SC, tx, sh, mesh)
         new, metrics = fn(state, sharding.put_local(rows, mesh), jnp.float32(0.7))
-        out[impl] = jax.device_get((new["params"], metrics))
+        out[name] = jax.device_get((new["params"], metrics))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), *out.values())
 
 
-def test_sampler_prefill_with_chunked_matches_xla(params, small_blocks):
-    """Greedy rollouts: the blockwise prefill gives the same tokens and log-probs as xla."""
+@pytest.mark.parametrize("impl", ["chunked", "splash"])
+def test_sampler_prefill_matches_xla(params, impl, small_blocks):
+    """Greedy rollouts: a prefill with `impl` gives the same tokens and log-probs as xla."""
     lens = np.array([11, 2, 9])
     mask = np.arange(11)[None] >= (11 - lens)[:, None]  # left padded
     ids = np.where(mask, np.arange(1, 12)[None] % CFG.vocab_size, 0).astype(np.int32)
     sp = sampler.SamplingParams(temperature=0.0, max_new_tokens=6)
     out = {}
-    for impl in ("xla", "chunked"):
-        cfg = CFG.replace(attention=impl)
-        out[impl] = sampler.sample(params, cfg, ids, mask, num_samples=2, sp=sp, seed=0)
-    np.testing.assert_array_equal(out["xla"].tokens, out["chunked"].tokens)
-    np.testing.assert_allclose(out["xla"].logp_model, out["chunked"].logp_model, atol=1e-5)
+    for name in ("xla", impl):
+        cfg = CFG.replace(attention=name)
+        out[name] = sampler.sample(params, cfg, ids, mask, num_samples=2, sp=sp, seed=0)
+    np.testing.assert_array_equal(out["xla"].tokens, out[impl].tokens)
+    np.testing.assert_allclose(out["xla"].logp_model, out[impl].logp_model, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- precision

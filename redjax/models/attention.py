@@ -262,9 +262,9 @@ def cudnn(q: Array, k: Array, v: Array, kv_mask: Array, *, kernel: str = "cudnn"
 SPLASH_BLOCK = 128  # Splash tiles: the sequence is padded to a multiple of this
 
 
-@functools.lru_cache(maxsize=32)
 def _splash_kernel(heads: int, length: int, interpret: bool):
-    """A Splash kernel for causal self-attention over `length` slots (built once per shape)."""
+    """A Splash kernel for causal self-attention over `length` slots. Built in each trace, not
+    cached: its mask tables made under one trace (a lifted scan's) leak into the next."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
