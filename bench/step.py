@@ -18,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from redjax import sharding, step
+from redjax.config import Config, OptimCfg
 from redjax.models import ModelConfig, init_params
+from redjax.rows import Rows, make_rows
 
 SIZES = {
     "tiny": dict(
@@ -44,20 +46,20 @@ SIZES = {
 }
 
 
-def rows(n, p, c, vocab, offline_frac, seed=0):
+def rows(n, p, c, vocab, offline_frac, seed=0) -> Rows:
+    """n synthetic rows of p prompt + c response tokens, the first `offline_frac` offline."""
     rng = np.random.default_rng(seed)
-    online = np.arange(n) >= int(round(n * offline_frac))
-    return {
-        "prompt": rng.integers(0, vocab, (n, p)).astype(np.int32),
-        "prompt_mask": np.ones((n, p), bool),
-        "resp": rng.integers(0, vocab, (n, c)).astype(np.int32),
-        "resp_mask": np.ones((n, c), bool),
-        "online": online,
-        "adv": rng.normal(size=n).astype(np.float32),
-        "shift": rng.uniform(size=n).astype(np.float32),
-        "old_logp": np.full((n, c), -3.0, np.float32),
-        "ref_logp": np.full((n, c), -3.0, np.float32),
-    }
+    return make_rows(
+        prompt_ids=rng.integers(0, vocab, (n, p)),
+        prompt_mask=np.ones((n, p), bool),
+        resp_ids=rng.integers(0, vocab, (n, c)),
+        resp_mask=np.ones((n, c), bool),
+        online=np.arange(n) >= int(round(n * offline_frac)),
+        adv=rng.normal(size=n),
+        shift=rng.uniform(size=n),
+        old_logp=np.full((n, c), -3.0),
+        ref_logp=np.full((n, c), -3.0),
+    )
 
 
 def train_flops(cfg: ModelConfig, n: int, t: int, c: int) -> float:
@@ -91,11 +93,11 @@ def main():
         "RED step (Extend rows + probe)": (base, True),
         "RED step without probe": (base, False),
         "plain GRPO step (all rows online, no probe)": (
-            {**base, "online": np.ones(n, bool)},
+            base.replace(online=np.ones(n, bool)),
             False,
         ),
     }
-    tx = step.make_optimizer(1e-6, 100)
+    tx = step.make_optimizer(OptimCfg(lr=1e-6, warmup_steps=0, weight_decay=0.0), 100)
     shapes = jax.eval_shape(lambda: init_params(cfg))
     results = []
     for name, (r, probe) in variants.items():
@@ -103,10 +105,12 @@ def main():
             lambda: init_params(cfg), out_shardings=sharding.param_shardings(shapes, mesh)
         )()
         state, sh = step.init_state(params, tx, mesh)
-        sc = step.StepConfig(chunk=args.chunk, micro_batches=args.micro_batches, probe=probe)
+        sc = step.StepConfig.from_config(
+            Config(), chunk=args.chunk, micro_batches=args.micro_batches, probe=probe
+        )
         fn = step.jit_train_step(cfg, sc, tx, sh, mesh)
-        idx = step.probe_rows(r["online"], 0.25, sharding.data_shards(mesh))
-        batch = sharding.put_local(step.with_probe(r, idx), mesh)
+        idx = step.probe_rows(r.online, 0.25, sharding.data_shards(mesh))
+        batch = sharding.put_local(r.with_probe(idx), mesh)
         state, m = fn(state, batch, jnp.float32(1.0))  # compile
         jax.block_until_ready(m)
         t0 = time.perf_counter()

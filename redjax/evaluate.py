@@ -82,7 +82,7 @@ def evaluate(
             if len(samples) < keep_samples:
                 samples.append(
                     {
-                        "prompt": batch["prompt"][j],
+                        "prompt": batch["prompt_text"][j],
                         "completion": ro.text[j * k],
                         "answer": batch["answer"][j],
                         "reward": float(scores[j, 0]),
@@ -129,10 +129,10 @@ def table(results: dict) -> str:
 
 def main(args: argparse.Namespace) -> None:
     """`redjax eval`: load a model folder or run folder, score benchmark files, print a table."""
-    from redjax import checkpoint, rewards
+    from redjax import rewards, runs
     from redjax.data import load_records
 
-    model, tokenizer, extra = checkpoint.load_model(args.model, dtype=args.dtype)
+    model, tokenizer, extra = runs.load_model(args.model, dtype=args.dtype)
     records = []
     for path in args.data:
         recs = load_records(path, fields=args.fields)

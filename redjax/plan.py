@@ -70,21 +70,9 @@ def device_memory_gib(value: str | float | None) -> float | None:
 
 def mesh_shape(cfg: config_lib.Config, devices: int) -> dict[str, int]:
     """Sizes of (data, fsdp, tensor) on `devices` devices, resolving the one -1 as make_mesh does."""
-    sizes = {"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "tensor": cfg.mesh.tensor}
-    free = [k for k, v in sizes.items() if v == -1]
-    if len(free) > 1:
-        raise ValueError("mesh: at most one of data, fsdp, tensor may be -1")
-    known = math.prod(v for v in sizes.values() if v != -1)
-    if any(v == 0 or v < -1 for v in sizes.values()) or devices % known:
-        raise ValueError(f"mesh {sizes} does not fit {devices} devices")
-    if free:
-        sizes[free[0]] = devices // known
-    if math.prod(sizes.values()) != devices:
-        raise ValueError(
-            f"mesh: data*fsdp*tensor = {math.prod(sizes.values())} but there are {devices} "
-            "devices (set mesh.data=-1, or pass the right --devices)"
-        )
-    return sizes
+    from redjax.sharding import mesh_sizes
+
+    return mesh_sizes(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices)
 
 
 def model_config(cfg: config_lib.Config) -> Any:
