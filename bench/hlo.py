@@ -36,4 +36,3 @@ def collective_bytes(hlo: str) -> int:
                 size += _BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
         total += size * trips.get(name.group(1), 1)
     return total
-

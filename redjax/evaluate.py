@@ -25,6 +25,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
 
 
+def batch_size(cfg: Any) -> int:
+    """Prompts per batch of the trainer's held-out evaluation: the rollout batch, at least 32."""
+    return max(cfg.rollout.prompts, 32)
+
+
 def evaluate(
     params: Any,
     cfg: Any,

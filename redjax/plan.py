@@ -91,9 +91,9 @@ def model_config(cfg: config_lib.Config) -> Any:
         from redjax.tokenizer import CHAR_ALPHABET, CHAR_SPECIALS
 
         vocab = len(CHAR_SPECIALS) + len(CHAR_ALPHABET)
-    from redjax.train import scratch_config
+    from redjax.models import scratch_config
 
-    return scratch_config(cfg, vocab)
+    return scratch_config(m, vocab)
 
 
 def shard_bytes(x: Any, spec: Any, mesh: dict[str, int]) -> int:
@@ -120,9 +120,11 @@ def estimate(model_cfg: Any, cfg: config_lib.Config, mesh_shape: dict[str, int])
     from jax.sharding import AbstractMesh
 
     from redjax import sharding, step
-    from redjax.data.pipeline import bucket, default_buckets
+    from redjax.algos import Plan
+    from redjax.evaluate import batch_size as eval_batch_size
     from redjax.models import param_shapes
-    from redjax.sampler import bucket as sample_bucket
+    from redjax.shapes import data_bucket, default_buckets
+    from redjax.shapes import sampler_bucket as sample_bucket
 
     mc, mesh = model_cfg, dict(mesh_shape)
     shapes = param_shapes(mc)
@@ -136,7 +138,7 @@ def estimate(model_cfg: Any, cfg: config_lib.Config, mesh_shape: dict[str, int])
     )
 
     o = cfg.optim
-    tx = step.make_optimizer(o.lr, max(cfg.train.steps, 1), warmup_steps=o.warmup_steps)
+    tx = step.make_optimizer(o, max(cfg.train.steps, 1))
     opt_shapes = jax.eval_shape(tx.init, shapes)
     spec_leaves = jax.tree.leaves(specs, is_leaf=is_spec)
     spec_tree = jax.tree.unflatten(jax.tree.structure(shapes), spec_leaves)
@@ -155,13 +157,13 @@ def estimate(model_cfg: Any, cfg: config_lib.Config, mesh_shape: dict[str, int])
     # The train step: rows of one micro-batch on one device, and their length.
     b = DTYPE_BYTES[mc.dtype]
     shards, tensor = mesh["data"] * mesh["fsdp"], mesh["tensor"]
-    r = cfg.rollout
-    rows = (r.prompts * r.group_size if r.online else 0) + (r.prompts if cfg.red.offline else 0)
+    r, algo = cfg.rollout, Plan.from_config(cfg)
+    rows = (r.prompts * r.group_size if algo.online else 0) + (r.prompts if algo.offline else 0)
     rows_step = -(-rows // o.minibatches)
     rows_micro = -(-rows_step // o.micro_batches)
     rows_dev = -(-rows_micro // shards)
-    response = max(r.max_new_tokens if r.online else 1, cfg.data.max_offline_len)
-    seq = cfg.data.max_prompt_len + bucket(response, default_buckets(max(4096, response)))
+    response = max(r.max_new_tokens if algo.online else 1, cfg.data.max_offline_len)
+    seq = cfg.data.max_prompt_len + data_bucket(response, default_buckets(max(4096, response)))
     d, hd, i = mc.hidden_size, mc.head_dim, _split(mc.intermediate_size, tensor)
     h, kv = _split(mc.num_heads, tensor), _split(mc.num_kv_heads, tensor)
     full_layer = b * (5 * d + (2 * h + 2 * kv) * hd + 5 * i) + h * seq * (8 + 2 * b)
@@ -181,9 +183,9 @@ def estimate(model_cfg: Any, cfg: config_lib.Config, mesh_shape: dict[str, int])
     e = cfg.eval
     prompt_slots = sample_bucket(cfg.data.max_prompt_len)
     kv_token = mc.num_layers * 2 * kv * hd * b  # one cached position of one row, all layers
-    roll_rows = -(-(r.prompts * r.group_size) // shards) if r.online else 0
+    roll_rows = -(-(r.prompts * r.group_size) // shards) if algo.online else 0
     roll_slots = prompt_slots + sample_bucket(r.max_new_tokens)
-    eval_rows = -(-(max(r.prompts, 32) * e.k) // shards)
+    eval_rows = -(-(eval_batch_size(cfg) * e.k) // shards)
     eval_slots = prompt_slots + sample_bucket(e.max_new_tokens or r.max_new_tokens)
     kv_bytes = max(roll_rows * roll_slots, eval_rows * eval_slots) * kv_token
     decode_bytes = param_bytes * b // pb

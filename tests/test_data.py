@@ -381,7 +381,9 @@ def test_encode_prompts_keeps_order_and_pads_the_last_batch(tok):
     assert texts == [format_prompt(tok, r["prompt"], suffix=" Go.") for r in records]
     for b in batches:
         assert b["prompt_ids"].shape == (4, b["prompt_ids"].shape[1])
-        for ids, mask, text in zip(b["prompt_ids"], b["prompt_mask"], b["prompt_text"], strict=True):
+        for ids, mask, text in zip(
+            b["prompt_ids"], b["prompt_mask"], b["prompt_text"], strict=True
+        ):
             assert tok.decode(ids[mask]) == text and mask[-1]
     answers = [a for b in batches for a, v in zip(b["answer"], b["valid"], strict=True) if v]
     assert answers == [r["answer"] for r in records]
