@@ -93,22 +93,28 @@ def evaluate(
                         "reward": float(scores[j, 0]),
                     }
                 )
+    return _results(correct, lengths, sources, samples, k)
+
+
+def _summary(correct: list, lengths: list, idx: list[int], k: int) -> dict:
+    """pass@1, pass@k and mean length over the problems `idx`."""
+    c = [int(correct[i].sum()) for i in idx]
+    return {
+        "problems": len(idx),
+        "pass@1": float(np.mean([x / k for x in c])),
+        f"pass@{k}": float(np.mean([pass_at_k(k, x, k) for x in c])),
+        "mean_length": float(np.mean([lengths[i].mean() for i in idx])),
+    }
+
+
+def _results(correct: list, lengths: list, sources: list, samples: list, k: int) -> dict:
+    """The overall summary, one per source, and the kept samples."""
     groups: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(sources):
         groups[s or "all"].append(i)
-
-    def summary(idx: list[int]) -> dict:
-        c = [int(correct[i].sum()) for i in idx]
-        return {
-            "problems": len(idx),
-            "pass@1": float(np.mean([x / k for x in c])),
-            f"pass@{k}": float(np.mean([pass_at_k(k, x, k) for x in c])),
-            "mean_length": float(np.mean([lengths[i].mean() for i in idx])),
-        }
-
-    out = summary(list(range(len(correct))))
+    out = _summary(correct, lengths, list(range(len(correct))), k)
     out["k"] = k
-    out["by_source"] = {s: summary(idx) for s, idx in sorted(groups.items())}
+    out["by_source"] = {s: _summary(correct, lengths, idx, k) for s, idx in sorted(groups.items())}
     out["samples"] = samples
     return out
 

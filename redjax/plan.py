@@ -113,32 +113,24 @@ def _split(n: int, ways: int) -> int:
     return n // ways if n % ways == 0 else n
 
 
-def estimate(model_cfg: Any, cfg: config_lib.Config, mesh_shape: dict[str, int]) -> dict:
-    """Bytes per device of each part of a run (module docstring) and the peak."""
+def _state_bytes(mc: Any, cfg: config_lib.Config, mesh: dict[str, int]) -> dict:
+    """Parameters, AdamW state, gradients and the reference copy: bytes per device."""
     import jax
     import optax
     from jax.sharding import AbstractMesh
 
     from redjax import sharding, step
-    from redjax.algos import Plan
-    from redjax.evaluate import batch_size as eval_batch_size
     from redjax.models import param_shapes
-    from redjax.shapes import data_bucket, default_buckets
-    from redjax.shapes import sampler_bucket as sample_bucket
 
-    mc, mesh = model_cfg, dict(mesh_shape)
     shapes = param_shapes(mc)
     abstract = AbstractMesh(tuple(mesh[a] for a in sharding.AXES), sharding.AXES)
     specs = sharding.param_specs(shapes, abstract)
-    leaves = jax.tree.leaves(shapes)
-    num_params = sum(math.prod(x.shape) for x in leaves)
+    num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
     is_spec = lambda s: isinstance(s, jax.sharding.PartitionSpec)
     param_bytes = sum(
         jax.tree.leaves(jax.tree.map(lambda x, s: shard_bytes(x, s, mesh), shapes, specs))
     )
-
-    o = cfg.optim
-    tx = step.make_optimizer(o, max(cfg.train.steps, 1))
+    tx = step.make_optimizer(cfg.optim, max(cfg.train.steps, 1))
     opt_shapes = jax.eval_shape(tx.init, shapes)
     spec_leaves = jax.tree.leaves(specs, is_leaf=is_spec)
     spec_tree = jax.tree.unflatten(jax.tree.structure(shapes), spec_leaves)
@@ -150,9 +142,46 @@ def estimate(model_cfg: Any, cfg: config_lib.Config, mesh_shape: dict[str, int])
         transform_non_params=lambda x: shard_bytes(x, (), mesh),
         is_leaf=is_spec,
     )
-    opt_bytes = sum(jax.tree.leaves(per_leaf))
-    grad_bytes = param_bytes * (2 if o.micro_batches > 1 else 1)
-    ref_bytes = param_bytes if cfg.rl.beta_kl else 0
+    return {
+        "num_params": num_params,
+        "params": param_bytes,
+        "optimizer": sum(jax.tree.leaves(per_leaf)),
+        "gradients": param_bytes * (2 if cfg.optim.micro_batches > 1 else 1),
+        "reference": param_bytes if cfg.rl.beta_kl else 0,
+    }
+
+
+def _sampling_bytes(mc: Any, cfg: config_lib.Config, mesh: dict[str, int], params: int) -> dict:
+    """Rollouts of one iteration and the evaluation batch (k samples per problem): the KV cache
+    and the decode weights, per device."""
+    from redjax.algos import Plan
+    from redjax.evaluate import batch_size as eval_batch_size
+    from redjax.shapes import sampler_bucket
+
+    r, e, b = cfg.rollout, cfg.eval, DTYPE_BYTES[mc.dtype]
+    shards, kv = mesh["data"] * mesh["fsdp"], _split(mc.num_kv_heads, mesh["tensor"])
+    prompt_slots = sampler_bucket(cfg.data.max_prompt_len)
+    kv_token = mc.num_layers * 2 * kv * mc.head_dim * b  # one cached position of a row
+    roll_rows = -(-(r.prompts * r.group_size) // shards) if Plan.from_config(cfg).online else 0
+    roll_slots = prompt_slots + sampler_bucket(r.max_new_tokens)
+    eval_rows = -(-(eval_batch_size(cfg) * e.k) // shards)
+    eval_slots = prompt_slots + sampler_bucket(e.max_new_tokens or r.max_new_tokens)
+    return {
+        "kv_cache": max(roll_rows * roll_slots, eval_rows * eval_slots) * kv_token,
+        "decode_weights": params * b // DTYPE_BYTES[mc.param_dtype],
+        "sample_rows_per_device": max(roll_rows, eval_rows),
+        "kv_slots": max(roll_slots, eval_slots),
+    }
+
+
+def estimate(model_cfg: Any, cfg: config_lib.Config, mesh_shape: dict[str, int]) -> dict:
+    """Bytes per device of each part of a run (module docstring) and the peak."""
+    from redjax.algos import Plan
+    from redjax.shapes import data_bucket, default_buckets
+
+    mc, mesh, o = model_cfg, dict(mesh_shape), cfg.optim
+    state = _state_bytes(mc, cfg, mesh)
+    num_params = state["num_params"]
 
     # The train step: rows of one micro-batch on one device, and their length.
     b = DTYPE_BYTES[mc.dtype]
@@ -179,41 +208,24 @@ def estimate(model_cfg: Any, cfg: config_lib.Config, mesh_shape: dict[str, int])
     unembed = _split(mc.vocab_size, tensor) * mc.hidden_size * pb
     gathered = unembed * ((shards > 1) + fsdp) + (2 * layer * pb // tensor if fsdp else 0)
 
-    # Sampling: rollouts of one iteration, and the evaluation batch (k samples per problem).
-    e = cfg.eval
-    prompt_slots = sample_bucket(cfg.data.max_prompt_len)
-    kv_token = mc.num_layers * 2 * kv * hd * b  # one cached position of one row, all layers
-    roll_rows = -(-(r.prompts * r.group_size) // shards) if algo.online else 0
-    roll_slots = prompt_slots + sample_bucket(r.max_new_tokens)
-    eval_rows = -(-(eval_batch_size(cfg) * e.k) // shards)
-    eval_slots = prompt_slots + sample_bucket(e.max_new_tokens or r.max_new_tokens)
-    kv_bytes = max(roll_rows * roll_slots, eval_rows * eval_slots) * kv_token
-    decode_bytes = param_bytes * b // pb
-
-    persistent = param_bytes + opt_bytes + ref_bytes
-    train_peak = persistent + grad_bytes + act_bytes + logp_bytes + gathered
-    sample_peak = persistent + decode_bytes + kv_bytes
+    sampling = _sampling_bytes(mc, cfg, mesh, state["params"])
+    persistent = state["params"] + state["optimizer"] + state["reference"]
+    train_peak = persistent + state["gradients"] + act_bytes + logp_bytes + gathered
+    sample_peak = persistent + sampling["decode_weights"] + sampling["kv_cache"]
     return {
-        "num_params": num_params,
+        **state,
         "devices": math.prod(mesh.values()),
         "mesh": mesh,
-        "params": param_bytes,
-        "optimizer": opt_bytes,
-        "gradients": grad_bytes,
-        "reference": ref_bytes,
         "activations": act_bytes,
         "logprob_buffers": logp_bytes,
         "gathered": gathered,
-        "kv_cache": kv_bytes,
-        "decode_weights": decode_bytes,
+        **sampling,
         "train_peak": train_peak,
         "sample_peak": sample_peak,
         "total": max(train_peak, sample_peak),
         "rows_per_device": rows_dev,
         "seq_len": seq,
         "chunk_tokens_per_device": chunk_tokens,
-        "sample_rows_per_device": max(roll_rows, eval_rows),
-        "kv_slots": max(roll_slots, eval_slots),
         "activation_bytes_per_token": per_token,
     }
 

@@ -84,7 +84,7 @@ def policy_shift(acc: np.ndarray, mode: str = "linear", tau: float = 0.5) -> np.
 class RedController:
     """Holds lambda (weight of the Extend term) and the entropy-change EMAs between steps.
 
-    Modes: "red" (entropy-change feedback, DESIGN section 1), "fixed" (lambda0 always),
+    Modes: "red" (entropy-change feedback, docs/design.md section 1), "fixed" (lambda0 always),
     "schedule" (linear warm-up from 0 to lambda0 over warmup_steps, then cosine decay to
     lambda_min at total_steps, constant after; not clipped to [lambda_min, lambda_max]).
     The EMAs D_on, D_off are tracked in every mode (for logging); the first finite observation

@@ -197,6 +197,25 @@ class Loader:
         self._next = int(state["next_batch"])
 
 
+def _log_stats(stats: dict, max_prompt: int, max_offline: int, shard: int, shards: int, b: int):
+    """One info line: what was kept and dropped, and this shard's share."""
+    log.info(
+        "data: kept %d of %d records (%d prompts > %d tokens, %d offline traces > %d tokens "
+        "dropped); shard %d/%d: %d records, %d batches of %d per epoch",
+        stats["kept"],
+        stats["records"],
+        stats["dropped_long_prompt"],
+        max_prompt,
+        stats["dropped_long_offline"],
+        max_offline,
+        shard,
+        shards,
+        stats["shard_records"],
+        stats["batches_per_epoch"],
+        b,
+    )
+
+
 def make_loader(
     records: Sequence[dict],
     tokenizer: Any,
@@ -266,21 +285,7 @@ def make_loader(
         "buckets": (prompt_buckets, offline_buckets),
         "pad_id": pad_id,
     }
-    log.info(
-        "data: kept %d of %d records (%d prompts > %d tokens, %d offline traces > %d tokens "
-        "dropped); shard %d/%d: %d records, %d batches of %d per epoch",
-        stats["kept"],
-        stats["records"],
-        stats["dropped_long_prompt"],
-        max_prompt_len,
-        stats["dropped_long_offline"],
-        max_offline_len,
-        shard_index,
-        shard_count,
-        per_shard,
-        stats["batches_per_epoch"],
-        batch_size,
-    )
+    _log_stats(stats, max_prompt_len, max_offline_len, shard_index, shard_count, batch_size)
     return Loader(dataset, stats, _fingerprint(examples, settings))
 
 
