@@ -243,6 +243,8 @@ def _merge(obj: Any, data: dict, prefix: str = "") -> None:
     for k, v in data.items():
         key = prefix + str(k)
         if key in REMOVED:
+            if v is True:  # the old default: a no-op (config.yaml of runs made before `algo`)
+                continue
             raise ValueError(f"{key} was removed: set algo instead ({REMOVED[key]})")
         if k not in names:
             raise ValueError(f"unknown key {key!r}; allowed: {', '.join(sorted(names))}")

@@ -91,6 +91,13 @@ def test_cli_error_is_one_line(tmp_path):
     assert missing.stderr.strip() == "redjax: error: config file 'nope.yaml' not found"
 
 
+def test_removed_keys_at_their_old_default_are_accepted():
+    """A run folder's config.yaml from before `algo` (rollout.online: true, red.offline: true)
+    still loads; only a value that asked for another method is an error."""
+    cfg = config.load(None, ["rollout.online=true", "red.offline=true"])
+    assert cfg.algo == "red"
+
+
 def test_algo_presets_come_before_the_file_and_overrides(tmp_path):
     """`algo` sets its method's settings; the file and the overrides still replace any of them."""
     (tmp_path / "a.yaml").write_text("algo: luffy\nred:\n  shaping_gamma: 0.3\n")
