@@ -2,7 +2,7 @@
 
 Compiles (never runs) the RED train step for 8 virtual CPU devices from abstract shapes, so a
 Qwen2.5-0.5B-shaped step needs no memory for weights, and reads the collectives out of the
-compiled program (redjax.sharding.collective_bytes). What data parallelism must move is one
+compiled program (bench/hlo.py). What data parallelism must move is one
 gradient reduction (1x the parameter bytes); FSDP adds the per-layer weight all-gathers of the
 forward, the backward and the probe.
 
@@ -23,16 +23,20 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 )
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The repository root, so that `bench` imports as a package (bench.step never shadows
+# redjax.step), whether this runs as `python bench/comms.py` or `python -m bench.comms`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
-from step import SIZES, rows  # noqa: E402
 
+from bench.hlo import collective_bytes  # noqa: E402
+from bench.step import SIZES, rows  # noqa: E402
 from redjax import sampler, sharding, step  # noqa: E402
+from redjax.config import Config, OptimCfg  # noqa: E402
 from redjax.models import ModelConfig, init_params  # noqa: E402
 
 MESHES = ((8, 1, 1), (2, 4, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2))
@@ -51,7 +55,7 @@ def abstract_inputs(cfg: ModelConfig, mesh, tx, n: int, p: int, c: int):
         "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=sh["step"]),
     }
     host = rows(n, p, c, cfg.vocab_size, offline_frac=0.125)
-    host = step.with_probe(host, step.probe_rows(host["online"], 0.25, sharding.data_shards(mesh)))
+    host = host.with_probe(step.probe_rows(host.online, 0.25, sharding.data_shards(mesh)))
     by_rows = NamedSharding(mesh, P(sharding.batch_axes(mesh)))
     return state, sh, jax.tree.map(lambda x: sds(x, by_rows), host)
 
@@ -81,8 +85,8 @@ def sampler_bytes(cfg: ModelConfig, mesh, rows: int, prompt: int, new: int) -> t
     decode = sampler._decode.lower(
         params, state, np.int32(new), knobs, cfg=cfg, mode=mode, mesh=mesh
     )
-    prefill_bytes = sharding.collective_bytes(prefill.as_text())
-    return prefill_bytes, sharding.collective_bytes(decode.compile().as_text())
+    prefill_bytes = collective_bytes(prefill.as_text())
+    return prefill_bytes, collective_bytes(decode.compile().as_text())
 
 
 def main() -> None:
@@ -96,7 +100,7 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = ModelConfig(**SIZES[args.size], dtype="bfloat16", remat=args.remat)
-    tx = step.make_optimizer(1e-6, 100)
+    tx = step.make_optimizer(OptimCfg(lr=1e-6, warmup_steps=0, weight_decay=0.0), 100)
     param_bytes = 4 * cfg.num_params
     print(
         f"model {args.size} ({cfg.num_params / 1e6:.1f}M float32 params, bfloat16 compute, "
@@ -108,9 +112,10 @@ def main() -> None:
     for shape in MESHES:
         mesh = sharding.make_mesh(*shape)
         state, sh, batch = abstract_inputs(cfg, mesh, tx, args.rows, args.prompt_len, args.resp_len)
-        fn = step.jit_train_step(cfg, step.StepConfig(chunk=args.chunk), tx, sh, mesh)
+        sc = step.StepConfig.from_config(Config(), chunk=args.chunk)
+        fn = step.jit_train_step(cfg, sc, tx, sh, mesh)
         hlo = fn.lower(state, batch, jax.ShapeDtypeStruct((), jnp.float32)).compile().as_text()
-        moved = sharding.collective_bytes(hlo)
+        moved = collective_bytes(hlo)
         print(f"| {shape} | {moved / 1e9:.2f} GB | {moved / param_bytes:.1f} |", flush=True)
 
     print(f"\nsampler: {args.rows} prompts x {args.prompt_len} tokens, {args.resp_len} new\n")

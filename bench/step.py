@@ -37,7 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from redjax import sharding, step
+from redjax.config import Config, OptimCfg
 from redjax.models import ModelConfig, init_params
+from redjax.rows import Rows, make_rows
 
 SIZES = {
     "tiny": dict(
@@ -70,20 +72,20 @@ VARIANTS = {  # name: (label, every row online, entropy probe); grpo first: the 
 RESULT = "RESULT "  # prefix of the line a child process reports its result on
 
 
-def rows(n, p, c, vocab, offline_frac, seed=0):
+def rows(n, p, c, vocab, offline_frac, seed=0) -> Rows:
+    """n synthetic rows of p prompt + c response tokens, the first `offline_frac` offline."""
     rng = np.random.default_rng(seed)
-    online = np.arange(n) >= int(round(n * offline_frac))
-    return {
-        "prompt": rng.integers(0, vocab, (n, p)).astype(np.int32),
-        "prompt_mask": np.ones((n, p), bool),
-        "resp": rng.integers(0, vocab, (n, c)).astype(np.int32),
-        "resp_mask": np.ones((n, c), bool),
-        "online": online,
-        "adv": rng.normal(size=n).astype(np.float32),
-        "shift": rng.uniform(size=n).astype(np.float32),
-        "old_logp": np.full((n, c), -3.0, np.float32),
-        "ref_logp": np.full((n, c), -3.0, np.float32),
-    }
+    return make_rows(
+        prompt_ids=rng.integers(0, vocab, (n, p)),
+        prompt_mask=np.ones((n, p), bool),
+        resp_ids=rng.integers(0, vocab, (n, c)),
+        resp_mask=np.ones((n, c), bool),
+        online=np.arange(n) >= int(round(n * offline_frac)),
+        adv=rng.normal(size=n),
+        shift=rng.uniform(size=n),
+        old_logp=np.full((n, c), -3.0),
+        ref_logp=np.full((n, c), -3.0),
+    )
 
 
 def train_flops(cfg: ModelConfig, n: int, t: int, c: int) -> float:
@@ -130,17 +132,19 @@ def setup(cfg: ModelConfig, args, variant: str):
     n, p, c = args.rows, args.prompt_len, args.resp_len
     base = rows(n, p, c, cfg.vocab_size, args.offline_frac)
     _, all_online, probe = VARIANTS[variant]
-    r = {**base, "online": np.ones(n, bool)} if all_online else base
-    tx = step.make_optimizer(1e-6, 100)
+    r = base.replace(online=np.ones(n, bool)) if all_online else base
+    tx = step.make_optimizer(OptimCfg(lr=1e-6, warmup_steps=0, weight_decay=0.0), 100)
     shapes = jax.eval_shape(lambda: init_params(cfg))
     params = jax.jit(
         lambda: init_params(cfg), out_shardings=sharding.param_shardings(shapes, mesh)
     )()
     state, sh = step.init_state(params, tx, mesh)
-    sc = step.StepConfig(chunk=args.chunk, micro_batches=args.micro_batches, probe=probe)
+    sc = step.StepConfig.from_config(
+        Config(), chunk=args.chunk, micro_batches=args.micro_batches, probe=probe
+    )
     fn = step.jit_train_step(cfg, sc, tx, sh, mesh)
-    idx = step.probe_rows(r["online"], 0.25, sharding.data_shards(mesh))
-    return fn, state, sharding.put_local(step.with_probe(r, idx), mesh)
+    idx = step.probe_rows(r.online, 0.25, sharding.data_shards(mesh))
+    return fn, state, sharding.put_local(r.with_probe(idx), mesh)
 
 
 def peak_bytes() -> int | None:

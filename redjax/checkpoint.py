@@ -1,6 +1,7 @@
 """Orbax checkpoints of a run: train state (params, optimizer, step) plus host state as JSON
 (controller, data iterator, RNG seed, metrics position). Saves are atomic (Orbax writes a
-temporary folder and renames it), keep the last K, and work from every host of a slice."""
+temporary folder and renames it), keep the last K, and work from every host of a slice.
+Reading a model out of a run folder is redjax.runs."""
 
 from __future__ import annotations
 
@@ -67,43 +68,3 @@ class Checkpoints:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
-
-
-def load_model(path: str, dtype: str = "float32", step: int | None = None) -> tuple[Any, Any, dict]:
-    """(Model, tokenizer, run settings) from a Hugging Face folder or a run folder.
-
-    A run folder (made by `redjax train`) holds model/ (config and tokenizer), checkpoints/ and
-    config.yaml; its parameters come from the latest (or given) checkpoint. The settings dict
-    carries how the run formatted prompts and scored answers, so evaluation matches training.
-    """
-    import yaml
-
-    from redjax.models import Model, from_pretrained, param_shapes, read_config
-    from redjax.tokenizer import load_tokenizer
-
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"model folder {path!r} does not exist")
-    if os.path.isfile(os.path.join(path, "config.json")):
-        return from_pretrained(path, dtype), load_tokenizer(path), {}
-    model_dir = os.path.join(path, "model")
-    if not os.path.isdir(os.path.join(path, "checkpoints")) or not os.path.isdir(model_dir):
-        raise FileNotFoundError(
-            f"{path!r} is neither a Hugging Face model folder (no config.json) nor a redjax run "
-            "folder (no model/ and checkpoints/)"
-        )
-    cfg = read_config(model_dir, dtype=dtype, param_dtype=dtype)
-    ckpts = Checkpoints(os.path.join(path, "checkpoints"))
-    try:
-        params = ckpts.restore_params(param_shapes(cfg), step)
-    finally:
-        ckpts.close()
-    with open(os.path.join(path, "config.yaml")) as f:
-        run_cfg = yaml.safe_load(f)
-    settings = {
-        "prompt_suffix": run_cfg["data"]["prompt_suffix"],
-        "system": run_cfg["data"]["system"],
-        "chat": run_cfg["data"]["chat"],
-        "reward_fn": run_cfg["reward"]["fn"],
-        "reward_extract": run_cfg["reward"].get("extract", "boxed"),
-    }
-    return Model(cfg, params), load_tokenizer(model_dir), settings

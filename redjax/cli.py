@@ -39,9 +39,9 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from redjax import train
+    from redjax import runs
 
-    train.export(args.run_dir, args.out, step=args.step)
+    runs.export(args.run_dir, args.out, step=args.step)
 
 
 def _plan(args: argparse.Namespace) -> None:

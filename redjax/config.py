@@ -54,7 +54,6 @@ class DataCfg:
 
 @dataclass
 class RolloutCfg:
-    online: bool = True  # False = no rollouts (SFT-only baseline)
     prompts: int = 16  # B: prompts per iteration (global)
     group_size: int = 8  # G: rollouts per prompt
     max_new_tokens: int = 512
@@ -79,7 +78,6 @@ class RlCfg:
 
 @dataclass
 class RedCfg:
-    offline: bool = True  # False = no Extend term (GRPO-only baseline)
     offline_in_group: bool = True
     shift: Literal["linear", "step", "zero", "one"] = "linear"
     tau: float = 0.5  # threshold of the step shift
@@ -93,7 +91,7 @@ class RedCfg:
     ema: float = 0.9
     lambda_warmup: int = 0  # schedule mode: warm-up steps
     probe_fraction: float = 0.25  # sequences re-scored after the update for the entropy deltas
-    sft_steps: int = 0  # SFT-then-GRPO baseline: first steps offline only, then online only
+    sft_steps: int = 0  # algo sft_then_grpo only: the first steps SFT, then GRPO
 
 
 @dataclass
@@ -145,12 +143,40 @@ class TrainCfg:
     run_dir: str = "runs/default"
     save_every: int = 50
     keep: int = 3
-    log_every: int = 1
+    log_every: int = 1  # steps between metrics.jsonl / TensorBoard rows (the last step always)
     chunk: int = 1024  # tokens per chunk of the log-prob / entropy computation
+
+
+ALGOS = ("red", "grpo", "sft", "sft_then_grpo", "luffy", "fixed_mix")
+# Settings that define each method (redjax.algos); the YAML file and overrides come after them.
+_SFT = {"offline_in_group": False, "shift": "zero", "lam": "fixed", "lambda0": 1.0}
+PRESETS: dict[str, dict] = {
+    "red": {},
+    "grpo": {},
+    "sft": {"red": _SFT},
+    "sft_then_grpo": {"red": _SFT},
+    "fixed_mix": {"red": {"offline_in_group": True, "shift": "zero", "lam": "fixed"}},
+    "luffy": {
+        "red": {
+            "offline_in_group": True,
+            "shift": "one",
+            "shaping_gamma": 0.1,
+            "lam": "fixed",
+            "lambda0": 1.0,
+        }
+    },
+}
+# Keys that `algo` replaced: a config that sets one gets an error naming the replacement.
+REMOVED = {
+    "rollout.online": "algo: sft trains without rollouts",
+    "red.offline": "algo: grpo trains without teacher traces",
+}
 
 
 @dataclass
 class Config:
+    # The method: red | grpo | sft | sft_then_grpo | luffy | fixed_mix (redjax.algos).
+    algo: Literal["red", "grpo", "sft", "sft_then_grpo", "luffy", "fixed_mix"] = "red"
     model: ModelCfg = field(default_factory=ModelCfg)
     data: DataCfg = field(default_factory=DataCfg)
     rollout: RolloutCfg = field(default_factory=RolloutCfg)
@@ -220,6 +246,10 @@ def _merge(obj: Any, data: dict, prefix: str = "") -> None:
         raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     for k, v in data.items():
         key = prefix + str(k)
+        if key in REMOVED:
+            if v is True:  # the old default: a no-op (config.yaml of runs made before `algo`)
+                continue
+            raise ValueError(f"{key} was removed: set algo instead ({REMOVED[key]})")
         if k not in names:
             raise ValueError(f"unknown key {key!r}; allowed: {', '.join(sorted(names))}")
         cur = getattr(obj, k)
@@ -267,16 +297,29 @@ def _chain(path: str, seen: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
     return [*_chain(os.path.normpath(base), (*seen, path)), (path, data)]
 
 
+def _algo(layers: list[tuple[str, dict]]) -> str:
+    """The `algo` the files and overrides name (the last one wins), checked."""
+    algo = "red"
+    for where, data in layers:
+        if "algo" in data:
+            try:
+                algo = _coerce("algo", data["algo"], typing.get_type_hints(Config)["algo"])
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+    return algo
+
+
 def load(path: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML file (default: the embedded default run) <- dotted overrides."""
+    """Defaults <- the algo's presets <- YAML file (default: the embedded default run) <-
+    dotted overrides."""
+    layers = [*_chain(path or default_file()), ("overrides", parse_overrides(overrides or []))]
     cfg = Config()
-    path = path or default_file()
-    for file, data in _chain(path):
+    _merge(cfg, PRESETS[_algo(layers)])
+    for where, data in layers:
         try:
             _merge(cfg, data)
         except ValueError as e:
-            raise ValueError(f"{file}: {e}") from None
-    _merge(cfg, parse_overrides(overrides or []))
+            raise ValueError(e if where == "overrides" else f"{where}: {e}") from None
     validate(cfg)
     return cfg
 
@@ -297,9 +340,14 @@ def validate(cfg: Config) -> None:
         (cfg.optim.micro_batches >= 1, "optim.micro_batches must be >= 1"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.train.steps >= 1, "train.steps must be >= 1"),
+        (cfg.train.log_every >= 1, "train.log_every must be >= 1"),
         (
-            cfg.rollout.online or cfg.red.offline,
-            "rollout.online and red.offline cannot both be false",
+            cfg.algo != "sft_then_grpo" or 0 < cfg.red.sft_steps < cfg.train.steps,
+            "algo sft_then_grpo needs 0 < red.sft_steps < train.steps",
+        ),
+        (
+            cfg.algo == "sft_then_grpo" or cfg.red.sft_steps == 0,
+            "red.sft_steps is read only by algo: sft_then_grpo",
         ),
         (cfg.rl.agg != "constant" or (cfg.rl.norm_const or 0) >= 0, "rl.norm_const must be > 0"),
     ]

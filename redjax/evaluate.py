@@ -25,6 +25,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
 
 
+def batch_size(cfg: Any) -> int:
+    """Prompts per batch of the trainer's held-out evaluation: the rollout batch, at least 32."""
+    return max(cfg.rollout.prompts, 32)
+
+
 def evaluate(
     params: Any,
     cfg: Any,
@@ -82,28 +87,34 @@ def evaluate(
             if len(samples) < keep_samples:
                 samples.append(
                     {
-                        "prompt": batch["prompt"][j],
+                        "prompt": batch["prompt_text"][j],
                         "completion": ro.text[j * k],
                         "answer": batch["answer"][j],
                         "reward": float(scores[j, 0]),
                     }
                 )
+    return _results(correct, lengths, sources, samples, k)
+
+
+def _summary(correct: list, lengths: list, idx: list[int], k: int) -> dict:
+    """pass@1, pass@k and mean length over the problems `idx`."""
+    c = [int(correct[i].sum()) for i in idx]
+    return {
+        "problems": len(idx),
+        "pass@1": float(np.mean([x / k for x in c])),
+        f"pass@{k}": float(np.mean([pass_at_k(k, x, k) for x in c])),
+        "mean_length": float(np.mean([lengths[i].mean() for i in idx])),
+    }
+
+
+def _results(correct: list, lengths: list, sources: list, samples: list, k: int) -> dict:
+    """The overall summary, one per source, and the kept samples."""
     groups: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(sources):
         groups[s or "all"].append(i)
-
-    def summary(idx: list[int]) -> dict:
-        c = [int(correct[i].sum()) for i in idx]
-        return {
-            "problems": len(idx),
-            "pass@1": float(np.mean([x / k for x in c])),
-            f"pass@{k}": float(np.mean([pass_at_k(k, x, k) for x in c])),
-            "mean_length": float(np.mean([lengths[i].mean() for i in idx])),
-        }
-
-    out = summary(list(range(len(correct))))
+    out = _summary(correct, lengths, list(range(len(correct))), k)
     out["k"] = k
-    out["by_source"] = {s: summary(idx) for s, idx in sorted(groups.items())}
+    out["by_source"] = {s: _summary(correct, lengths, idx, k) for s, idx in sorted(groups.items())}
     out["samples"] = samples
     return out
 
@@ -129,10 +140,10 @@ def table(results: dict) -> str:
 
 def main(args: argparse.Namespace) -> None:
     """`redjax eval`: load a model folder or run folder, score benchmark files, print a table."""
-    from redjax import checkpoint, rewards
+    from redjax import rewards, runs
     from redjax.data import load_records
 
-    model, tokenizer, extra = checkpoint.load_model(args.model, dtype=args.dtype)
+    model, tokenizer, extra = runs.load_model(args.model, dtype=args.dtype)
     records = []
     for path in args.data:
         recs = load_records(path, fields=args.fields)

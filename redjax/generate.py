@@ -8,20 +8,16 @@ import numpy as np
 
 from redjax import tokenizer as tokenization
 from redjax.sampler import Rollouts, SamplingParams, sample
+from redjax.shapes import left_pad
 
 
 def encode(tok, texts: list[str], *, special: bool) -> tuple[np.ndarray, np.ndarray]:
     """Token ids [B, P] and mask of the texts, left-padded (as the sampler wants)."""
     seqs = [tok(t, add_special_tokens=special)["input_ids"] for t in texts]
-    width = max(len(s) for s in seqs)
-    ids = np.zeros((len(seqs), width), np.int32)
-    mask = np.zeros((len(seqs), width), bool)
     for i, s in enumerate(seqs):
         if not s:
             raise ValueError(f"prompt {i + 1} is empty after tokenization")
-        ids[i, width - len(s) :] = s
-        mask[i, width - len(s) :] = True
-    return ids, mask
+    return left_pad(seqs, max(len(s) for s in seqs), 0)
 
 
 def report(prompts: list[str], out: Rollouts, num_samples: int) -> str:
@@ -41,7 +37,7 @@ def report(prompts: list[str], out: Rollouts, num_samples: int) -> str:
 
 
 def main(args: argparse.Namespace) -> None:
-    from redjax.checkpoint import load_model
+    from redjax.runs import load_model
 
     # A Hugging Face folder, or a run folder: then prompts are formatted as in its training.
     model, tok, settings = load_model(args.model, args.dtype)

@@ -153,14 +153,42 @@ def _f32(x):
     return jnp.asarray(x, jnp.float32)
 
 
+def _check_rl_options(agg, norm_const, gate_frac, gated, entropy, entropy_coef, ref_logp, beta_kl):
+    """ValueError naming the first inconsistent option of rl_loss."""
+    if agg not in AGG_MODES:
+        raise ValueError(f"rl_loss: agg must be one of {AGG_MODES}, got {agg!r}")
+    if agg == "constant" and norm_const is None:
+        raise ValueError("rl_loss: agg='constant' requires norm_const")
+    if not 0.0 < gate_frac <= 1.0:
+        raise ValueError(f"rl_loss: gate_frac must be in (0, 1], got {gate_frac}")
+    if entropy is None and (gated or (isinstance(entropy_coef, float | int) and entropy_coef)):
+        raise ValueError("rl_loss: entropy is required when gate_frac < 1 or entropy_coef != 0")
+    if ref_logp is None and isinstance(beta_kl, float | int) and beta_kl:
+        raise ValueError("rl_loss: beta_kl != 0 requires ref_logp")
+
+
+def _ratio_metrics(diff, rho, adv, mask, eps_low, eps_high) -> dict[str, jax.Array]:
+    """Token and row counts, clipped tokens, k3 KL(pi || pi_old) and ratio sums of rl_loss."""
+    on = mask > 0
+    clipped = on & (((adv > 0) & (rho > 1.0 + eps_high)) | ((adv < 0) & (rho < 1.0 - eps_low)))
+    k3_old = jnp.exp(-diff) + diff - 1.0  # r = old - new: exp(r) - r - 1
+    return dict(
+        n_tokens=jnp.sum(mask),
+        n_seqs=jnp.sum(jnp.any(on, axis=-1).astype(jnp.float32)),
+        clip_sum=jnp.sum(clipped.astype(jnp.float32)),
+        kl_old_sum=jnp.sum(jnp.where(on, k3_old, 0.0)),
+        ratio_sum=jnp.sum(jnp.where(on, rho, 0.0)),
+    )
+
+
 def rl_loss(
     logp: jax.Array,
     old_logp: jax.Array,
     adv: jax.Array,
     mask: jax.Array,
     *,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
+    eps_low: float,
+    eps_high: float,
     agg: str = "token-mean",
     norm_const: float | None = None,
     n_tokens: jax.Array | float | None = None,
@@ -192,17 +220,8 @@ def rl_loss(
     "kl_old_sum" (k3 estimate of KL(pi || pi_old), summed), "ratio_sum", and when available
     "kl_ref_sum", "entropy_sum", "gate_sum" (tokens kept by the gate).
     """
-    if agg not in AGG_MODES:
-        raise ValueError(f"rl_loss: agg must be one of {AGG_MODES}, got {agg!r}")
-    if agg == "constant" and norm_const is None:
-        raise ValueError("rl_loss: agg='constant' requires norm_const")
-    if not 0.0 < gate_frac <= 1.0:
-        raise ValueError(f"rl_loss: gate_frac must be in (0, 1], got {gate_frac}")
     gated = gate_frac < 1.0 or gate_threshold is not None
-    if entropy is None and (gated or (isinstance(entropy_coef, float | int) and entropy_coef)):
-        raise ValueError("rl_loss: entropy is required when gate_frac < 1 or entropy_coef != 0")
-    if ref_logp is None and isinstance(beta_kl, float | int) and beta_kl:
-        raise ValueError("rl_loss: beta_kl != 0 requires ref_logp")
+    _check_rl_options(agg, norm_const, gate_frac, gated, entropy, entropy_coef, ref_logp, beta_kl)
 
     logp, old_logp, mask, adv = _f32(logp), _f32(old_logp), _f32(mask), _f32(adv)
     if adv.ndim == 1:
@@ -227,16 +246,7 @@ def rl_loss(
     pg = aggregate(pg_tok)
     loss = pg
 
-    clipped = on & (((adv > 0) & (rho > 1.0 + eps_high)) | ((adv < 0) & (rho < 1.0 - eps_low)))
-    k3_old = jnp.exp(-diff) + diff - 1.0  # r = old - new: exp(r) - r - 1
-    metrics.update(
-        pg=pg,
-        n_tokens=jnp.sum(mask),
-        n_seqs=jnp.sum(jnp.any(on, axis=-1).astype(jnp.float32)),
-        clip_sum=jnp.sum(clipped.astype(jnp.float32)),
-        kl_old_sum=jnp.sum(jnp.where(on, k3_old, 0.0)),
-        ratio_sum=jnp.sum(jnp.where(on, rho, 0.0)),
-    )
+    metrics.update(pg=pg, **_ratio_metrics(diff, rho, adv, mask, eps_low, eps_high))
     if ref_logp is not None:
         r = jnp.where(on, _f32(ref_logp) - logp, 0.0)
         k3 = jnp.exp(r) - r - 1.0

@@ -71,21 +71,9 @@ def device_memory_gib(value: str | float | None) -> float | None:
 
 def mesh_shape(cfg: config_lib.Config, devices: int) -> dict[str, int]:
     """Sizes of (data, fsdp, tensor) on `devices` devices, resolving the one -1 as make_mesh does."""
-    sizes = {"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "tensor": cfg.mesh.tensor}
-    free = [k for k, v in sizes.items() if v == -1]
-    if len(free) > 1:
-        raise ValueError("mesh: at most one of data, fsdp, tensor may be -1")
-    known = math.prod(v for v in sizes.values() if v != -1)
-    if any(v == 0 or v < -1 for v in sizes.values()) or devices % known:
-        raise ValueError(f"mesh {sizes} does not fit {devices} devices")
-    if free:
-        sizes[free[0]] = devices // known
-    if math.prod(sizes.values()) != devices:
-        raise ValueError(
-            f"mesh: data*fsdp*tensor = {math.prod(sizes.values())} but there are {devices} "
-            "devices (set mesh.data=-1, or pass the right --devices)"
-        )
-    return sizes
+    from redjax.sharding import mesh_sizes
+
+    return mesh_sizes(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices)
 
 
 def model_config(cfg: config_lib.Config) -> Any:
@@ -105,9 +93,9 @@ def model_config(cfg: config_lib.Config) -> Any:
         from redjax.tokenizer import CHAR_ALPHABET, CHAR_SPECIALS
 
         vocab = len(CHAR_SPECIALS) + len(CHAR_ALPHABET)
-    from redjax.train import scratch_config
+    from redjax.models import scratch_config
 
-    return scratch_config(cfg, vocab)
+    return scratch_config(m, vocab)
 
 
 def shard_bytes(x: Any, spec: Any, mesh: dict[str, int]) -> int:
@@ -127,13 +115,51 @@ def _split(n: int, ways: int) -> int:
     return n // ways if n % ways == 0 else n
 
 
+def _state_bytes(mc: Any, cfg: config_lib.Config, mesh: dict[str, int]) -> dict:
+    """Parameters, AdamW state, gradients and the reference copy: bytes per device."""
+    import jax
+    import optax
+    from jax.sharding import AbstractMesh
+
+    from redjax import sharding, step
+    from redjax.models import param_shapes
+
+    shapes = param_shapes(mc)
+    abstract = AbstractMesh(tuple(mesh[a] for a in sharding.AXES), sharding.AXES)
+    specs = sharding.param_specs(shapes, abstract)
+    num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+    is_spec = lambda s: isinstance(s, jax.sharding.PartitionSpec)
+    param_bytes = sum(
+        jax.tree.leaves(jax.tree.map(lambda x, s: shard_bytes(x, s, mesh), shapes, specs))
+    )
+    tx = step.make_optimizer(cfg.optim, max(cfg.train.steps, 1))
+    opt_shapes = jax.eval_shape(tx.init, shapes)
+    spec_leaves = jax.tree.leaves(specs, is_leaf=is_spec)
+    spec_tree = jax.tree.unflatten(jax.tree.structure(shapes), spec_leaves)
+    per_leaf = optax.tree_map_params(
+        tx,
+        lambda x, s: shard_bytes(x, s, mesh),
+        opt_shapes,
+        spec_tree,
+        transform_non_params=lambda x: shard_bytes(x, (), mesh),
+        is_leaf=is_spec,
+    )
+    return {
+        "num_params": num_params,
+        "params": param_bytes,
+        "optimizer": sum(jax.tree.leaves(per_leaf)),
+        "gradients": param_bytes * (2 if cfg.optim.micro_batches > 1 else 1),
+        "reference": param_bytes if cfg.rl.beta_kl else 0,
+    }
+
+
 def attention_bytes(mc: Any, heads: int, head_dim: int, seq: int) -> int:
     """Attention working set per token of one layer in the backward pass, beyond q, k, v and
-    the output: with `xla`, the float32 [T, T] logits and softmax and their dtype copies (grows
+    the output: with `xla`, the float32 [T, T] logits and softmax and their 16-bit copies (grows
     with T); the fused and blockwise kernels keep a float32 log-sum-exp per head and a float32
     dq accumulator instead (constant per token)."""
     b = DTYPE_BYTES[mc.dtype]
-    if mc.attention == "xla":  # float32 logits and softmax, plus their copies in a 16-bit dtype
+    if mc.attention == "xla":
         return heads * seq * (8 + (2 * b if b < 4 else 0))
     return heads * (8 + 4 * head_dim)
 
@@ -151,7 +177,7 @@ def attention_tile_bytes(mc: Any, rows: int, heads: int, seq: int) -> int:
 
 def rows_per_pass(rows: int, row_bytes: int, free: float | None, setting: int = 0) -> int:
     """Rollout rows one sampling pass holds in the KV cache: `setting` when > 0, else as many
-    as fit in `free` bytes (all rows when the free memory is unknown)."""
+    as fit in `free` bytes (all rows when the free memory is unknown), in equal passes."""
     if rows <= 0:
         return 0
     if setting > 0:
@@ -159,7 +185,38 @@ def rows_per_pass(rows: int, row_bytes: int, free: float | None, setting: int = 
     if free is None:
         return rows
     fit = max(1, min(rows, int(free // max(row_bytes, 1))))
-    return -(-rows // -(-rows // fit))  # equal passes: 128 rows, 84 fit -> 2 passes of 64
+    return -(-rows // -(-rows // fit))  # 128 rows, 84 fit -> 2 passes of 64
+
+
+def _sampling_bytes(
+    mc: Any, cfg: config_lib.Config, mesh: dict[str, int], params: int, free: float | None
+) -> dict:
+    """Rollouts of one iteration and the evaluation batch (k samples per problem): the KV cache
+    of one pass and the decode weights, per device; `free` bytes bound a pass."""
+    from redjax.algos import Plan
+    from redjax.evaluate import batch_size as eval_batch_size
+    from redjax.shapes import sampler_bucket
+
+    r, e, b = cfg.rollout, cfg.eval, DTYPE_BYTES[mc.dtype]
+    shards, kv = mesh["data"] * mesh["fsdp"], _split(mc.num_kv_heads, mesh["tensor"])
+    prompt_slots = sampler_bucket(cfg.data.max_prompt_len)
+    kv_token = mc.num_layers * 2 * kv * mc.head_dim * b  # one cached position of a row
+    roll_rows = -(-(r.prompts * r.group_size) // shards) if Plan.from_config(cfg).online else 0
+    roll_slots = prompt_slots + sampler_bucket(r.max_new_tokens)
+    eval_rows = -(-(eval_batch_size(cfg) * e.k) // shards)
+    eval_slots = prompt_slots + sampler_bucket(e.max_new_tokens or r.max_new_tokens)
+    decode = params * b // DTYPE_BYTES[mc.param_dtype]
+    free = None if free is None else free - decode
+    roll_pass = rows_per_pass(roll_rows, roll_slots * kv_token, free, r.sub_batch)
+    eval_pass = rows_per_pass(eval_rows, eval_slots * kv_token, free, r.sub_batch)
+    return {
+        "kv_cache": max(roll_pass * roll_slots, eval_pass * eval_slots) * kv_token,
+        "decode_weights": decode,
+        "sample_rows_per_device": max(roll_rows, eval_rows),
+        "sample_rows_per_pass": max(roll_pass, eval_pass),
+        "rollout_passes": -(-roll_rows // max(roll_pass, 1)),
+        "kv_slots": max(roll_slots, eval_slots),
+    }
 
 
 def estimate(
@@ -169,54 +226,24 @@ def estimate(
     memory_gib: float | None = None,
 ) -> dict:
     """Bytes per device of each part of a run (module docstring) and the peak. With the device
-    memory known, rollouts are planned in as many sub-batches as their KV cache needs."""
-    import jax
-    import optax
-    from jax.sharding import AbstractMesh
+    memory known, rollouts are planned in as many equal passes as their KV cache needs."""
+    from redjax.algos import Plan
+    from redjax.shapes import data_bucket, default_buckets
 
-    from redjax import sharding, step
-    from redjax.data.pipeline import bucket, default_buckets
-    from redjax.models import param_shapes
-    from redjax.sampler import bucket as sample_bucket
-
-    mc, mesh = model_cfg, dict(mesh_shape)
-    shapes = param_shapes(mc)
-    abstract = AbstractMesh(tuple(mesh[a] for a in sharding.AXES), sharding.AXES)
-    specs = sharding.param_specs(shapes, abstract)
-    leaves = jax.tree.leaves(shapes)
-    num_params = sum(math.prod(x.shape) for x in leaves)
-    is_spec = lambda s: isinstance(s, jax.sharding.PartitionSpec)
-    param_bytes = sum(
-        jax.tree.leaves(jax.tree.map(lambda x, s: shard_bytes(x, s, mesh), shapes, specs))
-    )
-
-    o = cfg.optim
-    tx = step.make_optimizer(o.lr, max(cfg.train.steps, 1), warmup_steps=o.warmup_steps)
-    opt_shapes = jax.eval_shape(tx.init, shapes)
-    spec_leaves = jax.tree.leaves(specs, is_leaf=is_spec)
-    spec_tree = jax.tree.unflatten(jax.tree.structure(shapes), spec_leaves)
-    per_leaf = optax.tree_map_params(
-        tx,
-        lambda x, s: shard_bytes(x, s, mesh),
-        opt_shapes,
-        spec_tree,
-        transform_non_params=lambda x: shard_bytes(x, (), mesh),
-        is_leaf=is_spec,
-    )
-    opt_bytes = sum(jax.tree.leaves(per_leaf))
-    grad_bytes = param_bytes * (2 if o.micro_batches > 1 else 1)
-    ref_bytes = param_bytes if cfg.rl.beta_kl else 0
+    mc, mesh, o = model_cfg, dict(mesh_shape), cfg.optim
+    state = _state_bytes(mc, cfg, mesh)
+    num_params = state["num_params"]
 
     # The train step: rows of one micro-batch on one device, and their length.
     b = DTYPE_BYTES[mc.dtype]
     shards, tensor = mesh["data"] * mesh["fsdp"], mesh["tensor"]
-    r = cfg.rollout
-    rows = (r.prompts * r.group_size if r.online else 0) + (r.prompts if cfg.red.offline else 0)
+    r, algo = cfg.rollout, Plan.from_config(cfg)
+    rows = (r.prompts * r.group_size if algo.online else 0) + (r.prompts if algo.offline else 0)
     rows_step = -(-rows // o.minibatches)
     rows_micro = -(-rows_step // o.micro_batches)
     rows_dev = -(-rows_micro // shards)
-    response = max(r.max_new_tokens if r.online else 1, cfg.data.max_offline_len)
-    seq = cfg.data.max_prompt_len + bucket(response, default_buckets(max(4096, response)))
+    response = max(r.max_new_tokens if algo.online else 1, cfg.data.max_offline_len)
+    seq = cfg.data.max_prompt_len + data_bucket(response, default_buckets(max(4096, response)))
     d, hd, i = mc.hidden_size, mc.head_dim, _split(mc.intermediate_size, tensor)
     h, kv = _split(mc.num_heads, tensor), _split(mc.num_kv_heads, tensor)
     full_layer = b * (5 * d + (2 * h + 2 * kv) * hd + 5 * i) + attention_bytes(mc, h, hd, seq)
@@ -232,48 +259,27 @@ def estimate(
     unembed = _split(mc.vocab_size, tensor) * mc.hidden_size * pb
     gathered = unembed * ((shards > 1) + fsdp) + (2 * layer * pb // tensor if fsdp else 0)
 
-    # Sampling: rollouts of one iteration, and the evaluation batch (k samples per problem).
-    e = cfg.eval
-    prompt_slots = sample_bucket(cfg.data.max_prompt_len)
-    kv_token = mc.num_layers * 2 * kv * hd * b  # one cached position of one row, all layers
-    roll_rows = -(-(r.prompts * r.group_size) // shards) if r.online else 0
-    roll_slots = prompt_slots + sample_bucket(r.max_new_tokens)
-    eval_rows = -(-(max(r.prompts, 32) * e.k) // shards)
-    eval_slots = prompt_slots + sample_bucket(e.max_new_tokens or r.max_new_tokens)
-    decode_bytes = param_bytes * b // pb
-    persistent = param_bytes + opt_bytes + ref_bytes
-    free = None if memory_gib is None else HEADROOM * memory_gib * GIB - persistent - decode_bytes
-    roll_pass = rows_per_pass(roll_rows, roll_slots * kv_token, free, r.sub_batch)
-    eval_pass = rows_per_pass(eval_rows, eval_slots * kv_token, free, r.sub_batch)
-    kv_bytes = max(roll_pass * roll_slots, eval_pass * eval_slots) * kv_token
-
-    train_peak = persistent + grad_bytes + act_bytes + logp_bytes + gathered
-    sample_peak = persistent + decode_bytes + kv_bytes
+    persistent = state["params"] + state["optimizer"] + state["reference"]
+    free = None if memory_gib is None else HEADROOM * memory_gib * GIB - persistent
+    sampling = _sampling_bytes(mc, cfg, mesh, state["params"], free)
+    train_peak = persistent + state["gradients"] + act_bytes + logp_bytes + gathered
+    sample_peak = persistent + sampling["decode_weights"] + sampling["kv_cache"]
     return {
-        "num_params": num_params,
+        **state,
         "devices": math.prod(mesh.values()),
         "mesh": mesh,
-        "params": param_bytes,
-        "optimizer": opt_bytes,
-        "gradients": grad_bytes,
-        "reference": ref_bytes,
         "activations": act_bytes,
         "logprob_buffers": logp_bytes,
         "gathered": gathered,
-        "kv_cache": kv_bytes,
-        "decode_weights": decode_bytes,
+        **sampling,
         "train_peak": train_peak,
         "sample_peak": sample_peak,
         "total": max(train_peak, sample_peak),
         "rows_per_device": rows_dev,
         "seq_len": seq,
         "chunk_tokens_per_device": chunk_tokens,
-        "sample_rows_per_device": max(roll_rows, eval_rows),
-        "rollout_passes": -(-roll_rows // max(roll_pass, 1)),
-        "sample_rows_per_pass": max(roll_pass, eval_pass),
-        "attention": mc.attention,
-        "kv_slots": max(roll_slots, eval_slots),
         "activation_bytes_per_token": per_token,
+        "attention": mc.attention,
     }
 
 

@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from redjax.config import RedCfg, RlCfg
+
 SHIFT_MODES = ("linear", "step", "zero", "one")
 LAMBDA_MODES = ("red", "fixed", "schedule")
 
@@ -82,7 +84,7 @@ def policy_shift(acc: np.ndarray, mode: str = "linear", tau: float = 0.5) -> np.
 class RedController:
     """Holds lambda (weight of the Extend term) and the entropy-change EMAs between steps.
 
-    Modes: "red" (entropy-change feedback, DESIGN section 1), "fixed" (lambda0 always),
+    Modes: "red" (entropy-change feedback, docs/design.md section 1), "fixed" (lambda0 always),
     "schedule" (linear warm-up from 0 to lambda0 over warmup_steps, then cosine decay to
     lambda_min at total_steps, constant after; not clipped to [lambda_min, lambda_max]).
     The EMAs D_on, D_off are tracked in every mode (for logging); the first finite observation
@@ -94,20 +96,20 @@ class RedController:
     def __init__(
         self,
         *,
-        mode: str = "red",
-        lambda0: float = 1.0,
-        lambda_min: float = 0.05,
-        lambda_max: float = 5.0,
-        alpha: float = 0.1,
-        delta: float = 1e-4,
-        ema: float = 0.9,
-        warmup_steps: int = 0,
-        total_steps: int = 1000,
-        offline_in_group: bool = True,
-        std_norm: bool = True,
-        eps: float = 1e-6,
-        shift: str = "linear",
-        tau: float = 0.5,
+        mode: str,
+        lambda0: float,
+        lambda_min: float,
+        lambda_max: float,
+        alpha: float,
+        delta: float,
+        ema: float,
+        warmup_steps: int,
+        total_steps: int,
+        offline_in_group: bool,
+        std_norm: bool,
+        eps: float,
+        shift: str,
+        tau: float,
     ):
         if mode not in LAMBDA_MODES:
             raise ValueError(f"RedController: mode must be one of {LAMBDA_MODES}, got {mode!r}")
@@ -143,6 +145,27 @@ class RedController:
         self.d_off = 0.0
         self.initialised = False
         self._lam = float(lambda0)
+
+    @classmethod
+    def from_config(cls, red: RedCfg, rl: RlCfg, total_steps: int) -> RedController:
+        """The controller of a run: the red section, the advantage options of the rl section,
+        and the run's length (for the schedule mode)."""
+        return cls(
+            mode=red.lam,
+            lambda0=red.lambda0,
+            lambda_min=red.lambda_min,
+            lambda_max=red.lambda_max,
+            alpha=red.alpha,
+            delta=red.delta,
+            ema=red.ema,
+            warmup_steps=red.lambda_warmup,
+            total_steps=total_steps,
+            offline_in_group=red.offline_in_group,
+            std_norm=rl.std_norm,
+            eps=rl.adv_eps,
+            shift=red.shift,
+            tau=red.tau,
+        )
 
     @property
     def lam(self) -> float:

@@ -28,6 +28,7 @@ from redjax.models.transformer import (
     unembedding,
     unstack_layers,
 )
+from redjax.shapes import sampler_bucket as bucket
 from redjax.sharding import batch_axes, data_shards, to_host
 
 STOP_CHUNK = 32  # decode steps between host checks for stop strings
@@ -69,14 +70,6 @@ class Rollouts:
     lengths: np.ndarray  # int32 [R]
     finish: np.ndarray  # str [R], "stop" (eos id or stop string) or "length"
     text: list[str] | None = None  # decoded completions, cut before any stop string
-
-
-def bucket(n: int, minimum: int = 16) -> int:
-    """Smallest size >= n of the form 2^k or 3 * 2^(k-1): few shapes, at most 50% padding."""
-    size = minimum
-    while size < n:
-        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
-    return size
 
 
 # ----------------------------------------------------------------------------- sampling

@@ -34,23 +34,31 @@ RULES: list[tuple[str, P]] = [
 ]
 
 
+def mesh_sizes(data: int, fsdp: int, tensor: int, devices: int) -> dict[str, int]:
+    """Sizes of (data, fsdp, tensor) on `devices` devices; one size may be -1 (all remaining
+    devices). ValueError naming the sizes when they do not fit."""
+    sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
+    if list(sizes.values()).count(-1) > 1:
+        raise ValueError("mesh: at most one of data, fsdp, tensor may be -1")
+    known = math.prod(s for s in sizes.values() if s != -1)
+    if any(s == 0 or s < -1 for s in sizes.values()) or devices % known:
+        raise ValueError(
+            f"mesh: data={data} fsdp={fsdp} tensor={tensor} does not fit {devices} devices"
+        )
+    sizes = {k: devices // known if s == -1 else s for k, s in sizes.items()}
+    if math.prod(sizes.values()) != devices:
+        raise ValueError(
+            f"mesh: data*fsdp*tensor = {math.prod(sizes.values())} but there are {devices} "
+            "devices (set mesh.data=-1 to use them all)"
+        )
+    return sizes
+
+
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Any = None) -> Mesh:
     """A mesh with axes (data, fsdp, tensor); one size may be -1 (all remaining devices)."""
     devices = list(jax.devices() if devices is None else devices)
-    sizes = [data, fsdp, tensor]
-    if sizes.count(-1) > 1:
-        raise ValueError("mesh: at most one of data, fsdp, tensor may be -1")
-    known = math.prod(s for s in sizes if s != -1)
-    if any(s == 0 or s < -1 for s in sizes) or len(devices) % known:
-        raise ValueError(
-            f"mesh: data={data} fsdp={fsdp} tensor={tensor} does not fit {len(devices)} devices"
-        )
-    sizes = [len(devices) // known if s == -1 else s for s in sizes]
-    if math.prod(sizes) != len(devices):
-        raise ValueError(
-            f"mesh: data*fsdp*tensor = {math.prod(sizes)} but there are {len(devices)} devices"
-        )
-    return jax.make_mesh(tuple(sizes), AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    sizes = tuple(mesh_sizes(data, fsdp, tensor, len(devices)).values())
+    return jax.make_mesh(sizes, AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
 def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
@@ -101,35 +109,6 @@ def layer_gather(mesh: Mesh | None, rules: list[tuple[str, P]] = RULES) -> Any:
     return lambda tree: jax.tree_util.tree_map_with_path(one, tree)
 
 
-_COLLECTIVE = re.compile(
-    r"= (\(.*?\)|\S+) (?:all-reduce|reduce-scatter|all-gather|all-to-all|collective-permute)"
-    r"(?:-start)?\("
-)
-_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "pred": 1, "s8": 1, "u8": 1}
-
-
-def collective_bytes(hlo: str) -> int:
-    """Bytes of collective results per device in one run of a compiled program's text
-    (`jitted.lower(...).compile().as_text()`): a loop body's count once per iteration."""
-    trips = {}
-    for line in hlo.splitlines():
-        if " while(" in line:
-            body = re.search(r"body=%?([\w.\-]+)", line).group(1)
-            n = re.search(r'known_trip_count":\{"n":"(\d+)"', line)
-            trips[body] = int(n.group(1)) if n else 1
-    total = 0
-    for comp in re.split(r"\n(?=\S.*\{\n)", hlo):
-        name = re.match(r"(?:ENTRY )?%?([\w.\-]+)", comp)
-        if name is None:
-            continue
-        size = 0
-        for shapes in _COLLECTIVE.findall(comp):
-            for dtype, dims in re.findall(r"\b(\w+)\[([\d,]*)\]", shapes):
-                size += _BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
-        total += size * trips.get(name.group(1), 1)
-    return total
-
-
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     """Rows split over (data, fsdp); the other dimensions replicated."""
     return NamedSharding(mesh, P(BATCH, *([None] * (ndim - 1))))
@@ -151,19 +130,20 @@ def data_shards(mesh: Mesh | None) -> int:
     return math.prod(mesh.shape[a] for a in batch_axes(mesh))
 
 
-def put_local(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
-    """Global arrays from this process's rows (all rows on one host), rows split over the mesh.
+def put_local(batch: Any, mesh: Mesh) -> Any:
+    """Global arrays from this process's rows (all rows on one host), rows split over the mesh:
+    every array of a pytree (a `redjax.rows.Rows`, a dict).
 
     Scalars (0-d) are replicated and must be identical on every process.
     """
-    out = {}
-    for k, v in batch.items():
+
+    def put(v: Any) -> jax.Array:
         v = np.asarray(v)
         if v.ndim == 0:
-            out[k] = jax.device_put(v, replicated(mesh))
-        else:
-            out[k] = jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
-    return out
+            return jax.device_put(v, replicated(mesh))
+        return jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
+
+    return jax.tree.map(put, batch)
 
 
 def to_host(x: jax.Array) -> np.ndarray:

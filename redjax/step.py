@@ -1,7 +1,8 @@
 """The RED train step: one pure function, jitted under the mesh.
 
-A batch holds N rows, each a left-padded prompt followed by a right-padded response: the
-model's own rollouts (online rows) and the teacher's traces (offline rows). The step scores the
+A batch is a `redjax.rows.Rows` of N rows, each a left-padded prompt followed by a
+right-padded response: the model's own rollouts (online rows) and the teacher's traces
+(offline rows). The step scores the
 response tokens (log-probs, entropies), forms L = L_rl + lambda * L_ext, accumulates gradients
 over micro-batches, applies the optax update, then re-scores a probe subset with the new
 parameters to measure the entropy change the update caused on online and offline tokens.
@@ -21,66 +22,81 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from redjax import objective, sharding
+from redjax.algos import Plan
+from redjax.config import Config, OptimCfg
 from redjax.models import ModelConfig, forward, unembedding
 from redjax.models.transformer import precision
-
-ROW_KEYS = ("prompt", "prompt_mask", "resp", "resp_mask")
+from redjax.rows import Rows
 
 
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
-    """Static knobs of the step (hashable); see DESIGN.md section 1 and redjax.config."""
+    """Static knobs of the step (hashable), from the rl, red, train and optim sections of the
+    config (docs/design.md, the objective)."""
 
-    eps_low: float = 0.2
-    eps_high: float = 0.28
-    agg: str = "token-mean"
-    norm_const: float | None = None
-    beta_kl: float = 0.0
-    entropy_coef: float = 0.0
-    gate_frac: float = 1.0
-    shaping_gamma: float | None = None
-    chunk: int = 1024
-    micro_batches: int = 1
-    probe: bool = True  # re-score probe rows after the update (the controller's entropy deltas)
+    eps_low: float
+    eps_high: float
+    agg: str
+    norm_const: float | None  # agg=constant: the divisor
+    beta_kl: float
+    entropy_coef: float
+    gate_frac: float
+    shaping_gamma: float | None
+    chunk: int  # tokens per chunk of the log-prob / entropy computation
+    micro_batches: int
+    probe: bool  # re-score probe rows after the update (the controller's entropy deltas)
+
+    @classmethod
+    def from_config(cls, cfg: Config, **replace: Any) -> StepConfig:
+        """The step's knobs of a run (`replace`: fields to set otherwise, e.g. in tests)."""
+        r = cfg.rl
+        out = cls(
+            eps_low=r.eps_low,
+            eps_high=r.eps_high,
+            agg=r.agg,
+            norm_const=r.norm_const or float(cfg.rollout.max_new_tokens),
+            beta_kl=r.beta_kl,
+            entropy_coef=r.entropy_coef,
+            gate_frac=r.gate_frac,
+            shaping_gamma=cfg.red.shaping_gamma,
+            chunk=cfg.train.chunk,
+            micro_batches=cfg.optim.micro_batches,
+            probe=Plan.from_config(cfg).probe,  # entropy deltas drive lambda
+        )
+        return dataclasses.replace(out, **replace)
 
 
-def make_optimizer(
-    lr: float,
-    total_steps: int,
-    *,
-    warmup_steps: int = 0,
-    min_lr_ratio: float = 0.1,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    clip_norm: float | None = 1.0,
-) -> optax.GradientTransformation:
-    """AdamW with linear warm-up then cosine decay, after global-norm clipping."""
+def make_optimizer(o: OptimCfg, total_steps: int) -> optax.GradientTransformation:
+    """AdamW with linear warm-up then cosine decay to lr * min_lr_ratio at `total_steps`
+    updates, after global-norm clipping (clip_norm 0: none)."""
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, lr, max(warmup_steps, 0), max(total_steps, warmup_steps + 1), lr * min_lr_ratio
+        0.0,
+        o.lr,
+        max(o.warmup_steps, 0),
+        max(total_steps, o.warmup_steps + 1),
+        o.lr * o.min_lr_ratio,
     )
-    adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
-    if clip_norm:
-        return optax.chain(optax.clip_by_global_norm(clip_norm), adamw)
+    adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
+    if o.clip_norm:
+        return optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw)
     return adamw
 
 
 def score(
-    params: Any, cfg: ModelConfig, rows: dict, chunk: int, mesh: Mesh | None = None
+    params: Any, cfg: ModelConfig, rows: Rows, chunk: int, mesh: Mesh | None = None
 ) -> tuple[jax.Array, jax.Array]:
     """Log-probs and entropies [N, C] of the response tokens, in float32 chunks of `chunk`
     tokens (over all devices: chunk / data shards rows x positions on each)."""
-    tokens = jnp.concatenate([rows["prompt"], rows["resp"]], axis=1)
-    mask = jnp.concatenate([rows["prompt_mask"], rows["resp_mask"]], axis=1)
+    tokens = jnp.concatenate([rows.prompt_ids, rows.resp_ids], axis=1)
+    mask = jnp.concatenate([rows.prompt_mask, rows.resp_mask], axis=1)
     hidden, _ = forward(params, cfg, tokens, mask=mask, hidden=True, mesh=mesh)
-    p, c = rows["prompt"].shape[1], rows["resp"].shape[1]
+    p, c = rows.prompt_ids.shape[1], rows.resp_ids.shape[1]
     h = hidden[:, p - 1 : p + c - 1]  # the state before each response token predicts it
     # The unembedding stays in its parameter dtype: its gradient accumulates over chunks there.
     w, shards = unembedding(params, cfg), sharding.data_shards(mesh)
     if shards == 1:
         with precision(cfg.dtype):
-            return objective.token_stats_chunked(h, w, rows["resp"], chunk=chunk)
+            return objective.token_stats_chunked(h, w, rows.resp_ids, chunk=chunk)
     # Each device scores its own rows, so the unembedding's gradient sums over the chunks on
     # the device and is reduced over devices once, not once per chunk. "tensor" stays automatic.
     axes = sharding.batch_axes(mesh)
@@ -97,7 +113,7 @@ def score(
             in_specs=(spec, P(), spec),
             out_specs=(spec, spec),
             axis_names=set(axes),
-        )(h, w, rows["resp"])
+        )(h, w, rows.resp_ids)
 
 
 def _micro(x: jax.Array, m: int) -> jax.Array:
@@ -112,17 +128,17 @@ def _sum_stats(ent, mask, rows):
     return jnp.sum(ent * on), jnp.sum(on)
 
 
-def loss_fn(params, cfg: ModelConfig, sc: StepConfig, mb: dict, lam, counts: dict, mesh=None):
+def loss_fn(params, cfg: ModelConfig, sc: StepConfig, mb: Rows, lam, counts: dict, mesh=None):
     """L_rl + lam * L_ext on one micro-batch, normalised by the global counts."""
     logp, ent = score(params, cfg, mb, sc.chunk, mesh)
-    resp_mask = mb["resp_mask"].astype(jnp.float32)
-    online = mb["online"]
+    resp_mask = mb.resp_mask.astype(jnp.float32)
+    online = mb.online
     on_mask = resp_mask * online[:, None]
     off_mask = resp_mask * (~online)[:, None]
     l_rl, m_rl = objective.rl_loss(
         logp,
-        mb["old_logp"],
-        mb["adv"],
+        mb.old_logp,
+        mb.adv,
         on_mask,
         eps_low=sc.eps_low,
         eps_high=sc.eps_high,
@@ -130,7 +146,7 @@ def loss_fn(params, cfg: ModelConfig, sc: StepConfig, mb: dict, lam, counts: dic
         norm_const=sc.norm_const,
         n_tokens=counts["on_tokens"],
         n_seqs=counts["on_seqs"],
-        ref_logp=mb["ref_logp"] if sc.beta_kl else None,
+        ref_logp=mb.ref_logp if sc.beta_kl else None,
         beta_kl=sc.beta_kl,
         entropy=ent,
         entropy_coef=sc.entropy_coef,
@@ -138,14 +154,14 @@ def loss_fn(params, cfg: ModelConfig, sc: StepConfig, mb: dict, lam, counts: dic
     )
     l_ext, m_ext = objective.ext_loss(
         logp,
-        mb["adv"],
-        mb["shift"],
+        mb.adv,
+        mb.shift,
         off_mask,
         gamma=sc.shaping_gamma,
         n_tokens=counts["off_tokens"],
     )
     ent = jax.lax.stop_gradient(ent)
-    probe = mb["probe"]
+    probe = mb.in_probe
     aux = {
         "loss_rl": l_rl,
         "loss_ext": l_ext,
@@ -167,7 +183,7 @@ def _ratio(pair):
 
 def train_step(
     state: dict,
-    batch: dict,
+    batch: Rows,
     lam: jax.Array,
     *,
     cfg: ModelConfig,
@@ -179,8 +195,8 @@ def train_step(
 
     With a mesh, the batch rows are split over its data axes (see `score`)."""
     params = state["params"]
-    resp_mask = batch["resp_mask"].astype(jnp.float32)
-    online = batch["online"]
+    resp_mask = batch.resp_mask.astype(jnp.float32)
+    online = batch.online
     counts = {
         "on_tokens": jnp.sum(resp_mask * online[:, None]),
         "off_tokens": jnp.sum(resp_mask * (~online)[:, None]),
@@ -188,8 +204,7 @@ def train_step(
     }
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     one = lambda mb: grad_fn(params, cfg, sc, mb, lam, counts, mesh)  # ((loss, aux), grads)
-    rows = {k: v for k, v in batch.items() if not k.startswith("probe_")}
-    (loss, aux), grads = _accumulate(one, rows, sc.micro_batches)
+    (loss, aux), grads = _accumulate(one, batch.without_probe(), sc.micro_batches)
 
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = apply_updates(params, updates, state["step"])
@@ -198,11 +213,11 @@ def train_step(
     before_on, before_off = _ratio(aux["probe_on"]), _ratio(aux["probe_off"])
     after_on = after_off = jnp.float32(jnp.nan)
     if sc.probe:
-        probe = {k: batch["probe_" + k] for k in (*ROW_KEYS, "online")}
+        probe = batch.probe
         _, ent_after = score(new_params, cfg, probe, sc.chunk, mesh)
-        p_mask = probe["resp_mask"].astype(jnp.float32)
-        after_on = _ratio(_sum_stats(ent_after, p_mask, probe["online"]))
-        after_off = _ratio(_sum_stats(ent_after, p_mask, ~probe["online"]))
+        p_mask = probe.resp_mask.astype(jnp.float32)
+        after_on = _ratio(_sum_stats(ent_after, p_mask, probe.online))
+        after_off = _ratio(_sum_stats(ent_after, p_mask, ~probe.online))
 
     n_on, n_off = counts["on_tokens"], counts["off_tokens"]
     metrics = {
@@ -254,7 +269,7 @@ def apply_updates(params: Any, updates: Any, step: jax.Array) -> Any:
     return jax.tree.unflatten(tree, new)
 
 
-def _accumulate(fn, batch: dict, m: int):
+def _accumulate(fn, batch: Rows, m: int):
     """Sum fn(micro_batch) over m micro-batches with a scan (fn itself when m == 1)."""
     if m == 1:
         return fn(batch)
@@ -297,7 +312,7 @@ def jit_train_step(
 def jit_score(cfg: ModelConfig, chunk: int, micro_batches: int, mesh: Mesh):
     """score() over rows in micro-batches, jitted: (params, rows) -> (logp, entropy) [N, C]."""
 
-    def fn(params, rows):
+    def fn(params, rows: Rows):
         if micro_batches == 1:
             return score(params, cfg, rows, chunk, mesh)
         micro = jax.tree.map(lambda x: _micro(x, micro_batches), rows)
@@ -326,13 +341,3 @@ def probe_rows(
     pad = want - len(out) + (-want % multiple)
     rest = np.setdiff1d(np.arange(len(online)), out)
     return np.concatenate([out, rest[:pad]]).astype(np.int32)
-
-
-def with_probe(rows: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
-    """Add the probe sub-batch (probe_* keys) and the per-row `probe` flag to host rows."""
-    out = dict(rows)
-    for k in (*ROW_KEYS, "online"):
-        out["probe_" + k] = rows[k][idx]
-    out["probe"] = np.zeros(len(rows["online"]), bool)
-    out["probe"][idx] = True
-    return out

@@ -1,9 +1,9 @@
-"""`redjax train`: the RED loop of DESIGN.md section 2, top to bottom.
+"""`redjax train`: the RED loop (docs/design.md, "The loop"), top to bottom.
 
-    config -> data -> model -> for each step:
-        sample G rollouts per prompt -> verify -> controller (advantages, shift, lambda)
-        -> jitted train step (L_rl + lambda * L_ext, entropy probe) -> controller update
-        -> logs, evaluation, checkpoint
+    setup(cfg) -> Run: data, tokenizer, mesh, model, step functions, controller, checkpoints
+    for each step, the phases of the run's algo (redjax.algos):
+        collect rollouts -> score -> advantages and shift -> update (L_rl + lambda * L_ext)
+        -> probe and adjust lambda -> log / evaluate / checkpoint
 
 Re-running the same command on the same run folder resumes from its last checkpoint.
 SIGTERM / SIGINT (preemptible TPU VMs) save a checkpoint at the end of the current step.
@@ -17,6 +17,7 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -25,16 +26,168 @@ import numpy as np
 
 from redjax import checkpoint, config, distributed, evaluate, logs, red, rewards, sharding, step
 from redjax import sampler as sampling
+from redjax.algos import Phase, Plan
 from redjax.data import load_records, make_task
-from redjax.data.pipeline import bucket, default_buckets, make_loader
-from redjax.models import ModelConfig, attention, from_pretrained, init_params, param_shapes
+from redjax.data.pipeline import make_loader
+from redjax.models import (
+    ModelConfig,
+    attention,
+    from_pretrained,
+    init_params,
+    param_shapes,
+    scratch_config,
+)
 from redjax.models.hf import config_to_hf
+from redjax.rows import Rows, concat, make_rows
+from redjax.shapes import data_bucket, default_buckets, pad_cols
 from redjax.tokenizer import eos_ids, load_tokenizer, make_char_tokenizer
 
 log = logging.getLogger("redjax")
 
 
+# ----------------------------------------------------------------------------- the loop
+
+
+def run(config_path: str | None = None, overrides: list[str] | None = None) -> dict:
+    """Train (or resume) one run; returns the final evaluation results ({} when stopped by a
+    signal)."""
+    r = setup(config.load(config_path, overrides))
+    stop, handlers = _catch_signals()
+    try:
+        if r.start == 0 and r.cfg.eval.every:
+            run_eval(r, 0)
+        for it in range(r.start, r.cfg.train.steps):
+            clock = Clock()
+            phase = r.plan.phase(it)
+            got = collect(r, it, phase)
+            clock.mark("sample")
+            scores = score(r, got, phase)
+            clock.mark("reward")
+            targets = advantages(r, got, scores, phase)
+            rows = train_rows(r, got, targets, phase)
+            metrics = update(r, rows, targets.lam, it)
+            adjust_lambda(r, metrics, targets)
+            clock.mark("train")
+            report(r, it + 1, {**metrics, **summary(r, got, scores, targets, clock)}, targets)
+            log_samples(r, it + 1, got, scores)
+            stopping = distributed.global_any(stop["signal"] is not None)  # any host signalled
+            save_and_evaluate(r, it + 1, stopping)
+            if stopping:
+                return _stopped(r, it + 1)
+        return finish(r)
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        r.close()
+
+
 # ----------------------------------------------------------------------------- set-up
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a run builds once, before its first step; `state` changes every update."""
+
+    cfg: config.Config
+    plan: Plan  # which rows each step trains on
+    run_dir: str
+    tokenizer: Any
+    model_cfg: ModelConfig
+    mesh: Any
+    loader: Any  # this host's prompt batches (redjax.data.pipeline.Loader)
+    test_records: list[dict]  # held-out problems
+    state: dict  # params, opt_state, step: on the mesh
+    ref_params: Any  # the frozen reference policy (rl.beta_kl > 0), else None
+    train_step: Callable  # (state, Rows, lam) -> (state, metrics), jitted
+    score_fn: Callable  # (params, Rows) -> (logp, entropy), jitted
+    ctrl: red.RedController
+    sp: sampling.SamplingParams
+    verifier: Any
+    ckpts: checkpoint.Checkpoints
+    logger: logs.Logger
+    bar: Any  # the progress bar
+    start: int  # the first step to run (the checkpoint's step when resuming)
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    @property
+    def hosts(self) -> int:
+        return jax.process_count()
+
+    @property
+    def shards(self) -> int:
+        """Ways the rows are split over the mesh (all hosts)."""
+        return sharding.data_shards(self.mesh)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.ckpts.close()
+        self.verifier.close()
+        self.logger.close()
+
+
+def setup(cfg: config.Config) -> Run:
+    """Build a run from its config: run folder, data, model, step functions, controller,
+    checkpoints (restored when the folder has one)."""
+    _console_log()
+    run_dir, model_dir = _run_folder(cfg)
+    train_records, test_records = load_data(cfg)
+    tokenizer = load_tokenizer_for(cfg)
+    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+    model_cfg, params = load_model(cfg, tokenizer, mesh)
+    if jax.process_index() == 0:
+        config_to_hf(model_cfg).save_pretrained(model_dir)
+        tokenizer.save_pretrained(model_dir)
+    loader = make_train_loader(cfg, train_records, tokenizer)
+    tx = step.make_optimizer(cfg.optim, cfg.train.steps * cfg.optim.minibatches)
+    state, state_sh = step.init_state(params, tx, mesh)
+    ref_params = jax.tree.map(jnp.copy, params) if cfg.rl.beta_kl else None
+    del params
+    ctrl = red.RedController.from_config(cfg.red, cfg.rl, cfg.train.steps)
+    ckpts = checkpoint.Checkpoints(os.path.join(run_dir, "checkpoints"), keep=cfg.train.keep)
+    start = ckpts.latest() or 0
+    if start:
+        state, host = ckpts.restore(start, state)
+        ctrl.load_state_dict(host["controller"])
+        loader.set_state(host["loader"])
+        log.info("resumed %s from step %d", run_dir, start)
+    main = jax.process_index() == 0
+    return Run(
+        cfg=cfg,
+        plan=Plan.from_config(cfg),
+        run_dir=run_dir,
+        tokenizer=tokenizer,
+        model_cfg=model_cfg,
+        mesh=mesh,
+        loader=loader,
+        test_records=test_records,
+        state=state,
+        ref_params=ref_params,
+        train_step=step.jit_train_step(
+            model_cfg, step.StepConfig.from_config(cfg), tx, state_sh, mesh
+        ),
+        score_fn=step.jit_score(model_cfg, cfg.train.chunk, cfg.optim.micro_batches, mesh),
+        ctrl=ctrl,
+        sp=sampling_params(cfg.rollout, tokenizer),
+        verifier=make_verifier(cfg.reward),
+        ckpts=ckpts,
+        logger=logs.Logger(run_dir, start, enabled=main),
+        bar=_progress(cfg.train.steps, start, main),
+        start=start,
+    )
+
+
+def _run_folder(cfg: config.Config) -> tuple[str, str]:
+    """The run folder and its model/ folder (config + tokenizer, for export and eval), made;
+    the resolved config written into it."""
+    run_dir = os.path.abspath(cfg.train.run_dir)
+    model_dir = os.path.join(run_dir, "model")
+    os.makedirs(model_dir, exist_ok=True)
+    if jax.process_index() == 0:
+        config.dump(cfg, os.path.join(run_dir, "config.yaml"))
+    return run_dir, model_dir
 
 
 def load_data(cfg: config.Config) -> tuple[list[dict], list[dict]]:
@@ -54,7 +207,7 @@ def load_data(cfg: config.Config) -> tuple[list[dict], list[dict]]:
     return train, test
 
 
-def load_tokenizer_for(cfg: config.Config, model_dir: str) -> Any:
+def load_tokenizer_for(cfg: config.Config) -> Any:
     """The model's tokenizer, or (for a model from scratch) the built-in character tokenizer."""
     path = cfg.model.tokenizer or cfg.model.path
     if path:
@@ -62,31 +215,6 @@ def load_tokenizer_for(cfg: config.Config, model_dir: str) -> Any:
     # Built in a folder of this process's own (hosts would race on the shared run folder);
     # process 0 saves it into the run folder afterwards.
     return make_char_tokenizer(tempfile.mkdtemp(prefix="redjax-tokenizer-"))
-
-
-def scratch_config(cfg: config.Config, vocab_size: int, extra: tuple = ()) -> ModelConfig:
-    """The ModelConfig of a model trained from scratch: the model section's shape, Qwen2-,
-    Llama- or Qwen3-style, tied embeddings."""
-    m = cfg.model
-    return ModelConfig(
-        vocab_size=vocab_size,
-        hidden_size=m.hidden_size,
-        intermediate_size=m.intermediate_size,
-        num_layers=m.num_layers,
-        num_heads=m.num_heads,
-        num_kv_heads=m.num_kv_heads,
-        head_dim=m.hidden_size // m.num_heads,
-        arch=m.arch,
-        qkv_bias=m.arch == "qwen2",
-        qk_norm=m.arch == "qwen3",
-        tie_embeddings=True,
-        max_position_embeddings=m.max_position_embeddings,
-        dtype=m.dtype,
-        param_dtype=m.param_dtype,
-        remat=m.remat,
-        attention=m.attention,
-        extra=extra,
-    )
 
 
 def load_model(cfg: config.Config, tokenizer: Any, mesh: Any) -> tuple[ModelConfig, Any]:
@@ -98,91 +226,256 @@ def load_model(cfg: config.Config, tokenizer: Any, mesh: Any) -> tuple[ModelConf
         model = from_pretrained(m.path, m.dtype, param_dtype=m.param_dtype, shardings=shardings)
         return model.cfg.replace(remat=m.remat, attention=m.attention), model.params
     extra = (("eos_token_id", tokenizer.eos_token_id), ("pad_token_id", tokenizer.pad_token_id))
-    mc = scratch_config(cfg, len(tokenizer), extra)
+    mc = scratch_config(m, len(tokenizer), extra)
     init = jax.jit(lambda: init_params(mc, cfg.train.seed), out_shardings=shardings(mc))
     return mc, init()
 
 
-# ----------------------------------------------------------------------------- one iteration
+def make_train_loader(cfg: config.Config, records: list[dict], tokenizer: Any) -> Any:
+    """This host's endless, resumable loader of rollout.prompts / hosts prompts a batch."""
+    hosts = jax.process_count()
+    if cfg.rollout.prompts % hosts:
+        raise ValueError(f"rollout.prompts={cfg.rollout.prompts} must divide over {hosts} hosts")
+    d = cfg.data
+    return make_loader(
+        records,
+        tokenizer,
+        batch_size=cfg.rollout.prompts // hosts,
+        seed=cfg.train.seed,
+        max_prompt_len=d.max_prompt_len,
+        max_offline_len=d.max_offline_len,
+        prompt_suffix=d.prompt_suffix,
+        chat=d.chat,
+        system=d.system,
+        shard_index=jax.process_index(),
+        shard_count=hosts,
+    )
 
 
-def pad_cols(x: np.ndarray, width: int, value: Any = 0) -> np.ndarray:
-    return np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=value)
+def sampling_params(ro: config.RolloutCfg, tokenizer: Any) -> sampling.SamplingParams:
+    """The sampler's settings for rollouts, from the rollout section."""
+    return sampling.SamplingParams(
+        temperature=ro.temperature,
+        top_k=ro.top_k,
+        top_p=ro.top_p,
+        max_new_tokens=ro.max_new_tokens,
+        eos_ids=tuple(eos_ids(tokenizer)),
+    )
 
 
-def build_rows(
-    batch: dict,
-    ro: Any,
-    adv: np.ndarray,
-    adv_off: np.ndarray,
-    shift: np.ndarray,
-    *,
-    group: int,
-    online: bool,
-    offline: bool,
-    pad_id: int,
-    multiple: int,
-) -> dict[str, np.ndarray]:
-    """Host rows of one iteration: B*G rollouts and B teacher traces, each after its prompt.
+def make_verifier(rw: config.RewardCfg) -> Any:
+    """The reward function's process pool, from the reward section."""
+    return rewards.Verifier(
+        rw.fn,
+        workers=rw.workers,
+        timeout=rw.timeout,
+        format_weight=rw.format_weight,
+        think_format=rw.think_format,
+        extract=rw.extract,
+    )
 
-    Responses are right-padded to a shared bucketed width; rows are padded with empty rows
-    (no response tokens) to a multiple of the data shards times the micro-batches.
-    """
-    parts = []
+
+# ----------------------------------------------------------------------------- the phases
+
+
+@dataclasses.dataclass
+class Collected:
+    """One step's prompt batch (left-padded to the widest of all hosts) and its rollouts."""
+
+    batch: dict  # redjax.data.pipeline layout: prompt_ids, prompt_text, answer, ...
+    ro: sampling.Rollouts | None  # G rollouts per prompt (None in an SFT phase)
+    group: int  # G
+
+
+@dataclasses.dataclass
+class Scores:
+    """Rewards of the rollouts and of the teacher traces."""
+
+    rew: np.ndarray  # [B, G] (G = 0 in an SFT phase)
+    off_rew: np.ndarray  # [B]
+    has_off: np.ndarray  # bool [B]: a teacher trace this phase trains on
+
+
+@dataclasses.dataclass
+class Targets:
+    """What the objective weighs each row by, and lambda for this step."""
+
+    adv: np.ndarray  # [B, G]
+    adv_off: np.ndarray  # [B]
+    shift: np.ndarray  # [B]
+    lam: float
+    any_off: bool  # some host has a teacher trace this step (one decision for all hosts)
+
+
+def collect(r: Run, it: int, phase: Phase) -> Collected:
+    """1. The next prompt batch and, in an online phase, G rollouts per prompt."""
+    batch = next(r.loader)
+    width = distributed.global_max(batch["prompt_ids"].shape[1])
+    batch = {
+        **batch,
+        "prompt_ids": pad_cols(batch["prompt_ids"], width, r.pad_id, left=True),
+        "prompt_mask": pad_cols(batch["prompt_mask"], width, False, left=True),
+    }
+    g = r.cfg.rollout.group_size
+    seed = r.cfg.train.seed * 1_000_003 + it
+    ro = rollouts(r, batch, group=g, seed=seed) if phase.online else None
+    return Collected(batch, ro, g)
+
+
+def rollouts(r: Run, batch: dict, *, group: int, seed: int) -> sampling.Rollouts:
+    """G rollouts of this host's prompts. The sampler runs on the global batch (every host's
+    prompts, gathered), then each host keeps the rows of its own prompts."""
+    ids, mask = batch["prompt_ids"], batch["prompt_mask"]
+    if r.hosts > 1:
+        ids = distributed.gather(ids).reshape(-1, ids.shape[1])
+        mask = distributed.gather(mask).reshape(-1, mask.shape[1])
+    ro = sampling.sample(
+        r.state["params"],
+        r.model_cfg,
+        ids,
+        mask,
+        num_samples=group,
+        sp=r.sp,
+        seed=seed,
+        tokenizer=r.tokenizer,
+        mesh=r.mesh,
+    )
+    if r.hosts == 1:
+        return ro
+    n = len(batch["prompt_ids"]) * group
+    lo = jax.process_index() * n
+    fields = [f.name for f in dataclasses.fields(ro) if getattr(ro, f.name) is not None]
+    return dataclasses.replace(ro, **{k: getattr(ro, k)[lo : lo + n] for k in fields})
+
+
+def score(r: Run, got: Collected, phase: Phase) -> Scores:
+    """2. Rewards for every rollout and every teacher trace this phase trains on."""
+    golds, b, g = got.batch["answer"], len(got.batch["answer"]), got.group
+    if got.ro is not None:
+        rew = r.verifier.score(got.ro.text, [a for a in golds for _ in range(g)]).reshape(b, g)
+    else:
+        rew = np.zeros((b, 0), np.float32)
+    has_off = np.asarray(got.batch["has_offline"]) & phase.offline
+    off_rew = r.verifier.score(got.batch["solution"], golds) if has_off.any() else np.zeros(b)
+    return Scores(rew, off_rew, has_off)
+
+
+def advantages(r: Run, got: Collected, s: Scores, phase: Phase) -> Targets:
+    """3. Group advantages, the per-prompt policy shift and lambda (the controller); without
+    rollouts, SFT: teacher traces with unit advantage and no shift."""
+    if phase.online:
+        adv, adv_off, _acc, shift = r.ctrl.advantages(s.rew, s.off_rew, s.has_off)
+    else:
+        adv = s.rew
+        adv_off, shift = s.has_off.astype(np.float32), np.zeros(len(s.has_off), np.float32)
+    any_off = distributed.global_any(s.has_off.any())
+    return Targets(adv, adv_off, shift, r.ctrl.lam if any_off else 0.0, any_off)
+
+
+def train_rows(r: Run, got: Collected, t: Targets, phase: Phase) -> Rows:
+    """4a. This host's rows: B*G rollouts and the B teacher traces, each after its prompt, with
+    the old (and reference) log-probs of their response tokens."""
+    mb = r.cfg.optim.micro_batches * r.cfg.optim.minibatches
+    rows = host_rows(got, t, online=phase.online, multiple=r.shards * mb // r.hosts, pad=r.pad_id)
+    tokens = sharding.put_local(rows.tokens(), r.mesh)
+    old_logp = sharding.get_local(r.score_fn(r.state["params"], tokens)[0])
+    ref_logp = old_logp
+    if r.ref_params is not None:
+        ref_logp = sharding.get_local(r.score_fn(r.ref_params, tokens)[0])
+    return rows.replace(old_logp=old_logp, ref_logp=ref_logp)
+
+
+def host_rows(got: Collected, t: Targets, *, online: bool, multiple: int, pad: int) -> Rows:
+    """Host rows of one step. Responses are right-padded to a shared bucketed width; rows are
+    padded with empty rows (no response tokens) to a multiple of the data shards times the
+    micro-batches. Every host builds the same shapes: widths and row counts are global maxima."""
+    batch, g, parts = got.batch, got.group, []
+    prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
     if online:
+        n = len(got.ro.tokens)
+        repeat = lambda x: np.repeat(x, g, 0)
         parts.append(
-            {
-                "prompt": np.repeat(batch["prompt_ids"], group, 0),
-                "prompt_mask": np.repeat(batch["prompt_mask"], group, 0),
-                "resp": ro.tokens,
-                "resp_mask": ro.mask,
-                "online": np.ones(len(ro.tokens), bool),
-                "adv": adv.reshape(-1),
-                "shift": np.zeros(len(ro.tokens), np.float32),
-            }
-        )
-    keep = np.flatnonzero(batch["has_offline"]) if offline else np.zeros(0, int)
+            make_rows(
+                repeat(prompt_ids), repeat(prompt_mask), got.ro.tokens, got.ro.mask,
+                np.ones(n, bool), t.adv.reshape(-1), np.zeros(n),
+            )
+        )  # fmt: skip
+    keep = np.flatnonzero(batch["has_offline"]) if t.any_off else np.zeros(0, int)
     if len(keep):
         parts.append(
-            {
-                "prompt": batch["prompt_ids"][keep],
-                "prompt_mask": batch["prompt_mask"][keep],
-                "resp": batch["offline_ids"][keep],
-                "resp_mask": batch["offline_mask"][keep],
-                "online": np.zeros(len(keep), bool),
-                "adv": adv_off[keep],
-                "shift": shift[keep],
-            }
-        )
+            make_rows(
+                prompt_ids[keep], prompt_mask[keep], batch["offline_ids"][keep],
+                batch["offline_mask"][keep], np.zeros(len(keep), bool), t.adv_off[keep],
+                t.shift[keep],
+            )
+        )  # fmt: skip
     if not parts:  # nothing to learn from on this host: one empty row keeps shapes in step
-        b = batch["prompt_ids"][:1]
+        empty = np.zeros((1, 1), bool)
         parts.append(
-            {
-                "prompt": b,
-                "prompt_mask": batch["prompt_mask"][:1],
-                "resp": np.full((1, 1), pad_id, np.int32),
-                "resp_mask": np.zeros((1, 1), bool),
-                "online": np.ones(1, bool),
-                "adv": np.zeros(1),
-                "shift": np.zeros(1),
-            }
+            make_rows(
+                prompt_ids[:1], prompt_mask[:1], np.full((1, 1), pad), empty, [True], [0], [0]
+            )
         )
-    # Every host must build arrays of the same shape: widths and row counts are global maxima.
-    width = bucket(max(p["resp"].shape[1] for p in parts), default_buckets(4096))
+    width = data_bucket(max(p.resp_ids.shape[1] for p in parts), default_buckets(4096))
     width = distributed.global_max(width)
-    for p in parts:
-        p["resp"] = pad_cols(p["resp"], width, pad_id)
-        p["resp_mask"] = pad_cols(p["resp_mask"], width, False)
-    rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    n = len(rows["online"])
+    parts = [
+        p.replace(resp_ids=pad_cols(p.resp_ids, width, pad), resp_mask=pad_cols(p.resp_mask, width))
+        for p in parts
+    ]
+    rows = concat(parts)
+    n = rows.size
     total = distributed.global_max(n)
     extra = total - n + (-total % multiple)
     if extra:  # empty rows: a copy of row 0 with no response tokens
-        rows = {k: np.concatenate([v, v[:1].repeat(extra, 0)]) for k, v in rows.items()}
-        rows["resp_mask"][n:] = False
-    rows["adv"] = rows["adv"].astype(np.float32)
-    rows["shift"] = rows["shift"].astype(np.float32)
+        rows = jax.tree.map(lambda v: np.concatenate([v, v[:1].repeat(extra, 0)]), rows)
+        rows.resp_mask[n:] = False
     return rows
+
+
+def update(r: Run, rows: Rows, lam: float, it: int) -> dict[str, float]:
+    """4b. optim.minibatches updates, each on every n-th row with its own probe subset; the
+    mean of their metrics."""
+    n, frac, local_shards = r.cfg.optim.minibatches, r.cfg.red.probe_fraction, r.shards // r.hosts
+    ms = []
+    for u in range(n):
+        part = jax.tree.map(lambda v, u=u: v[u::n], rows)
+        idx = step.probe_rows(part.online, frac, local_shards, seed=it)
+        size = distributed.global_max(len(idx))  # the same probe size on every host
+        if size > len(idx):
+            idx = step.probe_rows(part.online, frac, local_shards, seed=it, size=size)
+        dev = sharding.put_local(part.with_probe(idx), r.mesh)
+        r.state, m = r.train_step(r.state, dev, jnp.float32(lam))
+        ms.append(m)
+    return {k: float(np.mean([jax.device_get(x[k]) for x in ms])) for k in ms[0]}
+
+
+def adjust_lambda(r: Run, m: dict[str, float], t: Targets) -> None:
+    """5. The controller's update from the entropy changes the update caused (when the step
+    probed rollouts and traces together)."""
+    if r.plan.probe and t.any_off:
+        r.ctrl.update(m["dH_on"], m["dH_off"])
+
+
+# ----------------------------------------------------------------------------- logs, evaluation
+
+
+class Clock:
+    """Wall time of the phases of one step."""
+
+    def __init__(self) -> None:
+        self.marks = {"start": time.perf_counter()}
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = time.perf_counter()
+
+    def times(self) -> dict[str, float]:
+        t = self.marks
+        return {
+            "time/sample": t["sample"] - t["start"],
+            "time/reward": t["reward"] - t["sample"],
+            "time/train": t["train"] - t["reward"],
+            "time/step": t["train"] - t["start"],
+        }
 
 
 def mean(x: Any) -> float:
@@ -192,360 +485,97 @@ def mean(x: Any) -> float:
     return float(total / count) if count else float("nan")
 
 
-def left_pad(batch: dict, width: int, pad_id: int) -> dict:
-    """Prompts left-padded to `width` (the widest prompt of all hosts)."""
-    extra = width - batch["prompt_ids"].shape[1]
-    out = dict(batch)
-    out["prompt_ids"] = np.pad(batch["prompt_ids"], ((0, 0), (extra, 0)), constant_values=pad_id)
-    out["prompt_mask"] = np.pad(batch["prompt_mask"], ((0, 0), (extra, 0)))
-    return out
-
-
-def rollouts(state, model_cfg, batch, *, group, sp, seed, tokenizer, mesh):
-    """G rollouts of this host's prompts. The sampler runs on the global batch (every host's
-    prompts, gathered), then each host keeps the rows of its own prompts."""
-    ids, mask = batch["prompt_ids"], batch["prompt_mask"]
-    hosts = jax.process_count()
-    if hosts > 1:
-        ids = distributed.gather(ids).reshape(-1, ids.shape[1])
-        mask = distributed.gather(mask).reshape(-1, mask.shape[1])
-    ro = sampling.sample(
-        state["params"],
-        model_cfg,
-        ids,
-        mask,
-        num_samples=group,
-        sp=sp,
-        seed=seed,
-        tokenizer=tokenizer,
-        mesh=mesh,
-    )
-    if hosts == 1:
-        return ro
-    n = len(batch["prompt_ids"]) * group
-    lo = jax.process_index() * n
-    return dataclasses.replace(
-        ro,
-        **{
-            f.name: getattr(ro, f.name)[lo : lo + n]
-            for f in dataclasses.fields(ro)
-            if getattr(ro, f.name) is not None
-        },
-    )
-
-
-# ----------------------------------------------------------------------------- the loop
-
-
-def run(config_path: str | None = None, overrides: list[str] | None = None) -> dict:
-    """Train (or resume) one run; returns the final evaluation results."""
-    cfg = config.load(config_path, overrides)
-    _console_log()
-    main_proc = jax.process_index() == 0
-    run_dir = os.path.abspath(cfg.train.run_dir)
-    model_dir = os.path.join(run_dir, "model")  # config + tokenizer, for export and eval
-    os.makedirs(model_dir, exist_ok=True)
-    if main_proc:
-        config.dump(cfg, os.path.join(run_dir, "config.yaml"))
-
-    # Data, tokenizer, mesh, model.
-    train_records, test_records = load_data(cfg)
-    tokenizer = load_tokenizer_for(cfg, model_dir)
-    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-    model_cfg, params = load_model(cfg, tokenizer, mesh)
-    if main_proc:
-        config_to_hf(model_cfg).save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
-    hosts, shards = jax.process_count(), sharding.data_shards(mesh)
-    if cfg.rollout.prompts % hosts:
-        raise ValueError(f"rollout.prompts={cfg.rollout.prompts} must divide over {hosts} hosts")
-    loader = make_loader(
-        train_records,
-        tokenizer,
-        batch_size=cfg.rollout.prompts // hosts,
-        seed=cfg.train.seed,
-        max_prompt_len=cfg.data.max_prompt_len,
-        max_offline_len=cfg.data.max_offline_len,
-        prompt_suffix=cfg.data.prompt_suffix,
-        chat=cfg.data.chat,
-        system=cfg.data.system,
-        shard_index=jax.process_index(),
-        shard_count=hosts,
-    )
-
-    # Objective, optimizer, controller, step functions.
-    r, o = cfg.rl, cfg.optim
-    sc = step.StepConfig(
-        eps_low=r.eps_low,
-        eps_high=r.eps_high,
-        agg=r.agg,
-        norm_const=r.norm_const or float(cfg.rollout.max_new_tokens),
-        beta_kl=r.beta_kl,
-        entropy_coef=r.entropy_coef,
-        gate_frac=r.gate_frac,
-        shaping_gamma=cfg.red.shaping_gamma,
-        chunk=cfg.train.chunk,
-        micro_batches=o.micro_batches,
-        probe=cfg.red.offline and cfg.rollout.online,  # entropy deltas drive lambda
-    )
-    updates = cfg.train.steps * o.minibatches
-    tx = step.make_optimizer(
-        o.lr,
-        updates,
-        warmup_steps=o.warmup_steps,
-        min_lr_ratio=o.min_lr_ratio,
-        b1=o.b1,
-        b2=o.b2,
-        eps=o.eps,
-        weight_decay=o.weight_decay,
-        clip_norm=o.clip_norm,
-    )
-    state, state_sh = step.init_state(params, tx, mesh)
-    ref_params = jax.tree.map(jnp.copy, params) if r.beta_kl else None
-    del params
-    train_step = step.jit_train_step(model_cfg, sc, tx, state_sh, mesh)
-    score = step.jit_score(model_cfg, cfg.train.chunk, o.micro_batches, mesh)
-    d = cfg.red
-    ctrl = red.RedController(
-        mode=d.lam,
-        lambda0=d.lambda0,
-        lambda_min=d.lambda_min,
-        lambda_max=d.lambda_max,
-        alpha=d.alpha,
-        delta=d.delta,
-        ema=d.ema,
-        warmup_steps=d.lambda_warmup,
-        total_steps=cfg.train.steps,
-        offline_in_group=d.offline_in_group,
-        std_norm=r.std_norm,
-        eps=r.adv_eps,
-        shift=d.shift,
-        tau=d.tau,
-    )
-    sp = sampling.SamplingParams(
-        temperature=cfg.rollout.temperature,
-        top_k=cfg.rollout.top_k,
-        top_p=cfg.rollout.top_p,
-        max_new_tokens=cfg.rollout.max_new_tokens,
-        eos_ids=tuple(eos_ids(tokenizer)),
-    )
-    verifier = rewards.Verifier(
-        cfg.reward.fn,
-        workers=cfg.reward.workers,
-        timeout=cfg.reward.timeout,
-        format_weight=cfg.reward.format_weight,
-        think_format=cfg.reward.think_format,
-        extract=cfg.reward.extract,
-    )
-    ckpts = checkpoint.Checkpoints(os.path.join(run_dir, "checkpoints"), keep=cfg.train.keep)
-
-    # Resume.
-    start = ckpts.latest() or 0
-    if start:
-        state, host = ckpts.restore(start, state)
-        ctrl.load_state_dict(host["controller"])
-        loader.set_state(host["loader"])
-        log.info("resumed %s from step %d", run_dir, start)
-    logger = logs.Logger(run_dir, start, enabled=main_proc)
-    evaluate_now = lambda s: run_eval(
-        cfg, state["params"], model_cfg, tokenizer, test_records, verifier, mesh, logger, s
-    )
-    if start == 0 and cfg.eval.every:
-        evaluate_now(0)
-
-    stop = {"signal": None}
-    handlers = {
-        s: signal.signal(s, lambda n, _f: stop.update(signal=n))
-        for s in (signal.SIGTERM, signal.SIGINT)
+def summary(r: Run, got: Collected, s: Scores, t: Targets, clock: Clock) -> dict[str, float]:
+    """The step's host-side metrics: rewards, controller state, rollout lengths, times."""
+    ro, times = got.ro, clock.times()
+    return {
+        "reward": mean(s.rew),
+        "accuracy": mean(s.rew >= 0.5),
+        "offline_reward": mean(s.off_rew[s.has_off]),
+        "shift_mean": mean(t.shift[s.has_off]),
+        "lambda_next": r.ctrl.lam,
+        "D_on": r.ctrl.d_on,
+        "D_off": r.ctrl.d_off,
+        "response_length": mean(ro.lengths) if ro is not None else float("nan"),
+        "truncated_frac": mean(ro.finish == "length") if ro is not None else float("nan"),
+        **times,
     }
-    bar = _progress(cfg.train.steps, start, main_proc)
-    pad_id = int(tokenizer.pad_token_id)
-    try:
-        for it in range(start, cfg.train.steps):
-            t0 = time.perf_counter()
-            batch = next(loader)
-            batch = left_pad(batch, distributed.global_max(batch["prompt_ids"].shape[1]), pad_id)
-            b, g = len(batch["answer"]), cfg.rollout.group_size
-            sft_phase = it < d.sft_steps
-            online = cfg.rollout.online and not sft_phase
-            offline = d.offline and (sft_phase or not d.sft_steps)
 
-            # 1. Rollouts: G samples per prompt from the current policy.
-            ro = None
-            if online:
-                ro = rollouts(
-                    state,
-                    model_cfg,
-                    batch,
-                    group=g,
-                    sp=sp,
-                    tokenizer=tokenizer,
-                    seed=cfg.train.seed * 1_000_003 + it,
-                    mesh=mesh,
-                )
-            t_sample = time.perf_counter()
 
-            # 2. Rewards for every rollout and every teacher trace.
-            golds = batch["answer"]
-            rew = (
-                verifier.score(ro.text, [a for a in golds for _ in range(g)]).reshape(b, g)
-                if online
-                else np.zeros((b, 0), np.float32)
-            )
-            has_off = np.asarray(batch["has_offline"]) & offline
-            off_rew = verifier.score(batch["solution"], golds) if has_off.any() else np.zeros(b)
-            t_reward = time.perf_counter()
+def report(r: Run, done: int, metrics: dict[str, float], t: Targets) -> None:
+    """6a. metrics.jsonl / TensorBoard every train.log_every steps, and the progress bar."""
+    n_tok = metrics["tokens_on"] + metrics["tokens_off"]
+    metrics["tokens_per_sec"] = n_tok / metrics["time/step"]
+    metrics["verifier_timeouts"] = getattr(r.verifier, "timeouts", 0)
+    if done % r.cfg.train.log_every == 0 or done == r.cfg.train.steps:
+        r.logger.log(done, metrics)
+    r.bar.set_postfix(
+        reward=f"{metrics['reward']:.2f}",
+        acc=f"{metrics['accuracy']:.2f}",
+        lam=f"{t.lam:.2f}",
+        tok_s=f"{metrics['tokens_per_sec']:.0f}",
+        refresh=False,
+    )
+    r.bar.update(1)
 
-            # 3. Controller: group advantages, per-prompt shift, lambda.
-            if online:
-                adv, adv_off, _acc, shift = ctrl.advantages(rew, off_rew, has_off)
-            else:  # SFT: teacher traces with unit advantage, no policy shift
-                adv = rew
-                adv_off, shift = has_off.astype(np.float32), np.zeros(b, np.float32)
-            any_off = distributed.global_any(has_off.any())  # one decision for all hosts
-            lam = ctrl.lam if any_off else 0.0
 
-            # 4. Train step(s) on the rollouts and the traces.
-            rows = build_rows(
-                batch,
-                ro,
-                adv,
-                adv_off,
-                shift,
-                group=g,
-                online=online,
-                offline=any_off,
-                pad_id=pad_id,
-                multiple=shards * o.micro_batches * o.minibatches // hosts,
-            )
-            rows_dev = sharding.put_local({k: rows[k] for k in step.ROW_KEYS}, mesh)
-            old_logp, _ = score(state["params"], rows_dev)
-            rows["old_logp"] = sharding.get_local(old_logp)
-            rows["ref_logp"] = (
-                sharding.get_local(score(ref_params, rows_dev)[0])
-                if ref_params is not None
-                else rows["old_logp"]
-            )
-            ms = []
-            for u in range(o.minibatches):
-                part = {k: v[u :: o.minibatches] for k, v in rows.items()}
-                idx = step.probe_rows(part["online"], d.probe_fraction, shards // hosts, seed=it)
-                size = distributed.global_max(len(idx))  # the same probe size on every host
-                if size > len(idx):
-                    idx = step.probe_rows(
-                        part["online"], d.probe_fraction, shards // hosts, seed=it, size=size
-                    )
-                dev = sharding.put_local(step.with_probe(part, idx), mesh)
-                state, m = train_step(state, dev, jnp.float32(lam))
-                ms.append(m)
-            m = {k: float(np.mean([jax.device_get(x[k]) for x in ms])) for k in ms[0]}
-
-            # 5. Controller update from the entropy changes the update caused.
-            if any_off and online:
-                ctrl.update(m["dH_on"], m["dH_off"])
-            t_end = time.perf_counter()
-
-            # 6. Logs, samples, evaluation, checkpoint.
-            n_tok = m["tokens_on"] + m["tokens_off"]
-            metrics = {
-                **m,
-                "reward": mean(rew),
-                "accuracy": mean(rew >= 0.5),
-                "offline_reward": mean(off_rew[has_off]),
-                "shift_mean": mean(shift[has_off]),
-                "lambda_next": ctrl.lam,
-                "D_on": ctrl.d_on,
-                "D_off": ctrl.d_off,
-                "response_length": mean(ro.lengths) if online else float("nan"),
-                "truncated_frac": mean(ro.finish == "length") if online else float("nan"),
-                "time/sample": t_sample - t0,
-                "time/reward": t_reward - t_sample,
-                "time/train": t_end - t_reward,
-                "time/step": t_end - t0,
-                "tokens_per_sec": n_tok / (t_end - t0),
-                "verifier_timeouts": getattr(verifier, "timeouts", 0),
+def log_samples(r: Run, done: int, got: Collected, s: Scores) -> None:
+    """6b. A few rollouts with their prompt, answer and reward, every eval.samples_every steps."""
+    e, ro, g = r.cfg.eval, got.ro, got.group
+    if ro is None or not e.samples_every or done % e.samples_every:
+        return
+    b = got.batch
+    r.logger.samples(
+        done,
+        [
+            {
+                "prompt": b["prompt_text"][i // g],
+                "completion": ro.text[i],
+                "answer": b["answer"][i // g],
+                "reward": float(s.rew.reshape(-1)[i]),
             }
-            logger.log(it + 1, metrics)
-            bar.set_postfix(
-                reward=f"{metrics['reward']:.2f}",
-                acc=f"{metrics['accuracy']:.2f}",
-                lam=f"{lam:.2f}",
-                tok_s=f"{metrics['tokens_per_sec']:.0f}",
-                refresh=False,
-            )
-            bar.update(1)
-            done = it + 1
-            if online and cfg.eval.samples_every and done % cfg.eval.samples_every == 0:
-                logger.samples(
-                    done,
-                    [
-                        {
-                            "prompt": batch["prompt"][i // g],
-                            "completion": ro.text[i],
-                            "answer": golds[i // g],
-                            "reward": float(rew.reshape(-1)[i]),
-                        }
-                        for i in range(0, min(len(ro.text), cfg.eval.num_samples * g), g)
-                    ],
-                )
-            if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.train.steps:
-                evaluate_now(done)
-            stopping = distributed.global_any(stop["signal"] is not None)  # any host signalled
-            if done % cfg.train.save_every == 0 or done == cfg.train.steps or stopping:
-                ckpts.save(
-                    done,
-                    state,
-                    {
-                        "step": done,
-                        "controller": ctrl.state_dict(),
-                        "loader": loader.get_state(),
-                        "seed": cfg.train.seed,
-                    },
-                )
-            if stopping:
-                ckpts.wait()
-                bar.close()
-                log.info(
-                    "stopped by a signal at step %d; checkpoint saved. Re-run the same "
-                    "command to resume.",
-                    done,
-                )
-                return {}
-        bar.close()
-        results = evaluate_now(cfg.train.steps)
-        ckpts.wait()
-        if main_proc:
-            _summary(cfg, run_dir, results)
-        return results
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-        ckpts.close()
-        verifier.close()
-        logger.close()
+            for i in range(0, min(len(ro.text), e.num_samples * g), g)
+        ],
+    )
 
 
-def run_eval(cfg, params, model_cfg, tokenizer, records, verifier, mesh, logger, step_: int):
+def save_and_evaluate(r: Run, done: int, stopping: bool) -> None:
+    """6c. Held-out evaluation every eval.every steps (the last one comes in `finish`), and a
+    checkpoint every train.save_every steps, at the end, or when stopping."""
+    cfg = r.cfg
+    if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.train.steps:
+        run_eval(r, done)
+    if done % cfg.train.save_every == 0 or done == cfg.train.steps or stopping:
+        host = {
+            "step": done,
+            "controller": r.ctrl.state_dict(),
+            "loader": r.loader.get_state(),
+            "seed": cfg.train.seed,
+        }
+        r.ckpts.save(done, r.state, host)
+
+
+def run_eval(r: Run, step_: int) -> dict:
     """Held-out evaluation; logs eval/* metrics and returns the results."""
-    e = cfg.eval
+    cfg, e = r.cfg, r.cfg.eval
     res = evaluate.evaluate(
-        params,
-        model_cfg,
-        tokenizer,
-        records,
-        verifier,
+        r.state["params"],
+        r.model_cfg,
+        r.tokenizer,
+        r.test_records,
+        r.verifier,
         k=e.k,
         temperature=e.temperature,
         max_new_tokens=e.max_new_tokens or cfg.rollout.max_new_tokens,
-        batch_size=max(cfg.rollout.prompts, 32),
+        batch_size=evaluate.batch_size(cfg),
         prompt_suffix=cfg.data.prompt_suffix,
         chat=cfg.data.chat,
         system=cfg.data.system,
         seed=cfg.train.seed,
-        mesh=mesh,
+        mesh=r.mesh,
         keep_samples=e.num_samples,
     )
-    logger.log(
+    r.logger.log(
         step_,
         {
             "eval/heldout_acc": res["pass@1"],
@@ -553,9 +583,40 @@ def run_eval(cfg, params, model_cfg, tokenizer, records, verifier, mesh, logger,
             "eval/mean_length": res["mean_length"],
         },
     )
-    logger.samples(step_, [{**s, "eval": True} for s in res["samples"]])
+    r.logger.samples(step_, [{**s, "eval": True} for s in res["samples"]])
     log.info("step %d: held-out pass@1 %.3f on %d problems", step_, res["pass@1"], res["problems"])
     return res
+
+
+def finish(r: Run) -> dict:
+    """The final evaluation, written into the run folder (eval.md, eval.json) and printed."""
+    r.bar.close()
+    results = run_eval(r, r.cfg.train.steps)
+    r.ckpts.wait()
+    if jax.process_index() == 0:
+        _summary(r.run_dir, results)
+    return results
+
+
+def _stopped(r: Run, done: int) -> dict:
+    r.ckpts.wait()
+    r.bar.close()
+    log.info(
+        "stopped by a signal at step %d; checkpoint saved. Re-run the same command to resume.",
+        done,
+    )
+    return {}
+
+
+def _catch_signals() -> tuple[dict, dict]:
+    """A flag set by SIGTERM / SIGINT (the step in progress finishes and saves), and the
+    previous handlers to put back."""
+    stop: dict = {"signal": None}
+    handlers = {
+        s: signal.signal(s, lambda n, _f: stop.update(signal=n))
+        for s in (signal.SIGTERM, signal.SIGINT)
+    }
+    return stop, handlers
 
 
 def _console_log() -> None:
@@ -581,7 +642,7 @@ def _progress(total: int, start: int, enabled: bool):
     )
 
 
-def _summary(cfg: config.Config, run_dir: str, results: dict) -> None:
+def _summary(run_dir: str, results: dict) -> None:
     """Print the final table and write it (eval.md, eval.json) into the run folder."""
     import json
 
@@ -595,12 +656,3 @@ def _summary(cfg: config.Config, run_dir: str, results: dict) -> None:
     with open(os.path.join(run_dir, "eval.json"), "w") as f:
         json.dump(results, f, indent=2)
     print(f"\n{summary}\nrun folder: {run_dir}")
-
-
-def export(run_dir: str, out: str, step: int | None = None) -> None:
-    """`redjax export`: a run's parameters (latest or given step) as a Hugging Face folder."""
-    from redjax.models import save_pretrained
-
-    model, tokenizer, _ = checkpoint.load_model(run_dir, step=step)
-    save_pretrained(model, out, tokenizer=tokenizer)
-    print(f"exported {run_dir} to {out}")

@@ -22,30 +22,26 @@ ROWS_PER_HOST = 16  # global batch rows = ROWS_PER_HOST * 2 (two hosts' worth in
 HOSTS = 2  # the batch is built as two host slices, whatever the process count
 
 
-def host_rows(host: int, it: int, n: int = ROWS_PER_HOST, p: int = 8, c: int = 8) -> dict:
+def host_rows(host: int, it: int, n: int = ROWS_PER_HOST, p: int = 8, c: int = 8):
     """Host `host`'s rows of global batch `it` (the same numbers however many processes run)."""
     import numpy as np
+
+    from redjax.rows import make_rows
 
     rng = np.random.default_rng(1000 * it + host)
     plen = rng.integers(2, p + 1, n)
     clen = rng.integers(1, c + 1, n)
     prompt_mask = np.arange(p)[None] >= (p - plen)[:, None]
     resp_mask = np.arange(c)[None] < clen[:, None]
-    return {
-        "prompt": np.where(prompt_mask, rng.integers(0, 96, (n, p)), 0).astype(np.int32),
-        "prompt_mask": prompt_mask,
-        "resp": np.where(resp_mask, rng.integers(0, 96, (n, c)), 0).astype(np.int32),
-        "resp_mask": resp_mask,
-        "online": np.arange(n) % 4 != 3,
-        "adv": rng.normal(size=n).astype(np.float32),
-        "shift": rng.uniform(size=n).astype(np.float32),
-    }
-
-
-def concat(parts: list[dict]) -> dict:
-    import numpy as np
-
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return make_rows(
+        prompt_ids=np.where(prompt_mask, rng.integers(0, 96, (n, p)), 0),
+        prompt_mask=prompt_mask,
+        resp_ids=np.where(resp_mask, rng.integers(0, 96, (n, c)), 0),
+        resp_mask=resp_mask,
+        online=np.arange(n) % 4 != 3,
+        adv=rng.normal(size=n),
+        shift=rng.uniform(size=n),
+    )
 
 
 def flat(tree, prefix: str) -> dict:
@@ -89,10 +85,12 @@ def main() -> None:
     from test_step import CFG as cfg  # the single-process step test's model (tests/ is on sys.path)
 
     from redjax import checkpoint, sharding, step
+    from redjax.config import Config, OptimCfg
     from redjax.models import init_params
+    from redjax.rows import concat
 
-    sc = step.StepConfig(chunk=24)
-    tx = step.make_optimizer(1e-2, 10, warmup_steps=0, eps=1e-4)
+    sc = step.StepConfig.from_config(Config(), chunk=24)
+    tx = step.make_optimizer(OptimCfg(lr=1e-2, warmup_steps=0, eps=1e-4, weight_decay=0.0), 10)
     pid, nproc = jax.process_index(), jax.process_count()
     mine = range(pid * HOSTS // nproc, (pid + 1) * HOSTS // nproc)  # host slices of this process
     out: dict = {}
@@ -116,16 +114,16 @@ def main() -> None:
         for it in range(STEPS):
             # As train.py: score this process's rows on the mesh, keep their old log-probs.
             local = concat([host_rows(h, it) for h in mine])
-            rows_dev = sharding.put_local({k: local[k] for k in step.ROW_KEYS}, mesh)
-            old_logp, _ = score(state["params"], rows_dev)
-            local["old_logp"] = sharding.get_local(old_logp)
-            local["ref_logp"] = local["old_logp"]
+            old_logp, _ = score(state["params"], sharding.put_local(local.tokens(), mesh))
+            old_logp = sharding.get_local(old_logp)
+            local = local.replace(old_logp=old_logp, ref_logp=old_logp)
             # The probe subset is drawn per host slice, as each host of a real run draws its own.
             shards = sharding.data_shards(mesh) // HOSTS
             probed = []
             for j in range(len(mine)):
-                part = {k: v[j * ROWS_PER_HOST : (j + 1) * ROWS_PER_HOST] for k, v in local.items()}
-                probed.append(step.with_probe(part, step.probe_rows(part["online"], 0.25, shards)))
+                block = slice(j * ROWS_PER_HOST, (j + 1) * ROWS_PER_HOST)
+                part = jax.tree.map(lambda v, block=block: v[block], local)
+                probed.append(part.with_probe(step.probe_rows(part.online, 0.25, shards)))
             batch = sharding.put_local(concat(probed), mesh)
             state, m = train_step(state, batch, jnp.float32(0.5 + 0.1 * it))
             say(f"step {it}")

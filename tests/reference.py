@@ -1,6 +1,6 @@
-"""Independent float64 numpy reference for the RED objective and controller (from DESIGN.md).
+"""Independent float64 numpy reference for the RED objective and controller (from docs/design.md).
 
-Written as plain loops from the formulas in DESIGN section 1; it never imports redjax.
+Written as plain loops from the formulas in docs/design.md section 1; it never imports redjax.
 Gradients are analytic.
 """
 

@@ -10,6 +10,7 @@ import pytest
 
 from redjax import sampler, sharding, step
 from redjax.models import ModelConfig, attention, forward, init_params
+from redjax.rows import make_rows
 
 B, T, H, K, D = 3, 37, 4, 2, 16  # T not a multiple of any block size
 
@@ -130,7 +131,7 @@ def test_step_on_mesh_matches_xla(impl, small_blocks):
     """The train step on a (2, 2, 2) mesh with `impl` == one device with xla."""
     from tests.test_step import SC, host_rows  # noqa: PLC0415
 
-    cfg = ModelConfig(**{**CFG.__dict__, "qk_norm": False, "vocab_size": 96})
+    cfg = CFG.replace(qk_norm=False, vocab_size=96)
     rows = host_rows()
     out = {}
     for name, mesh in (
@@ -165,17 +166,18 @@ def test_sampler_prefill_matches_xla(params, impl, small_blocks):
 
 
 # ----------------------------------------------------------------------------- precision
+def score_rows(tokens):
+    """Two rows of 6 prompt + 6 response tokens, for the scorer."""
+    ones = np.ones((2, 6), bool)
+    return make_rows(tokens[:, :6], ones, tokens[:, 6:], ones, [True, False], [0, 0], [0, 0])
+
+
 def test_float32_lowers_every_dot_at_highest(params):
     """float32 compute is float32 on every backend: no dot of the forward, the scorer or their
     gradients is left at DEFAULT precision (TF32 on NVIDIA GPUs)."""
     tokens = jnp.zeros((2, 12), jnp.int32)
     fwd = jax.jit(lambda p: forward(p, CFG, tokens)[0]).lower(params).as_text()
-    rows = {
-        "prompt": tokens[:, :6],
-        "prompt_mask": jnp.ones((2, 6), bool),
-        "resp": tokens[:, 6:],
-        "resp_mask": jnp.ones((2, 6), bool),
-    }
+    rows = score_rows(tokens)
     score = lambda p: jnp.sum(step.score(p, CFG, rows, chunk=4)[0])
     grad = jax.jit(jax.grad(score)).lower(params).as_text()
     for text in (fwd, grad):
@@ -189,12 +191,7 @@ def test_bfloat16_logits_never_run_float32_gemms(params):
     vocabulary takes bfloat16 operands (float32 accumulation)."""
     cfg = CFG.replace(dtype="bfloat16")
     tokens = jnp.zeros((2, 12), jnp.int32)
-    rows = {
-        "prompt": tokens[:, :6],
-        "prompt_mask": jnp.ones((2, 6), bool),
-        "resp": tokens[:, 6:],
-        "resp_mask": jnp.ones((2, 6), bool),
-    }
+    rows = score_rows(tokens)
     score = lambda p: jnp.sum(step.score(p, cfg, rows, chunk=4)[0])
     text = jax.jit(jax.grad(score)).lower(params).as_text()
     vocab = [d for d in text.splitlines() if "dot_general" in d and f"x{CFG.vocab_size}x" in d]

@@ -31,9 +31,23 @@ def test_baselines_load():
     files = glob.glob(os.path.join(root, "baselines", "*.yaml"))
     assert len(files) == 6
     names = {os.path.basename(f): config.load(f) for f in files}
-    assert names["grpo.yaml"].red.offline is False
-    assert names["sft.yaml"].rollout.online is False
+    assert {cfg.algo for cfg in names.values()} == set(config.ALGOS)
+    for name, cfg in names.items():
+        assert cfg.algo == name.removesuffix(".yaml")
+    # The presets reproduce the baselines' settings as they were spelled out before `algo`.
     assert names["luffy.yaml"].red.shaping_gamma == pytest.approx(0.1)
+    luffy = names["luffy.yaml"].red
+    assert (luffy.shift, luffy.lam, luffy.lambda0, luffy.offline_in_group) == (
+        "one",
+        "fixed",
+        1.0,
+        True,
+    )
+    sft = names["sft.yaml"].red
+    assert (sft.shift, sft.lam, sft.lambda0, sft.offline_in_group) == ("zero", "fixed", 1.0, False)
+    assert (names["fixed_mix.yaml"].red.shift, names["fixed_mix.yaml"].red.lam) == ("zero", "fixed")
+    assert names["sft_then_grpo.yaml"].red.sft_steps == 100
+    assert names["red.yaml"].red == config.RedCfg(lambda_min=0.5)  # default.yaml's floor
     for f in glob.glob(os.path.join(root, "real", "*.yaml")):
         config.load(f)
 
@@ -46,6 +60,11 @@ def test_baselines_load():
         ("rollout.prompts=many", "rollout.prompts: expected int, got 'many'"),
         ("red.probe_fraction=0", "red.probe_fraction must be in (0, 1]"),
         ("rollout", "override 'rollout' is not of the form key=value"),
+        ("rollout.online=false", "rollout.online was removed: set algo instead (algo: sft"),
+        ("red.offline=false", "red.offline was removed: set algo instead (algo: grpo"),
+        ("algo=ppo", "algo: 'ppo' is not one of red, grpo, sft, sft_then_grpo, luffy, fixed_mix"),
+        ("red.sft_steps=5", "red.sft_steps is read only by algo: sft_then_grpo"),
+        ("algo=sft_then_grpo", "algo sft_then_grpo needs 0 < red.sft_steps < train.steps"),
     ],
 )
 def test_errors_name_the_key(override, message):
@@ -70,3 +89,42 @@ def test_cli_error_is_one_line(tmp_path):
         cwd=tmp_path,
     )
     assert missing.stderr.strip() == "redjax: error: config file 'nope.yaml' not found"
+
+
+def test_removed_keys_at_their_old_default_are_accepted():
+    """A run folder's config.yaml from before `algo` (rollout.online: true, red.offline: true)
+    still loads; only a value that asked for another method is an error."""
+    cfg = config.load(None, ["rollout.online=true", "red.offline=true"])
+    assert cfg.algo == "red"
+
+
+def test_algo_presets_come_before_the_file_and_overrides(tmp_path):
+    """`algo` sets its method's settings; the file and the overrides still replace any of them."""
+    (tmp_path / "a.yaml").write_text("algo: luffy\nred:\n  shaping_gamma: 0.3\n")
+    cfg = config.load(str(tmp_path / "a.yaml"), ["red.lambda0=2.0"])
+    assert (cfg.algo, cfg.red.shift, cfg.red.shaping_gamma, cfg.red.lambda0) == (
+        "luffy",
+        "one",
+        0.3,
+        2.0,
+    )
+    assert config.load(str(tmp_path / "a.yaml"), ["algo=red"]).red.shift == "linear"
+
+
+@pytest.mark.parametrize("algo", ["red", "grpo", "sft", "sft_then_grpo", "luffy", "fixed_mix"])
+def test_phase_plan(algo):
+    from redjax.algos import Plan
+
+    cfg = config.load(None, [f"algo={algo}"] + (["red.sft_steps=3"] if "then" in algo else []))
+    plan = Plan.from_config(cfg)
+    phases = [(p.online, p.offline) for p in map(plan.phase, range(6))]
+    want = {
+        "red": [(True, True)] * 6,
+        "luffy": [(True, True)] * 6,
+        "fixed_mix": [(True, True)] * 6,
+        "grpo": [(True, False)] * 6,
+        "sft": [(False, True)] * 6,
+        "sft_then_grpo": [(False, True)] * 3 + [(True, False)] * 3,
+    }[algo]
+    assert phases == want
+    assert plan.probe == (algo in ("red", "luffy", "fixed_mix"))

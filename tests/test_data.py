@@ -7,14 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from redjax.data import (
-    bucket,
-    default_buckets,
-    encode_prompts,
-    load_records,
-    make_loader,
-    make_task,
-)
+from redjax.data import encode_prompts, load_records, make_loader, make_task
+from redjax.shapes import data_bucket as bucket
+from redjax.shapes import default_buckets
 from redjax.tokenizer import format_prompt, make_char_tokenizer
 
 # ---------------------------------------------------------------- sources
@@ -267,7 +262,7 @@ def test_batches_decode_to_source_text(tok, chat):
         assert b["prompt_ids"].dtype == np.int32 and b["offline_ids"].dtype == np.int32
         assert b["prompt_ids"].shape[1] in default_buckets(256)
         assert b["offline_ids"].shape[1] in default_buckets(128)
-        for i, text in enumerate(b["prompt"]):
+        for i, text in enumerate(b["prompt_text"]):
             record = by_prompt[text]
             mask = b["prompt_mask"][i]
             n = mask.sum()
@@ -347,7 +342,7 @@ def test_restored_loader_yields_the_same_batches(tok):
     # A fresh loader replays from the start; the second epoch is shuffled differently.
     fresh = make_loader(records, tok, **kwargs)
     same_batch(first[0], next(fresh))
-    assert first[0]["prompt"] != first[4]["prompt"]
+    assert first[0]["prompt_text"] != first[4]["prompt_text"]
     other = make_loader(records, tok, **{**kwargs, "seed": 6})
     with pytest.raises(ValueError, match="other data or settings"):
         other.set_state(state)
@@ -363,7 +358,7 @@ def test_host_shards_are_disjoint_and_cover_the_data(tok):
             loader = make_loader(records, tok, shard_index=host, **kwargs)
             loader.set_state({**loader.get_state(), "next_batch": 6 * epoch})
             assert loader.stats["batches_per_epoch"] == 6
-            hosts.append([p for _ in range(6) for p in next(loader)["prompt"]])
+            hosts.append([p for _ in range(6) for p in next(loader)["prompt_text"]])
         assert not set(hosts[0]) & set(hosts[1])
         assert sorted(hosts[0] + hosts[1]) == sorted(
             format_prompt(tok, r["prompt"]) for r in records
@@ -382,11 +377,13 @@ def test_encode_prompts_keeps_order_and_pads_the_last_batch(tok):
     batches = encode_prompts(records, tok, batch_size=4, prompt_suffix=" Go.", chat=True)
     assert len(batches) == 3
     assert [b["valid"].tolist() for b in batches][-1] == [True, True, False, False]
-    texts = [t for b in batches for t, v in zip(b["prompt"], b["valid"], strict=True) if v]
+    texts = [t for b in batches for t, v in zip(b["prompt_text"], b["valid"], strict=True) if v]
     assert texts == [format_prompt(tok, r["prompt"], suffix=" Go.") for r in records]
     for b in batches:
         assert b["prompt_ids"].shape == (4, b["prompt_ids"].shape[1])
-        for ids, mask, text in zip(b["prompt_ids"], b["prompt_mask"], b["prompt"], strict=True):
+        for ids, mask, text in zip(
+            b["prompt_ids"], b["prompt_mask"], b["prompt_text"], strict=True
+        ):
             assert tok.decode(ids[mask]) == text and mask[-1]
     answers = [a for b in batches for a, v in zip(b["answer"], b["valid"], strict=True) if v]
     assert answers == [r["answer"] for r in records]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import make_hf_checkpoint
+from helpers import make_hf_checkpoint
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from redjax.models import (
@@ -28,7 +28,7 @@ from redjax.models import (
     unstack_layers,
 )
 
-VOCAB = 97  # conftest.TINY
+VOCAB = 97  # helpers.TINY
 VARIANTS = {
     "llama": ("llama", {}),  # llama3 rope scaling
     "qwen2": ("qwen2", {}),  # qkv bias, tied embeddings

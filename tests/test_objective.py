@@ -12,6 +12,7 @@ import reference as ref
 from redjax import objective as obj
 
 AGGS = ["token-mean", "seq-mean-token-mean", "constant"]
+EPS = dict(eps_low=0.2, eps_high=0.2)  # the clip range of these cases (rl_loss has no default)
 
 
 def _np(x):
@@ -161,6 +162,7 @@ def _rl_inputs(seed, n=6, t=7, std_norm=True):
 
 def _check_rl(x, atol=1e-5, **kw):
     """rl_loss value, grads w.r.t. logp and entropy, and summed metrics vs the reference."""
+    kw = {**EPS, **kw}
     want, want_g, want_ge, want_m = ref.rl_loss(
         x["logp"],
         x["old_logp"],
@@ -252,7 +254,7 @@ def test_rl_loss_empty_mask_and_padding_rows():
     vg = jax.jit(
         jax.value_and_grad(
             lambda lp, d: obj.rl_loss(
-                lp, d["old_logp"], d["adv"], d["mask"], agg="seq-mean-token-mean"
+                lp, d["old_logp"], d["adv"], d["mask"], agg="seq-mean-token-mean", **EPS
             )[0]
         )
     )
@@ -268,13 +270,13 @@ def test_rl_loss_bad_options():
     x = {k: jnp.asarray(v) for k, v in _rl_inputs(9).items()}
     args = (x["logp"], x["old_logp"], x["adv"], x["mask"])
     with pytest.raises(ValueError, match="agg"):
-        obj.rl_loss(*args, agg="mean")
+        obj.rl_loss(*args, agg="mean", **EPS)
     with pytest.raises(ValueError, match="norm_const"):
-        obj.rl_loss(*args, agg="constant")
+        obj.rl_loss(*args, agg="constant", **EPS)
     with pytest.raises(ValueError, match="entropy"):
-        obj.rl_loss(*args, gate_frac=0.2)
+        obj.rl_loss(*args, gate_frac=0.2, **EPS)
     with pytest.raises(ValueError, match="ref_logp"):
-        obj.rl_loss(*args, beta_kl=0.1)
+        obj.rl_loss(*args, beta_kl=0.1, **EPS)
 
 
 # ----------------------------------------------------------------------------- Extend term
@@ -352,7 +354,7 @@ def test_micro_batches_sum_to_full_batch(agg):
     n_tok = x["mask"].sum()
     n_seq = float((x["mask"].sum(1) > 0).sum())
     n_off = xe["mask"].sum()
-    kw = dict(agg=agg, norm_const=30.0 if agg == "constant" else None, beta_kl=0.05)
+    kw = dict(agg=agg, norm_const=30.0 if agg == "constant" else None, beta_kl=0.05, **EPS)
     kw.update(entropy_coef=0.01)
 
     def total(lp, lp_off, d, e, n_tokens, n_seqs, n_off):

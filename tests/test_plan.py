@@ -7,10 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import make_hf_checkpoint
+from helpers import make_hf_checkpoint
 
 from redjax import cli, config, plan, sharding, step
 from redjax.models import ModelConfig, init_params
+from redjax.rows import make_rows
 
 QWEN25_05B = ModelConfig(
     vocab_size=151936,
@@ -175,24 +176,24 @@ def test_train_step_memory_against_xla(remat, attention, response):
     est = plan.estimate(mc, cfg, {"data": 1, "fsdp": 1, "tensor": 1})
     n, p = est["rows_per_device"], cfg.data.max_prompt_len
     c = est["seq_len"] - p
-    rows = {
-        "prompt": np.ones((n, p), np.int32),
-        "prompt_mask": np.ones((n, p), bool),
-        "resp": np.ones((n, c), np.int32),
-        "resp_mask": np.ones((n, c), bool),
-        "online": np.arange(n) % 4 != 3,
-        "adv": np.ones(n, np.float32),
-        "shift": np.ones(n, np.float32),
-        "old_logp": np.zeros((n, c), np.float32),
-        "ref_logp": np.zeros((n, c), np.float32),
-    }
-    rows = step.with_probe(rows, step.probe_rows(rows["online"], 0.25))
+    rows = make_rows(
+        prompt_ids=np.ones((n, p)),
+        prompt_mask=np.ones((n, p)),
+        resp_ids=np.ones((n, c)),
+        resp_mask=np.ones((n, c)),
+        online=np.arange(n) % 4 != 3,
+        adv=np.ones(n),
+        shift=np.ones(n),
+        old_logp=np.zeros((n, c)),
+        ref_logp=np.zeros((n, c)),
+    )
+    rows = rows.with_probe(step.probe_rows(rows.online, 0.25))
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
-    tx = step.make_optimizer(1e-3, 10)
+    tx = step.make_optimizer(cfg.optim, 10)
     params = jax.eval_shape(lambda: init_params(mc, 0))
     state_sh = step.state_shardings(params, sharding.param_shardings(params, mesh), tx, mesh)
     state = {"params": params, "opt_state": jax.eval_shape(tx.init, params), "step": jnp.int32(0)}
-    fn = step.jit_train_step(mc, step.StepConfig(chunk=cfg.train.chunk), tx, state_sh, mesh)
+    fn = step.jit_train_step(mc, step.StepConfig.from_config(cfg), tx, state_sh, mesh)
     batch = sharding.put_local(rows, mesh)
     memory = fn.lower(state, batch, jnp.float32(1.0)).compile().memory_analysis()
     predicted = est["gradients"] + est["activations"] + est["logprob_buffers"]

@@ -8,6 +8,7 @@ import pytest
 import reference as ref
 
 from redjax import red
+from redjax.config import RedCfg, RlCfg
 
 
 def _rewards(seed, b=16, g=4):
@@ -88,6 +89,12 @@ def test_policy_shift_bad_mode():
         red.policy_shift(np.zeros(2), "cosine")
 
 
+def controller(mode="red", warmup_steps=0, total_steps=1000, std_norm=True, **red_kw):
+    """A controller from the config's defaults, with the named settings replaced."""
+    red_cfg = RedCfg(lam=mode, lambda_warmup=warmup_steps, **red_kw)
+    return red.RedController.from_config(red_cfg, RlCfg(std_norm=std_norm), total_steps)
+
+
 def _dh(seed, n=80):
     """Entropy changes with the usual signs, then fast collapse, then rising entropy."""
     rng = np.random.default_rng(seed)
@@ -112,7 +119,7 @@ CONFIGS = [
 def test_controller_matches_reference(cfg):
     dh_on, dh_off = _dh(2)
     want, d_on, d_off = ref.lambda_sequence(dh_on, dh_off, **cfg)
-    ctrl = red.RedController(**cfg)
+    ctrl = controller(**cfg)
     assert ctrl.lam == pytest.approx(0.0 if cfg.get("warmup_steps") else cfg.get("lambda0", 1.0))
     got = [ctrl.update(a, b) for a, b in zip(dh_on, dh_off, strict=True)]
     np.testing.assert_allclose(got, want, rtol=1e-12)
@@ -127,12 +134,12 @@ def test_controller_matches_reference(cfg):
 def test_controller_state_round_trip(mode):
     dh_on, dh_off = _dh(3)
     cfg = dict(mode=mode, warmup_steps=5, total_steps=50)
-    ctrl = red.RedController(**cfg)
+    ctrl = controller(**cfg)
     straight = [ctrl.update(a, b) for a, b in zip(dh_on, dh_off, strict=True)]
-    first = red.RedController(**cfg)
+    first = controller(**cfg)
     for a, b in zip(dh_on[:25], dh_off[:25], strict=True):
         first.update(a, b)
-    resumed = red.RedController(**cfg)
+    resumed = controller(**cfg)
     resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
     assert resumed.lam == first.lam and resumed.state_dict() == first.state_dict()
     rest = [resumed.update(a, b) for a, b in zip(dh_on[25:], dh_off[25:], strict=True)]
@@ -143,7 +150,7 @@ def test_controller_skips_non_finite():
     dh_on, dh_off = (x[:20] for x in _dh(4))
     noisy_on, noisy_off = dh_on.copy(), dh_off.copy()
     noisy_on[0], noisy_off[7], noisy_on[12] = math.nan, math.inf, -math.inf
-    ctrl = red.RedController()
+    ctrl = controller()
     got = [ctrl.update(a, b) for a, b in zip(noisy_on, noisy_off, strict=True)]
     want, d_on, d_off = ref.lambda_sequence(noisy_on, noisy_off, mode="red")
     np.testing.assert_allclose(got, want, rtol=1e-12)
@@ -155,7 +162,7 @@ def test_controller_skips_non_finite():
 
 def test_controller_advantages():
     rewards, off, has = _rewards(5)
-    ctrl = red.RedController(offline_in_group=False, std_norm=False, shift="step", tau=0.75)
+    ctrl = controller(offline_in_group=False, std_norm=False, shift="step", tau=0.75)
     adv, adv_off, acc, s = ctrl.advantages(rewards, off, has)
     want_adv, want_off, want_acc = ref.group_advantages(
         rewards, off, has, offline_in_group=False, std_norm=False, eps=1e-6
@@ -179,4 +186,4 @@ def test_controller_advantages():
 )
 def test_controller_bad_config(kw):
     with pytest.raises(ValueError, match="RedController"):
-        red.RedController(**kw)
+        controller(**kw)

@@ -1,13 +1,20 @@
 """The sharded train step: meshes agree with one device, accumulation with one full batch, and
 the entropy probe with an independent recompute."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import bench_module
 
 from redjax import sharding, step
+from redjax.config import Config, OptimCfg
 from redjax.models import ModelConfig, forward, init_params
+from redjax.rows import make_rows
+
+collective_bytes = bench_module("hlo").collective_bytes
 
 CFG = ModelConfig(
     vocab_size=96,
@@ -19,7 +26,7 @@ CFG = ModelConfig(
     head_dim=16,
     qkv_bias=True,
 )
-SC = step.StepConfig(chunk=24, eps_low=0.2, eps_high=0.28)
+SC = step.StepConfig.from_config(Config(), chunk=24, eps_low=0.2, eps_high=0.28)
 
 
 def host_rows(n=16, p=8, c=8, seed=0, vocab=96):
@@ -29,24 +36,24 @@ def host_rows(n=16, p=8, c=8, seed=0, vocab=96):
     prompt_mask = np.arange(p)[None] >= (p - plen)[:, None]  # left padded
     resp_mask = np.arange(c)[None] < clen[:, None]  # right padded
     online = np.arange(n) % 4 != 3  # 3 online rows, then 1 offline row
-    rows = {
-        "prompt": np.where(prompt_mask, rng.integers(0, vocab, (n, p)), 0).astype(np.int32),
-        "prompt_mask": prompt_mask,
-        "resp": np.where(resp_mask, rng.integers(0, vocab, (n, c)), 0).astype(np.int32),
-        "resp_mask": resp_mask,
-        "online": online,
-        "adv": rng.normal(size=n).astype(np.float32),
-        "shift": rng.uniform(size=n).astype(np.float32),
-        "old_logp": np.log(rng.uniform(0.005, 0.02, (n, c))).astype(np.float32),
-        "ref_logp": np.log(rng.uniform(0.005, 0.02, (n, c))).astype(np.float32),
-    }
-    return step.with_probe(rows, step.probe_rows(online, 0.25, multiple=8, seed=seed))
+    rows = make_rows(
+        prompt_ids=np.where(prompt_mask, rng.integers(0, vocab, (n, p)), 0),
+        prompt_mask=prompt_mask,
+        resp_ids=np.where(resp_mask, rng.integers(0, vocab, (n, c)), 0),
+        resp_mask=resp_mask,
+        online=online,
+        adv=rng.normal(size=n),
+        shift=rng.uniform(size=n),
+        old_logp=np.log(rng.uniform(0.005, 0.02, (n, c))),
+        ref_logp=np.log(rng.uniform(0.005, 0.02, (n, c))),
+    )
+    return rows.with_probe(step.probe_rows(online, 0.25, multiple=8, seed=seed))
 
 
 def jitted_step(cfg, sc, mesh):
     """The train state on the mesh (seed-0 parameters) and the jitted step."""
     # Adam's eps well above the float32 noise of tiny gradients keeps the update well-conditioned.
-    tx = step.make_optimizer(1e-2, 10, warmup_steps=0, eps=1e-4)
+    tx = step.make_optimizer(OptimCfg(lr=1e-2, warmup_steps=0, eps=1e-4, weight_decay=0.0), 10)
     shapes = jax.eval_shape(lambda: init_params(cfg, 0))
     params = jax.jit(
         lambda: init_params(cfg, 0), out_shardings=sharding.param_shardings(shapes, mesh)
@@ -85,7 +92,7 @@ def test_sharded_step_matches_one_device(single, shape):
 
 def test_accumulation_matches_full_batch(single):
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
-    sc = step.StepConfig(**{**SC.__dict__, "micro_batches": 4})
+    sc = dataclasses.replace(SC, micro_batches=4)
     params, metrics, _ = run(mesh, host_rows(), sc=sc)
     assert_close(metrics, single[1], rtol=2e-5)
     assert_close(params, single[0], rtol=2e-5)
@@ -97,20 +104,20 @@ def test_metrics_against_recompute(single):
     params1, metrics, _ = single
 
     def entropies(params, idx):
-        tok = np.concatenate([rows["prompt"][idx], rows["resp"][idx]], 1)
-        m = np.concatenate([rows["prompt_mask"][idx], rows["resp_mask"][idx]], 1)
+        tok = np.concatenate([rows.prompt_ids[idx], rows.resp_ids[idx]], 1)
+        m = np.concatenate([rows.prompt_mask[idx], rows.resp_mask[idx]], 1)
         logits = np.asarray(
             forward(params, CFG, jnp.asarray(tok), mask=jnp.asarray(m))[0], np.float64
         )
-        p = rows["prompt"].shape[1]
+        p = rows.prompt_ids.shape[1]
         logits = logits[:, p - 1 : -1]
         logits -= logits.max(-1, keepdims=True)
         logq = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
         return -(np.exp(logq) * logq).sum(-1)
 
-    idx = np.flatnonzero(rows["probe"])
-    mask = rows["resp_mask"][idx]
-    on = rows["online"][idx]
+    idx = np.flatnonzero(rows.in_probe)
+    mask = rows.resp_mask[idx]
+    on = rows.online[idx]
     for params, when in ((params0, "before"), (params1, "after")):
         ent = entropies(params, idx)
         for kind, sel in (("on", on), ("off", ~on)):
@@ -118,7 +125,7 @@ def test_metrics_against_recompute(single):
             np.testing.assert_allclose(metrics[f"H_{kind}_{when}"], ref, rtol=1e-4)
     np.testing.assert_allclose(metrics["dH_on"], metrics["H_on_after"] - metrics["H_on_before"])
     np.testing.assert_allclose(metrics["lambda"], 0.7)
-    n_on = (rows["resp_mask"] * rows["online"][:, None]).sum()
+    n_on = (rows.resp_mask * rows.online[:, None]).sum()
     np.testing.assert_allclose(metrics["tokens_on"], n_on)
     assert np.isfinite(metrics["grad_norm"]) and metrics["grad_norm"] > 0
 
@@ -140,10 +147,10 @@ def test_communication_is_fsdp_sized(shape, budget):
         head_dim=32,
     )
     mesh = sharding.make_mesh(*shape)
-    state, fn = jitted_step(cfg, step.StepConfig(chunk=128), mesh)
+    state, fn = jitted_step(cfg, step.StepConfig.from_config(Config(), chunk=128), mesh)
     rows = sharding.put_local(host_rows(64, 16, 64, vocab=1024), mesh)
     hlo = fn.lower(state, rows, jnp.float32(1.0)).compile().as_text()
     param_bytes = 4 * cfg.num_params
-    ratio = sharding.collective_bytes(hlo) / param_bytes
+    ratio = collective_bytes(hlo) / param_bytes
     print(f"mesh {shape}: {ratio:.2f}x the parameter bytes")
     assert ratio <= budget, ratio

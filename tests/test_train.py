@@ -62,9 +62,9 @@ def metrics(run_dir):
 
 
 def final_params(run_dir):
-    from redjax import checkpoint
+    from redjax import runs
 
-    model, _, _ = checkpoint.load_model(run_dir)
+    model, _, _ = runs.load_model(run_dir)
     import jax
 
     return jax.tree.map(np.asarray, model.params)
@@ -166,14 +166,14 @@ def test_export_and_eval(reference, tmp_path):
     import torch
     import transformers
 
-    from redjax import checkpoint
+    from redjax import runs
     from redjax.data import make_task, write_task
 
     run_dir, _, cache = reference
     out = tmp_path / "hf"
     cmd = [sys.executable, "-m", "redjax.cli"]
     subprocess.run([*cmd, "export", run_dir, str(out)], check=True, env=env(cache))
-    model, _, _ = checkpoint.load_model(run_dir)
+    model, _, _ = runs.load_model(run_dir)
     tm = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
     ids = np.random.default_rng(0).integers(0, model.cfg.vocab_size, (2, 12))
     ref = tm(torch.tensor(ids)).logits.detach().numpy()

@@ -6,7 +6,7 @@ The pipeline names load lazily, so reading records does not import grain (and JA
 from redjax.data.builtin import make_task, write_task
 from redjax.data.sources import load_records
 
-_PIPELINE = ("Loader", "bucket", "default_buckets", "encode_prompts", "make_loader")
+_PIPELINE = ("Loader", "encode_prompts", "make_loader")
 
 __all__ = ["load_records", "make_task", "write_task", *_PIPELINE]
 

@@ -12,8 +12,8 @@ Batch layout (B = batch size per host):
   offline_ids  int32 [B, O]  teacher solution + end token, RIGHT-padded (all pad if none)
   offline_mask bool  [B, O]
   has_offline  bool  [B]
-  prompt, answer, solution, source: list[str] of length B (prompt = formatted text,
-  solution = "" when the record has none)
+  prompt_text, answer, solution, source: list[str] of length B (prompt_text = the formatted
+  prompt, solution = "" when the record has none)
 P and O are the smallest bucket (default: powers of two from 16, and the maximum) that
 holds the longest row, so a jitted step compiles a bounded number of times.
 """
@@ -28,31 +28,12 @@ from typing import Any
 import grain
 import numpy as np
 
+from redjax.shapes import data_bucket, default_buckets, left_pad, right_pad
 from redjax.tokenizer import end_id, format_prompt, has_chat_template
 
-MIN_BUCKET = 16
 ENCODE_CHUNK = 1024
 
 log = logging.getLogger(__name__)
-
-
-def default_buckets(max_len: int, min_len: int = MIN_BUCKET) -> tuple[int, ...]:
-    """Powers of two from `min_len` below `max_len`, then `max_len` itself."""
-    if max_len < 1:
-        raise ValueError(f"max length must be >= 1, got {max_len}")
-    sizes, size = [], min_len
-    while size < max_len:
-        sizes.append(size)
-        size *= 2
-    return (*sizes, max_len)
-
-
-def bucket(n: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket >= n; ValueError when n exceeds the largest."""
-    for size in sorted(buckets):
-        if size >= n:
-            return int(size)
-    raise ValueError(f"length {n} exceeds the largest bucket {max(buckets)}")
 
 
 def _encode(tokenizer: Any, texts: list[str], *, add_special_tokens: bool) -> list[np.ndarray]:
@@ -148,27 +129,6 @@ def prepare(
     return examples, stats
 
 
-def _left_pad(rows: Sequence[np.ndarray], width: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    """[len(rows), width] ids with each row flush right, and its mask."""
-    ids = np.full([len(rows), width], pad, np.int32)
-    mask = np.zeros([len(rows), width], bool)
-    for i, row in enumerate(rows):
-        if len(row):
-            ids[i, width - len(row) :] = row
-            mask[i, width - len(row) :] = True
-    return ids, mask
-
-
-def _right_pad(rows: Sequence[np.ndarray], width: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    """[len(rows), width] ids with each row flush left, and its mask."""
-    ids = np.full([len(rows), width], pad, np.int32)
-    mask = np.zeros([len(rows), width], bool)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = row
-        mask[i, : len(row)] = True
-    return ids, mask
-
-
 def collate(
     examples: Sequence[dict],
     *,
@@ -179,17 +139,17 @@ def collate(
     """One batch (layout in the module doc) from prepared examples."""
     prompts = [e["prompt_ids"] for e in examples]
     offline = [e["offline_ids"] for e in examples]
-    width_p = bucket(max(len(p) for p in prompts), prompt_buckets)
-    width_o = bucket(max(1, max(len(o) for o in offline)), offline_buckets)
-    prompt_ids, prompt_mask = _left_pad(prompts, width_p, pad_id)
-    offline_ids, offline_mask = _right_pad(offline, width_o, pad_id)
+    width_p = data_bucket(max(len(p) for p in prompts), prompt_buckets)
+    width_o = data_bucket(max(1, max(len(o) for o in offline)), offline_buckets)
+    prompt_ids, prompt_mask = left_pad(prompts, width_p, pad_id)
+    offline_ids, offline_mask = right_pad(offline, width_o, pad_id)
     return {
         "prompt_ids": prompt_ids,
         "prompt_mask": prompt_mask,
         "offline_ids": offline_ids,
         "offline_mask": offline_mask,
         "has_offline": np.asarray([len(o) > 0 for o in offline], bool),
-        "prompt": [e["prompt"] for e in examples],
+        "prompt_text": [e["prompt"] for e in examples],
         "answer": [e["answer"] for e in examples],
         "solution": [e["solution"] for e in examples],
         "source": [e["source"] for e in examples],
@@ -235,6 +195,25 @@ class Loader:
                 "records, seed, batch size, shards and length limits must match to resume"
             )
         self._next = int(state["next_batch"])
+
+
+def _log_stats(stats: dict, max_prompt: int, max_offline: int, shard: int, shards: int, b: int):
+    """One info line: what was kept and dropped, and this shard's share."""
+    log.info(
+        "data: kept %d of %d records (%d prompts > %d tokens, %d offline traces > %d tokens "
+        "dropped); shard %d/%d: %d records, %d batches of %d per epoch",
+        stats["kept"],
+        stats["records"],
+        stats["dropped_long_prompt"],
+        max_prompt,
+        stats["dropped_long_offline"],
+        max_offline,
+        shard,
+        shards,
+        stats["shard_records"],
+        stats["batches_per_epoch"],
+        b,
+    )
 
 
 def make_loader(
@@ -306,21 +285,7 @@ def make_loader(
         "buckets": (prompt_buckets, offline_buckets),
         "pad_id": pad_id,
     }
-    log.info(
-        "data: kept %d of %d records (%d prompts > %d tokens, %d offline traces > %d tokens "
-        "dropped); shard %d/%d: %d records, %d batches of %d per epoch",
-        stats["kept"],
-        stats["records"],
-        stats["dropped_long_prompt"],
-        max_prompt_len,
-        stats["dropped_long_offline"],
-        max_offline_len,
-        shard_index,
-        shard_count,
-        per_shard,
-        stats["batches_per_epoch"],
-        batch_size,
-    )
+    _log_stats(stats, max_prompt_len, max_offline_len, shard_index, shard_count, batch_size)
     return Loader(dataset, stats, _fingerprint(examples, settings))
 
 
@@ -338,7 +303,7 @@ def encode_prompts(
     """Prompt batches for evaluation, in record order, formatted exactly as in training.
 
     Each batch has prompt_ids / prompt_mask (left-padded, bucketed), "valid" bool [B]
-    and lists prompt / answer / solution / source. Every batch has `batch_size` rows:
+    and lists prompt_text / answer / solution / source. Every batch has `batch_size` rows:
     the last one is filled up with copies of its first record, marked valid=False.
     A prompt over `max_prompt_len` raises ValueError (evaluation drops nothing).
     """
@@ -358,14 +323,14 @@ def encode_prompts(
         rows = list(range(start, min(start + batch_size, len(records))))
         valid = [True] * len(rows) + [False] * (batch_size - len(rows))
         rows += [rows[0]] * (batch_size - len(rows))
-        width = bucket(max(len(ids[i]) for i in rows), buckets)
-        prompt_ids, prompt_mask = _left_pad([ids[i] for i in rows], width, pad_id)
+        width = data_bucket(max(len(ids[i]) for i in rows), buckets)
+        prompt_ids, prompt_mask = left_pad([ids[i] for i in rows], width, pad_id)
         batches.append(
             {
                 "prompt_ids": prompt_ids,
                 "prompt_mask": prompt_mask,
                 "valid": np.asarray(valid, bool),
-                "prompt": [texts[i] for i in rows],
+                "prompt_text": [texts[i] for i in rows],
                 "answer": [records[i]["answer"] for i in rows],
                 "solution": [records[i].get("solution") or "" for i in rows],
                 "source": [str(records[i].get("source") or "") for i in rows],

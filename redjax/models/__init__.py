@@ -1,6 +1,8 @@
 """Llama / Qwen-family models in Flax, and Hugging Face checkpoint folders in and out."""
 
-from redjax.models.hf import Model, from_pretrained, read_config, save_pretrained
+from redjax.models.arch import ARCHS, scratch_config
+from redjax.models.hf import from_pretrained, read_config, save_pretrained
+from redjax.models.model import Model
 from redjax.models.transformer import (
     ModelConfig,
     Transformer,
@@ -13,6 +15,7 @@ from redjax.models.transformer import (
 )
 
 __all__ = [
+    "ARCHS",
     "Model",
     "ModelConfig",
     "Transformer",
@@ -23,6 +26,7 @@ __all__ = [
     "param_shapes",
     "read_config",
     "save_pretrained",
+    "scratch_config",
     "unembedding",
     "unstack_layers",
 ]

@@ -6,8 +6,6 @@ onto its sharding, so a checkpoint never sits in memory twice, nor whole on one 
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import os
 from collections.abc import Callable
@@ -18,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from redjax.models import safetensors_io
-from redjax.models.transformer import ModelConfig, forward, param_shapes
+from redjax.models.arch import arch
+from redjax.models.model import Model
+from redjax.models.transformer import ModelConfig, param_shapes
 from redjax.sharding import to_host
 
-SUPPORTED = {"llama": "LlamaConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config"}
 LAYER_NAMES = {
     ("attn", "q"): "self_attn.q_proj",
     ("attn", "k"): "self_attn.k_proj",
@@ -39,32 +38,12 @@ TOP_NAMES = {("embed",): "model.embed_tokens", ("norm",): "model.norm", ("lm_hea
 LEAF_NAMES = {"kernel": "weight", "bias": "bias", "scale": "weight", "embedding": "weight"}
 
 
-@dataclasses.dataclass
-class Model:
-    """A model definition with its parameters; `model(input_ids)` gives logits [B, T, V]."""
-
-    cfg: ModelConfig
-    params: dict
-
-    def __call__(self, input_ids: Any, mask: Any = None) -> jax.Array:
-        tokens = jnp.asarray(input_ids, jnp.int32)
-        return _logits(self.params, self.cfg, tokens, None if mask is None else jnp.asarray(mask))
-
-
-@functools.partial(jax.jit, static_argnames="cfg")
-def _logits(params, cfg, tokens, mask):
-    return forward(params, cfg, tokens, mask=mask)[0]
-
-
 def config_from_hf(
     hf: Any, *, dtype: str = "float32", param_dtype: str | None = None
 ) -> ModelConfig:
     """ModelConfig from a transformers config object (Llama, Qwen2, Qwen3)."""
-    arch = getattr(hf, "model_type", None)
-    if arch not in SUPPORTED:
-        raise ValueError(
-            f"unsupported architecture {arch!r}: redjax supports {', '.join(SUPPORTED)}"
-        )
+    name = getattr(hf, "model_type", None)
+    family = arch(name)
     if getattr(hf, "hidden_act", "silu") != "silu":
         raise ValueError(f"unsupported hidden_act {hf.hidden_act!r}: redjax supports silu")
     rope = dict(getattr(hf, "rope_parameters", None) or {})
@@ -88,14 +67,14 @@ def config_from_hf(
         num_heads=hf.num_attention_heads,
         num_kv_heads=getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads,
         head_dim=getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads,
-        arch=arch,
+        arch=name,
         rope_theta=float(theta),
         rope_scaling=None if rope_type == "default" else tuple(sorted(rope.items())),
         rms_norm_eps=float(hf.rms_norm_eps),
-        qkv_bias=True if arch == "qwen2" else bias,
-        o_bias=False if arch == "qwen2" else bias,
+        qkv_bias=bias if family.qkv_bias is None else family.qkv_bias,
+        o_bias=bias if family.qkv_bias is None else False,
         mlp_bias=bool(getattr(hf, "mlp_bias", False)),
-        qk_norm=arch == "qwen3",
+        qk_norm=family.qk_norm,
         tie_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
         max_position_embeddings=int(getattr(hf, "max_position_embeddings", 32768)),
         dtype=dtype,
@@ -108,7 +87,8 @@ def config_to_hf(cfg: ModelConfig) -> Any:
     """A transformers config object that describes the same model."""
     import transformers
 
-    cls = getattr(transformers, SUPPORTED[cfg.arch])
+    family = arch(cfg.arch)
+    cls = getattr(transformers, family.hf_config)
     rope = {"rope_type": "default", **dict(cfg.rope_scaling or ()), "rope_theta": cfg.rope_theta}
     kw = dict(
         vocab_size=cfg.vocab_size,
@@ -125,7 +105,7 @@ def config_to_hf(cfg: ModelConfig) -> Any:
         hidden_act="silu",
         **dict(cfg.extra),
     )
-    if cfg.arch != "qwen2":
+    if family.qkv_bias is None:  # the family takes its bias from the config
         kw["attention_bias"] = cfg.qkv_bias
     if cfg.arch == "llama":
         kw["mlp_bias"] = cfg.mlp_bias
@@ -169,11 +149,10 @@ def read_config(path: str, **kw: Any) -> ModelConfig:
             model_type = json.load(f).get("model_type")
     except json.JSONDecodeError as e:
         raise ValueError(f"{cfg_file}: invalid JSON ({e})") from None
-    if model_type not in SUPPORTED:
-        raise ValueError(
-            f"{cfg_file}: unsupported architecture {model_type!r}; redjax supports "
-            f"{', '.join(SUPPORTED)}"
-        )
+    try:
+        arch(model_type)
+    except ValueError as e:
+        raise ValueError(f"{cfg_file}: {e}") from None
     return config_from_hf(transformers.AutoConfig.from_pretrained(path), **kw)
 
 
