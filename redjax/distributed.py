@@ -75,3 +75,11 @@ def global_max(n: int) -> int:
 
 def global_any(flag: bool) -> bool:
     return bool(gather(np.bool_(flag)).any())
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches this point (nothing on one host)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
