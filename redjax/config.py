@@ -143,6 +143,7 @@ class TrainCfg:
     keep: int = 3
     log_every: int = 1
     chunk: int = 1024  # tokens per chunk of the log-prob / entropy computation
+    max_skipped_steps: int = 10  # stop after this many non-finite updates in a row
 
 
 @dataclass
@@ -292,6 +293,7 @@ def validate(cfg: Config) -> None:
         (cfg.optim.micro_batches >= 1, "optim.micro_batches must be >= 1"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.train.steps >= 1, "train.steps must be >= 1"),
+        (cfg.train.max_skipped_steps >= 1, "train.max_skipped_steps must be >= 1"),
         (
             cfg.rollout.online or cfg.red.offline,
             "rollout.online and red.offline cannot both be false",

@@ -83,3 +83,12 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+class Stopped(SystemExit):
+    """A run stopped by SIGTERM / SIGINT after saving its checkpoint: exits 128 + the signal
+    number (143, 130), so schedulers (JobSet, tpu/run.sh) see an unfinished run and restart it;
+    a finished run exits 0."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + int(signum))

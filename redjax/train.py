@@ -242,6 +242,7 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
     main_proc = jax.process_index() == 0
     run_dir = os.path.abspath(cfg.train.run_dir)
     model_dir = os.path.join(run_dir, "model")  # config + tokenizer, for export and eval
+    checkpoint.check_writable(run_dir)  # [faults] clear error before anything is written
     os.makedirs(model_dir, exist_ok=True)
     if main_proc:
         config.dump(cfg, os.path.join(run_dir, "config.yaml"))
@@ -335,13 +336,15 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
         think_format=cfg.reward.think_format,
     )
     ckpts = checkpoint.Checkpoints(os.path.join(run_dir, "checkpoints"), keep=cfg.train.keep)
+    ckpts.check_space(state)  # [faults] fail now if one checkpoint cannot fit
+    guard = step.SkipGuard(cfg.train.max_skipped_steps)  # [faults] non-finite updates
 
     # Resume.
-    start = ckpts.latest() or 0
+    start, state, host = ckpts.restore_latest(state)  # [faults] newest readable checkpoint
     if start:
-        state, host = ckpts.restore(start, state)
         ctrl.load_state_dict(host["controller"])
         loader.set_state(host["loader"])
+        guard.load_state_dict(host.get("skips", {"total": 0, "run": 0}))  # [faults]
         log.info("resumed %s from step %d", run_dir, start)
     logger = logs.Logger(run_dir, start, enabled=main_proc)
     evaluate_now = lambda s: run_eval(
@@ -436,9 +439,10 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
                 state, m = train_step(state, dev, jnp.float32(lam))
                 ms.append(m)
             m = {k: float(np.mean([jax.device_get(x[k]) for x in ms])) for k in ms[0]}
+            skipped = guard.count(ms)  # [faults] updates skipped for a non-finite loss / grad
 
             # 5. Controller update from the entropy changes the update caused.
-            if any_off and online:
+            if any_off and online and not skipped:  # [faults] no update, no entropy change
                 ctrl.update(m["dH_on"], m["dH_off"])
             t_end = time.perf_counter()
 
@@ -461,13 +465,16 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
                 "time/step": t_end - t0,
                 "tokens_per_sec": n_tok / (t_end - t0),
                 "verifier_timeouts": getattr(verifier, "timeouts", 0),
+                "skipped_steps": guard.total,  # [faults]
             }
             logger.log(it + 1, metrics)
+            guard.check(it + 1, metrics)  # [faults] raises after max_skipped_steps in a row
             bar.set_postfix(
                 reward=f"{metrics['reward']:.2f}",
                 acc=f"{metrics['accuracy']:.2f}",
                 lam=f"{lam:.2f}",
                 tok_s=f"{metrics['tokens_per_sec']:.0f}",
+                skipped=guard.total,  # [faults]
                 refresh=False,
             )
             bar.update(1)
@@ -489,6 +496,7 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
                 evaluate_now(done)
             stopping = distributed.global_any(stop["signal"] is not None)  # any host signalled
             if done % cfg.train.save_every == 0 or done == cfg.train.steps or stopping:
+                logger.sync()  # [faults] the logs up to this checkpoint reach the disk
                 ckpts.save(
                     done,
                     state,
@@ -497,6 +505,7 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
                         "controller": ctrl.state_dict(),
                         "loader": loader.get_state(),
                         "seed": cfg.train.seed,
+                        "skips": guard.state_dict(),  # [faults]
                     },
                 )
             if stopping:
@@ -507,7 +516,7 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
                     "command to resume.",
                     done,
                 )
-                return {}
+                raise distributed.Stopped(stop["signal"])  # [faults] exit 128 + signal
         bar.close()
         results = evaluate_now(cfg.train.steps)
         ckpts.wait()
