@@ -516,7 +516,7 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
                     "command to resume.",
                     done,
                 )
-                raise distributed.Stopped(stop["signal"])  # [faults] exit 128 + signal
+                raise distributed.Stopped(stop["signal"] or signal.SIGTERM)  # [faults] 128+sig
         bar.close()
         results = evaluate_now(cfg.train.steps)
         ckpts.wait()
