@@ -148,6 +148,19 @@ def test_jobset_sets_what_the_trainer_reads():
     assert names.index("JOBSET_NAME") < names.index("REDJAX_COORDINATOR")
     assert names.index("REPLICATED_JOB_NAME") < names.index("REDJAX_COORDINATOR")
 
+    # Preemption restarts the whole JobSet without counting against maxRestarts: the pod
+    # failure policy turns a disruption or redjax's exit after SIGTERM into a Job failure...
+    rules = job["podFailurePolicy"]["rules"]
+    assert pod["restartPolicy"] == "Never" and all(r["action"] == "FailJob" for r in rules)
+    assert {"type": "DisruptionTarget", "status": "True"} in rules[0]["onPodConditions"]
+    codes = rules[1]["onExitCodes"]
+    assert codes["containerName"] == container["name"] and codes["values"] == [128 + 15]
+    # ...which the JobSet restarts from the last checkpoint, on every host
+    (rule,) = jobset["spec"]["failurePolicy"]["rules"]
+    assert rule["action"] == "RestartJobSetAndIgnoreMaxRestarts"
+    assert rule["onJobFailureReasons"] == ["PodFailurePolicy"]
+    assert pod["terminationGracePeriodSeconds"] >= 30
+
     selectors = pod["nodeSelector"]
     assert {"cloud.google.com/gke-tpu-accelerator", "cloud.google.com/gke-tpu-topology"} <= set(
         selectors
