@@ -6,7 +6,8 @@
         -> logs, evaluation, checkpoint
 
 Re-running the same command on the same run folder resumes from its last checkpoint.
-SIGTERM / SIGINT (preemptible TPU VMs) save a checkpoint at the end of the current step.
+SIGTERM / SIGINT (preemptible TPU VMs) save a checkpoint at the end of the current step, then
+exit 128 + signal (an unfinished run, for schedulers to restart).
 """
 
 from __future__ import annotations
