@@ -35,6 +35,7 @@ class Checkpoints:
 
     def __init__(self, directory: str, keep: int = 3):
         self.directory = os.path.abspath(directory)
+        self.keep = keep
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -154,7 +155,7 @@ class Checkpoints:
                 f"not enough free space in {self.directory}: a checkpoint needs about "
                 f"{mib(need)}, {mib(free)} free"
             )
-        keep = self.manager._options.max_to_keep or 1
+        keep = self.keep or 1
         if free < need * (keep + 1):
             log.warning(
                 "%s has %s free; %d checkpoints of %s need more",
