@@ -195,8 +195,8 @@ def write_manifest(path: str) -> None:
     for root, _, names in os.walk(path):
         for name in names:
             full = os.path.join(root, name)
-            sizes[os.path.relpath(full, path)] = os.path.getsize(full)
-    sizes.pop(MANIFEST, None)
+            if not name.startswith(MANIFEST):  # itself, or a temporary left by a kill
+                sizes[os.path.relpath(full, path)] = os.path.getsize(full)
     tmp = os.path.join(path, MANIFEST + ".tmp")
     with open(tmp, "w") as f:
         json.dump(sizes, f)
