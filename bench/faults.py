@@ -331,7 +331,7 @@ def main() -> None:
     if args.child:
         return child(args.child)
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), os.times()
     work = args.work or tempfile.mkdtemp(prefix="redjax-faults-")
     cache = os.path.join(work, "jax_cache")
     ref_dir = os.path.join(work, "reference")
@@ -368,6 +368,9 @@ def main() -> None:
         f"time lost per kill: median {np.median(lost):.1f} s, max {max(lost):.1f} s; "
         f"total {time.perf_counter() - t0:.0f} s"
     )
+    cpu = os.times()
+    used = cpu.children_user + cpu.children_system - cpu0.children_user - cpu0.children_system
+    print(f"CPU time of the trainer processes: {used:.0f} s (user + system, all cores)")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
 
