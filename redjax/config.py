@@ -145,6 +145,7 @@ class TrainCfg:
     keep: int = 3
     log_every: int = 1  # steps between metrics.jsonl / TensorBoard rows (the last step always)
     chunk: int = 1024  # tokens per chunk of the log-prob / entropy computation
+    max_skipped_steps: int = 10  # stop after this many non-finite updates in a row
 
 
 ALGOS = ("red", "grpo", "sft", "sft_then_grpo", "luffy", "fixed_mix")
@@ -341,6 +342,7 @@ def validate(cfg: Config) -> None:
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.train.steps >= 1, "train.steps must be >= 1"),
         (cfg.train.log_every >= 1, "train.log_every must be >= 1"),
+        (cfg.train.max_skipped_steps >= 1, "train.max_skipped_steps must be >= 1"),
         (
             cfg.algo != "sft_then_grpo" or 0 < cfg.red.sft_steps < cfg.train.steps,
             "algo sft_then_grpo needs 0 < red.sft_steps < train.steps",

@@ -75,3 +75,20 @@ def global_max(n: int) -> int:
 
 def global_any(flag: bool) -> bool:
     return bool(gather(np.bool_(flag)).any())
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches this point (nothing on one host)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+class Stopped(SystemExit):
+    """A run stopped by SIGTERM / SIGINT after saving its checkpoint: exits 128 + the signal
+    number (143, 130), so schedulers (JobSet, tpu/run.sh) see an unfinished run and restart it;
+    a finished run exits 0."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + int(signum))

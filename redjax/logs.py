@@ -1,16 +1,22 @@
 """Run logs: metrics.jsonl (one JSON object per logged step), TensorBoard events, samples.
 
-Only process 0 writes. On resume, records after the restored checkpoint's step are dropped from metrics.jsonl
-and TensorBoard purges them, so a resumed run's logs read like an uninterrupted one's.
+Only process 0 writes. Each record goes to its file in one append; `sync` flushes both files to
+disk (at every checkpoint). On resume, records after the restored checkpoint's step are dropped,
+a line torn by a kill is cut off, and a record of a step the resumed run repeats (its final
+evaluation) is written once; TensorBoard purges the dropped steps. So a resumed run's logs read
+like an uninterrupted one's.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger("redjax")
 
 
 def _plain(v: Any) -> Any:
@@ -19,16 +25,22 @@ def _plain(v: Any) -> Any:
     return v
 
 
+def _kind(record: dict) -> tuple[int, bool]:
+    """What a record is: its step, and whether it comes from an evaluation."""
+    return record["step"], bool(record.get("eval")) or any(k.startswith("eval/") for k in record)
+
+
 class Logger:
     def __init__(self, run_dir: str, start_step: int = 0, enabled: bool = True):
         self.enabled = enabled
         self.path = os.path.join(run_dir, "metrics.jsonl")
         self.samples_path = os.path.join(run_dir, "samples.jsonl")
         self.tb = None
+        self.kept: set[tuple[int, bool]] = set()  # kinds of the records kept from before
         if not enabled:
             return
         for path in (self.path, self.samples_path):
-            _truncate(path, start_step)
+            self.kept |= {(s, e) for s, e in repair(path, start_step) if s == start_step}
         from tensorboardX import SummaryWriter
 
         self.tb = SummaryWriter(
@@ -37,11 +49,10 @@ class Logger:
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         """Append one metrics record and write each number as a TensorBoard scalar."""
-        if not self.enabled:
-            return
         record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if not self.enabled or _kind(record) in self.kept:
+            return
+        _append(self.path, [record])
         for k, v in record.items():
             if k != "step" and isinstance(v, int | float) and np.isfinite(v):
                 self.tb.add_scalar(k, v, step)
@@ -49,11 +60,10 @@ class Logger:
 
     def samples(self, step: int, rows: list[dict]) -> None:
         """Record sample completions (JSONL and TensorBoard text)."""
-        if not self.enabled or not rows:
+        records = [{"step": step, **r} for r in rows]
+        if not self.enabled or not rows or _kind(records[0]) in self.kept:
             return
-        with open(self.samples_path, "a") as f:
-            for r in rows:
-                f.write(json.dumps({"step": step, **r}) + "\n")
+        _append(self.samples_path, records)
         text = "\n\n".join(
             f"**prompt** `{r['prompt']!r}`\n\n**completion** `{r['completion']!r}` "
             f"(reward {r['reward']:.2f}, answer {r['answer']})"
@@ -61,22 +71,67 @@ class Logger:
         )
         self.tb.add_text("samples", text, step)
 
+    def sync(self) -> None:
+        """Flush the JSONL files to disk (called at each checkpoint: logs up to it are safe)."""
+        if not self.enabled:
+            return
+        for path in (self.path, self.samples_path):
+            if os.path.exists(path):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        self.tb.flush()
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
 
 
-def _truncate(path: str, start_step: int) -> None:
-    """Keep the records up to the checkpoint resumed from (none when starting fresh at 0)."""
+def _append(path: str, records: list[dict]) -> None:
+    """Append records as JSON lines in a single write, so a kill cannot interleave them."""
+    data = "".join(json.dumps(r) + "\n" for r in records).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _parse(lines: list[str], path: str) -> list[tuple[str, dict]]:
+    """(line, record) of JSONL lines; a line cut short by a kill is dropped with a warning."""
+    out = []
+    for i, ln in enumerate(lines):
+        if not ln.strip():
+            continue
+        try:
+            out.append((ln if ln.endswith("\n") else ln + "\n", json.loads(ln)))
+        except ValueError:
+            log.warning("%s: dropped line %d, cut short by a kill: %.60r", path, i + 1, ln)
+    return out
+
+
+def repair(path: str, start_step: int) -> list[tuple[int, bool]]:
+    """Keep the records up to the checkpoint resumed from (none when starting fresh at 0),
+    without a torn last line; rewrites the file atomically. Returns the kept records' kinds."""
     if not os.path.exists(path):
-        return
+        return []
     with open(path) as f:
-        lines = [ln for ln in f if ln.strip() and 0 < start_step >= json.loads(ln)["step"]]
-    with open(path, "w") as f:
-        f.writelines(lines)
+        records = _parse(f.readlines(), path)
+    keep = [(ln, r) for ln, r in records if 0 < start_step >= r["step"]]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(ln for ln, _ in keep)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return [_kind(r) for _, r in keep]
 
 
 def read_metrics(run_dir: str) -> list[dict]:
-    """All records of a run's metrics.jsonl (for scripts and notebooks)."""
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(ln) for ln in f if ln.strip()]
+    """All records of a run's metrics.jsonl (for scripts and notebooks); a line torn by a kill
+    while the run is going is skipped."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    with open(path) as f:
+        return [r for _, r in _parse(f.readlines(), path)]

@@ -208,6 +208,11 @@ def train_step(
 
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = apply_updates(params, updates, state["step"])
+    grad_norm = optax.tree.norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)  # [faults] non-finite guard
+    new_params, opt_state = keep_if_finite(
+        ok, (new_params, opt_state), (params, state["opt_state"])
+    )
 
     # Entropy probe: the same response tokens, re-scored with the updated parameters.
     before_on, before_off = _ratio(aux["probe_on"]), _ratio(aux["probe_off"])
@@ -236,7 +241,8 @@ def train_step(
         "H_off_after": after_off,
         "dH_on": after_on - before_on,
         "dH_off": after_off - before_off,
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": grad_norm,
+        "skipped": 1.0 - ok.astype(jnp.float32),
         "tokens_on": n_on,
         "tokens_off": n_off,
     }
@@ -267,6 +273,68 @@ def apply_updates(params: Any, updates: Any, step: jax.Array) -> Any:
 
     new = [add(p, u, k) for p, u, k in zip(leaves, tree.flatten_up_to(updates), keys, strict=True)]
     return jax.tree.unflatten(tree, new)
+
+
+def keep_if_finite(ok: jax.Array, new: Any, old: Any) -> Any:
+    """`new` where `ok`, else `old`, bit for bit: the update of a step whose loss or gradient is
+    not finite is skipped inside the jitted step. (optax.apply_if_finite does not fit: it adds
+    zero updates, which turns -0.0 into 0.0, changes the optimizer state's structure, and
+    applies the update anyway after max_consecutive_errors.)"""
+    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
+@dataclasses.dataclass
+class SkipGuard:
+    """Host-side count of skipped updates: `total` (logged as skipped_steps, kept in
+    checkpoints) and `run` (consecutive); stops the run after `limit` in a row."""
+
+    limit: int
+    total: int = 0
+    run: int = 0
+    last: tuple[int, dict] | None = None  # (step, metrics) of the last finite update
+    clean: bool = True  # no update of the latest iteration was skipped
+
+    def count(self, ms: list[dict]) -> int:
+        """Count the skipped updates among `ms` (the metrics of each update of one iteration);
+        returns how many were skipped."""
+        flags = [bool(jax.device_get(m["skipped"])) for m in ms]
+        for skipped in flags:
+            self.run = self.run + 1 if skipped else 0
+        self.total += sum(flags)
+        self.clean = not any(flags)
+        return sum(flags)
+
+    def check(self, step: int, metrics: dict) -> None:
+        """After logging iteration `step`: remember its metrics if no update was skipped, and
+        raise NonFiniteError once `limit` updates in a row were skipped."""
+        if self.clean:
+            self.last = (step, metrics)
+        if self.run >= self.limit:
+            raise NonFiniteError(self._message(step))
+
+    def _message(self, step: int) -> str:
+        if self.last is None:
+            last = "no finite update since the run (re)started"
+        else:
+            at, m = self.last
+            keys = ("loss", "grad_norm", "reward", "lambda", "entropy_on", "entropy_off")
+            shown = ", ".join(f"{k}={m[k]:.4g}" for k in keys if k in m)
+            last = f"last finite update at step {at}: {shown}"
+        return (
+            f"step {step}: {self.run} updates in a row skipped because the loss or gradient was "
+            f"not finite (train.max_skipped_steps={self.limit}); {last}. Lower optim.lr, check "
+            "the data or the reward, or resume from an earlier checkpoint."
+        )
+
+    def state_dict(self) -> dict:
+        return {"total": self.total, "run": self.run}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.total, self.run = int(d["total"]), int(d["run"])
+
+
+class NonFiniteError(ValueError):
+    """Too many consecutive non-finite updates (a ValueError: the CLI prints it in one line)."""
 
 
 def _accumulate(fn, batch: Rows, m: int):

@@ -6,7 +6,8 @@
         -> probe and adjust lambda -> log / evaluate / checkpoint
 
 Re-running the same command on the same run folder resumes from its last checkpoint.
-SIGTERM / SIGINT (preemptible TPU VMs) save a checkpoint at the end of the current step.
+SIGTERM / SIGINT (preemptible TPU VMs) save a checkpoint at the end of the current step, then
+exit 128 + signal (an unfinished run, for schedulers to restart).
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ log = logging.getLogger("redjax")
 
 
 def run(config_path: str | None = None, overrides: list[str] | None = None) -> dict:
-    """Train (or resume) one run; returns the final evaluation results ({} when stopped by a
-    signal)."""
+    """Train (or resume) one run; returns the final evaluation results. Stopped by a signal, it
+    saves and raises distributed.Stopped (exit 128 + signal)."""
     r = setup(config.load(config_path, overrides))
     stop, handlers = _catch_signals()
     try:
@@ -73,7 +74,7 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
             stopping = distributed.global_any(stop["signal"] is not None)  # any host signalled
             save_and_evaluate(r, it + 1, stopping)
             if stopping:
-                return _stopped(r, it + 1)
+                _stopped(r, it + 1, stop["signal"])
         return finish(r)
     finally:
         for s, h in handlers.items():
@@ -104,6 +105,7 @@ class Run:
     sp: sampling.SamplingParams
     verifier: Any
     ckpts: checkpoint.Checkpoints
+    guard: step.SkipGuard  # counts updates skipped for a non-finite loss or gradient
     logger: logs.Logger
     bar: Any  # the progress bar
     start: int  # the first step to run (the checkpoint's step when resuming)
@@ -147,11 +149,13 @@ def setup(cfg: config.Config) -> Run:
     del params
     ctrl = red.RedController.from_config(cfg.red, cfg.rl, cfg.train.steps)
     ckpts = checkpoint.Checkpoints(os.path.join(run_dir, "checkpoints"), keep=cfg.train.keep)
-    start = ckpts.latest() or 0
+    ckpts.check_space(state)  # fail now if one checkpoint cannot fit
+    guard = step.SkipGuard(cfg.train.max_skipped_steps)  # updates skipped as non-finite
+    start, state, host = ckpts.restore_latest(state)  # the newest readable checkpoint
     if start:
-        state, host = ckpts.restore(start, state)
         ctrl.load_state_dict(host["controller"])
         loader.set_state(host["loader"])
+        guard.load_state_dict(host.get("skips", {"total": 0, "run": 0}))
         log.info("resumed %s from step %d", run_dir, start)
     main = jax.process_index() == 0
     return Run(
@@ -173,6 +177,7 @@ def setup(cfg: config.Config) -> Run:
         sp=sampling_params(cfg.rollout, tokenizer),
         verifier=make_verifier(cfg.reward),
         ckpts=ckpts,
+        guard=guard,
         logger=logs.Logger(run_dir, start, enabled=main),
         bar=_progress(cfg.train.steps, start, main),
         start=start,
@@ -184,6 +189,7 @@ def _run_folder(cfg: config.Config) -> tuple[str, str]:
     the resolved config written into it."""
     run_dir = os.path.abspath(cfg.train.run_dir)
     model_dir = os.path.join(run_dir, "model")
+    checkpoint.check_writable(run_dir)  # a clear error before anything is written
     os.makedirs(model_dir, exist_ok=True)
     if jax.process_index() == 0:
         config.dump(cfg, os.path.join(run_dir, "config.yaml"))
@@ -446,13 +452,15 @@ def update(r: Run, rows: Rows, lam: float, it: int) -> dict[str, float]:
         dev = sharding.put_local(part.with_probe(idx), r.mesh)
         r.state, m = r.train_step(r.state, dev, jnp.float32(lam))
         ms.append(m)
-    return {k: float(np.mean([jax.device_get(x[k]) for x in ms])) for k in ms[0]}
+    skipped = r.guard.count(ms)  # updates skipped for a non-finite loss or gradient
+    m = {k: float(np.mean([jax.device_get(x[k]) for x in ms])) for k in ms[0]}
+    return {**m, "skipped": float(skipped), "skipped_steps": r.guard.total}
 
 
 def adjust_lambda(r: Run, m: dict[str, float], t: Targets) -> None:
     """5. The controller's update from the entropy changes the update caused (when the step
     probed rollouts and traces together)."""
-    if r.plan.probe and t.any_off:
+    if r.plan.probe and t.any_off and not m["skipped"]:  # a skipped update changed nothing
         r.ctrl.update(m["dH_on"], m["dH_off"])
 
 
@@ -509,11 +517,13 @@ def report(r: Run, done: int, metrics: dict[str, float], t: Targets) -> None:
     metrics["verifier_timeouts"] = getattr(r.verifier, "timeouts", 0)
     if done % r.cfg.train.log_every == 0 or done == r.cfg.train.steps:
         r.logger.log(done, metrics)
+    r.guard.check(done, metrics)  # raises after train.max_skipped_steps in a row
     r.bar.set_postfix(
         reward=f"{metrics['reward']:.2f}",
         acc=f"{metrics['accuracy']:.2f}",
         lam=f"{t.lam:.2f}",
         tok_s=f"{metrics['tokens_per_sec']:.0f}",
+        skipped=r.guard.total,
         refresh=False,
     )
     r.bar.update(1)
@@ -551,7 +561,9 @@ def save_and_evaluate(r: Run, done: int, stopping: bool) -> None:
             "controller": r.ctrl.state_dict(),
             "loader": r.loader.get_state(),
             "seed": cfg.train.seed,
+            "skips": r.guard.state_dict(),
         }
+        r.logger.sync()  # the logs up to this checkpoint reach the disk
         r.ckpts.save(done, r.state, host)
 
 
@@ -598,14 +610,15 @@ def finish(r: Run) -> dict:
     return results
 
 
-def _stopped(r: Run, done: int) -> dict:
+def _stopped(r: Run, done: int, signum: int | None) -> None:
+    """After the signal's checkpoint: exit 128 + signal, an unfinished run for schedulers."""
     r.ckpts.wait()
     r.bar.close()
     log.info(
         "stopped by a signal at step %d; checkpoint saved. Re-run the same command to resume.",
         done,
     )
-    return {}
+    raise distributed.Stopped(signum or signal.SIGTERM)
 
 
 def _catch_signals() -> tuple[dict, dict]:

@@ -148,6 +148,19 @@ def test_jobset_sets_what_the_trainer_reads():
     assert names.index("JOBSET_NAME") < names.index("REDJAX_COORDINATOR")
     assert names.index("REPLICATED_JOB_NAME") < names.index("REDJAX_COORDINATOR")
 
+    # Preemption restarts the whole JobSet without counting against maxRestarts: the pod
+    # failure policy turns a disruption or redjax's exit after SIGTERM into a Job failure...
+    rules = job["podFailurePolicy"]["rules"]
+    assert pod["restartPolicy"] == "Never" and all(r["action"] == "FailJob" for r in rules)
+    assert {"type": "DisruptionTarget", "status": "True"} in rules[0]["onPodConditions"]
+    codes = rules[1]["onExitCodes"]
+    assert codes["containerName"] == container["name"] and codes["values"] == [128 + 15]
+    # ...which the JobSet restarts from the last checkpoint, on every host
+    (rule,) = jobset["spec"]["failurePolicy"]["rules"]
+    assert rule["action"] == "RestartJobSetAndIgnoreMaxRestarts"
+    assert rule["onJobFailureReasons"] == ["PodFailurePolicy"]
+    assert pod["terminationGracePeriodSeconds"] >= 30
+
     selectors = pod["nodeSelector"]
     assert {"cloud.google.com/gke-tpu-accelerator", "cloud.google.com/gke-tpu-topology"} <= set(
         selectors
@@ -174,3 +187,78 @@ def test_readme_walks_through_every_script():
         if script != LIBRARY:
             assert f"tpu/{os.path.basename(script)}" in text
     assert "redjax plan" in text and "kubectl apply -f tpu/jobset.yaml" in text
+
+
+FAKE_GCLOUD = """#!/usr/bin/env bash
+# Records each call; the first FAILS training attempts fail as a lost ssh (exit 255).
+echo "$*" >> "$GCLOUD_LOG"
+case "$*" in
+  *"tpu-vm ssh"*"redjax.cli train"*)
+    n=$(grep -c "redjax.cli train" "$GCLOUD_LOG")
+    if [ "$n" -le "$FAILS" ]; then exit 255; fi ;;
+  *"tpu-vm describe"*"value(state)"*) echo "$STATE" ;;
+esac
+exit 0
+"""
+
+
+def restarts(tmp_path, fails: int, state: str, limit: int = 3) -> tuple[int, list[str]]:
+    """run.sh with a fake gcloud whose first `fails` training attempts fail; the gcloud calls
+    it made, each shortened to its first words."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
+    (bin_dir / "gcloud").chmod(0o755)
+    log = tmp_path / "gcloud.log"
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "TPU_NAME": "t1",
+        "ZONE": "europe-west4-a",
+        "REDJAX_SOURCE": "git+https://example.com/r.git",
+        "RESTARTS": str(limit),
+        "RESTART_DELAY": "0",
+        "GCLOUD_LOG": str(log),
+        "FAILS": str(fails),
+        "STATE": state,
+    }
+    out = subprocess.run(
+        ["bash", os.path.join(TPU, "run.sh")], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    calls = log.read_text().splitlines() if log.exists() else []
+    short = []
+    for c in calls:
+        words = c.split()
+        kind = " ".join(words[2:4])  # e.g. "tpu-vm ssh"
+        if "redjax.cli train" in c:
+            kind += " train"
+        elif "kill" in c:
+            kind += " kill"
+        short.append(kind)
+    return out.returncode, short
+
+
+def test_run_restarts_a_preempted_slice(tmp_path):
+    """A lost ssh and a PREEMPTED slice: run.sh deletes, recreates and reinstalls the slice,
+    then runs the same training command again, which finishes."""
+    code, calls = restarts(tmp_path, fails=1, state="PREEMPTED")
+    assert code == 0
+    assert calls == [
+        "tpu-vm ssh train",
+        "tpu-vm describe",
+        "tpu-vm delete",
+        "tpu-vm create",
+        "tpu-vm describe",
+        "tpu-vm ssh",  # install
+        "tpu-vm ssh",  # device check
+        "tpu-vm ssh train",
+    ]
+
+
+def test_run_restarts_on_a_ready_slice_and_gives_up(tmp_path):
+    """An unfinished exit on a slice that is still READY: the leftover trainers are stopped
+    and the command re-run; after RESTARTS failed restarts run.sh gives up with exit 1."""
+    code, calls = restarts(tmp_path, fails=10, state="READY", limit=2)
+    assert code == 1
+    one = ["tpu-vm describe", "tpu-vm ssh kill", "tpu-vm ssh train"]
+    assert calls == ["tpu-vm ssh train", *one, *one]

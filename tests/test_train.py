@@ -142,8 +142,9 @@ def test_resume_matches_uninterrupted(reference, tmp_path, how):
     proc = start(run_dir, cache, "train.steps=5", "train.save_every=2")
     if how == "sigterm":  # as early as possible: later, the last steps may finish first
         wait_for_step(run_dir, 1, proc)
-        proc.send_signal(signal.SIGTERM)  # saves at the end of the step in flight, exits 0
-        out = finish(proc)
+        proc.send_signal(signal.SIGTERM)  # saves at the end of the step in flight
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 128 + signal.SIGTERM, out  # unfinished: schedulers restart it
         assert "Re-run the same command to resume" in out
     else:
         wait_for_step(run_dir, 3, proc)
