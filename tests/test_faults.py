@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from redjax import checkpoint, cli, logs, step
+from redjax.config import Config, OptimCfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -271,10 +272,10 @@ def test_logs_drop_torn_line_and_redone_rows(tmp_path, warnings_of_redjax):
 def bigram_score(params, cfg, rows, chunk, mesh=None):
     """A stand-in for the transformer in `step.score` (same contract: log-probs and entropies
     of the response tokens), so the real train step compiles in a moment."""
-    logits = params["w"][rows["prompt"][:, -1:]] + params["b"]  # [N, 1, V], one context
-    logits = jnp.broadcast_to(logits, (*rows["resp"].shape, logits.shape[-1]))
+    logits = params["w"][rows.prompt_ids[:, -1:]] + params["b"]  # [N, 1, V], one context
+    logits = jnp.broadcast_to(logits, (*rows.resp_ids.shape, logits.shape[-1]))
     logp_all = jax.nn.log_softmax(logits)
-    logp = jnp.take_along_axis(logp_all, rows["resp"][..., None], -1)[..., 0]
+    logp = jnp.take_along_axis(logp_all, rows.resp_ids[..., None], -1)[..., 0]
     return logp, -jnp.sum(jnp.exp(logp_all) * logp_all, -1)
 
 
@@ -286,18 +287,18 @@ def test_non_finite_update_is_skipped_bit_for_bit(monkeypatch):
     from test_step import host_rows
 
     monkeypatch.setattr(step, "score", bigram_score)
-    tx = step.make_optimizer(1e-2, 10, warmup_steps=0, eps=1e-4)
+    tx = step.make_optimizer(OptimCfg(lr=1e-2, warmup_steps=0, eps=1e-4), 10)
     rng = np.random.default_rng(0)
     params = {"w": jnp.asarray(rng.normal(size=(96, 96)), jnp.float32), "b": jnp.zeros(96)}
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-    sc = step.StepConfig(chunk=128)
+    sc = step.StepConfig.from_config(Config(), chunk=128)
     fn = jax.jit(functools.partial(step.train_step, cfg=None, sc=sc, tx=tx))
     lam = jnp.float32(0.5)
     state, m = fn(state, host_rows(seed=0), lam)
     assert float(m["skipped"]) == 0.0 and np.isfinite(float(m["loss"]))
     before = jax.device_get(state)
     bad = host_rows(seed=1)
-    bad["adv"][2] = np.nan
+    bad.adv[2] = np.nan
     state, m = fn(state, bad, lam)
     assert float(m["skipped"]) == 1.0 and not np.isfinite(float(m["loss"]))
     after = jax.device_get(state)

@@ -20,7 +20,6 @@ MAX_LINES = 80
 # so this list cannot go stale: when one is fixed, the test asks to drop it from here.
 PENDING = {
     "redjax/models/transformer.py:__call__",
-    "redjax/rewards/math.py:_lex",
     "redjax/sampler.py:sample",
 }
 
