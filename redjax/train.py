@@ -199,7 +199,7 @@ def left_pad(batch: dict, width: int, pad_id: int) -> dict:
     return out
 
 
-def rollouts(state, model_cfg, batch, *, group, sp, seed, tokenizer, mesh):
+def rollouts(state, model_cfg, batch, *, group, sp, seed, tokenizer, mesh, sub_batch=0):
     """G rollouts of this host's prompts. The sampler runs on the global batch (every host's
     prompts, gathered), then each host keeps the rows of its own prompts."""
     ids, mask = batch["prompt_ids"], batch["prompt_mask"]
@@ -217,6 +217,7 @@ def rollouts(state, model_cfg, batch, *, group, sp, seed, tokenizer, mesh):
         seed=seed,
         tokenizer=tokenizer,
         mesh=mesh,
+        sub_batch=sub_batch,
     )
     if hosts == 1:
         return ro
@@ -379,6 +380,7 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
                     tokenizer=tokenizer,
                     seed=cfg.train.seed * 1_000_003 + it,
                     mesh=mesh,
+                    sub_batch=cfg.rollout.sub_batch,
                 )
             t_sample = time.perf_counter()
 
