@@ -25,6 +25,7 @@ from redjax import distributed
 from redjax.models.transformer import (
     ModelConfig,
     forward,
+    fuse_projections,
     init_cache,
     unembedding,
     unstack_layers,
@@ -300,11 +301,15 @@ def _reshape(state, take, pad, *, slots, cfg, mesh):
 
 
 # ----------------------------------------------------------------------------- host side
-_unstack = jax.jit(unstack_layers, static_argnums=1)
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _unstack(params: Any, dtype: str, fuse: bool) -> Any:
+    params = unstack_layers(params, dtype)
+    return fuse_projections(params) if fuse else params
 
 
-def decode_params(params: Any, cfg: ModelConfig) -> Any:
-    """The parameters as the decode loop reads them: one array per layer, in the compute dtype.
+def decode_params(params: Any, cfg: ModelConfig, *, fuse: bool = True) -> Any:
+    """The parameters as the decode loop reads them: one array per layer, in the compute dtype,
+    with q/k/v and gate/up fused into one matmul each when `fuse`.
 
     `sample` makes this copy itself (once per call, not per step); call it once beforehand to
     share one copy across many `sample` calls with the same parameters (an evaluation).
@@ -312,7 +317,7 @@ def decode_params(params: Any, cfg: ModelConfig) -> Any:
     dtype = jnp.dtype(cfg.dtype)
     if "layers" not in params and all(x.dtype == dtype for x in jax.tree.leaves(params)):
         return params
-    return _unstack(params, dtype.name)
+    return _unstack(params, dtype.name, fuse)
 
 
 def _put(host: np.ndarray, sharding: NamedSharding | None) -> jax.Array:
@@ -585,7 +590,8 @@ def sample(
     mode, knobs = _split(sp, cfg.vocab_size)
     if mesh is not None:
         params = _on_mesh(params, mesh)
-    params = decode_params(params, cfg)
+    # Fused projections split at q/k/v boundaries, not at tensor-parallel shard boundaries.
+    params = decode_params(params, cfg, fuse=mesh is None or mesh.shape.get("tensor", 1) == 1)
     cfg = cfg.replace(param_dtype=cfg.dtype)
     if not sub_batch:
         free = _free_bytes()

@@ -409,3 +409,30 @@ def test_rows_per_pass_from_memory():
     assert sampler.rows_per_pass(cfg, 512, 96, 10 * row, prompt_len=32, shards=4) == 32
     assert sampler.rows_per_pass(cfg, 512, 96, 10**12, prompt_len=32) == 512
     assert sampler.rows_per_pass(cfg, 512, 96, 1, prompt_len=32) == 1
+
+
+@pytest.mark.parametrize("family", ["qwen2"])  # q/k/v biases: fused with the kernels
+def test_fused_projections_match_the_trained_layout(hf_checkpoint):
+    """The sampler's fused q/k/v and gate/up matmuls give the logits of the separate ones, over
+    a prefill into the cache and at the next step; the trained parameters are left as they were."""
+    from redjax.models.transformer import forward, fuse_projections, init_cache, unstack_layers
+
+    model = from_pretrained(hf_checkpoint[0])
+    cfg = model.cfg
+    layers = unstack_layers(model.params)
+    fused = fuse_projections(layers)
+    attn, mlp = fused["layers_0"]["attn"], fused["layers_0"]["mlp"]
+    h, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    assert set(attn) == {"qkv", "o"} and attn["qkv"]["kernel"].shape[-1] == (h + 2 * kv) * hd
+    assert attn["qkv"]["bias"].shape == ((h + 2 * kv) * hd,) and set(mlp) == {"gate_up", "down"}
+    assert set(layers["layers_0"]["attn"]) == {"q", "k", "v", "o"}  # input untouched
+    ids, mask = prompts(cfg.vocab_size)
+
+    @jax.jit
+    def logits(params):  # a full sequence; the next token through the cache
+        cache = init_cache(cfg, len(ids), ids.shape[1] + 1)
+        full, cache = forward(params, cfg, ids, mask=mask, cache=cache)
+        return full, forward(params, cfg, ids[:, :1] + 1, cache=cache)[0]
+
+    for got, want in zip(logits(fused), logits(layers), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
