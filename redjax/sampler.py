@@ -32,7 +32,8 @@ from redjax.models.transformer import (
 )
 from redjax.sharding import batch_axes, data_shards, to_host
 
-STOP_CHUNK = 32  # decode steps between host checks (stop strings, compaction, cache growth)
+STOP_CHUNK = 32  # decode steps between host checks (stop strings, compaction, cache growth):
+# every chunk with stop strings, the first one otherwise (later ones grow, see _next_layout)
 SEGMENTED = True  # decode against a cache sized to the longest position so far, not the budget
 COMPACT = True  # move the running rows into a smaller batch once they fit one
 
@@ -446,8 +447,10 @@ def _compaction(done: np.ndarray, where: np.ndarray, shards: int):
 def _next_layout(state, out, where, done, step, ctx: _Pass):
     """The state for the next chunk of steps, its last step + 1, and the row map: running rows
     compacted when they fit a smaller bucket, the cache grown to the chunk's last position."""
-    chunked = bool(ctx.stops) or SEGMENTED or COMPACT
-    stop = min(ctx.n, step + STOP_CHUNK) if chunked else ctx.n
+    # Stop strings are looked for every STOP_CHUNK steps; otherwise chunks grow with the step
+    # (a quarter of it), so that a long rollout costs few host round trips.
+    chunk = STOP_CHUNK if ctx.stops else max(STOP_CHUNK, step // 4)
+    stop = min(ctx.n, step + chunk) if ctx.stops or SEGMENTED or COMPACT else ctx.n
     full = ctx.p_pad + ctx.n_pad
     slots = min(bucket(ctx.p_pad + stop - 1), full) if SEGMENTED else full
     plan = _compaction(done, where, data_shards(ctx.mesh)) if COMPACT else None
@@ -462,7 +465,7 @@ def _next_layout(state, out, where, done, step, ctx: _Pass):
 
 
 def _decode_pass(state: DecodeState, ctx: _Pass) -> _Out:
-    """Decode a prefilled pass to the end in chunks of STOP_CHUNK steps; between chunks, end
+    """Decode a prefilled pass to the end in chunks of steps (_next_layout); between chunks, end
     rows whose text hit a stop string, compact the running rows and grow the cache."""
     rows = state.done.shape[0]
     out = _Out.empty(ctx.live, ctx.n_pad)
