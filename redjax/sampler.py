@@ -2,10 +2,14 @@
 
 The prompt batch (left-padded) is prefilled once into a KV cache; the cache and the last logits
 are then repeated G times along the batch, so the G samples of a prompt share its prefill. The
-decode loop runs on device inside `lax.while_loop` and stops as soon as every row has finished.
-Prompt and completion lengths are bucketed, so a run compiles a bounded number of programs.
-Each sampled token uses the key fold_in(fold_in(key(seed), row), step): results depend only on
-the seed, the row and the step, not on the batch layout, the mesh or the decode chunking.
+decode loop runs on device inside `lax.while_loop`, in chunks of steps; between chunks the host
+grows the cache to the chunk's last position (a step attends over the filled part, bucketed,
+not the whole generation budget), moves the running rows into a smaller batch once they fit one
+(finished rows cost nothing), and ends rows whose text hit a stop string. A step's rows can be
+sampled in several passes, as many as the device memory needs (`rows_per_pass`). Shapes are
+bucketed, so a run compiles a bounded number of programs. Each sampled token uses the key
+fold_in(fold_in(key(seed), row), step): results depend only on the seed, the row and the step,
+not on the batch layout, the mesh, the passes, the compaction or the decode chunking.
 """
 
 from __future__ import annotations
@@ -308,6 +312,12 @@ def _unstack(params: Any, dtype: str, fuse: bool) -> Any:
     return fuse_projections(params) if fuse else params
 
 
+def fuse_on(mesh: Mesh | None) -> bool:
+    """Whether to fuse projections for this mesh: not when the tensor axis splits them (the
+    fused output is split at q/k/v boundaries, not at the shards')."""
+    return mesh is None or mesh.shape.get("tensor", 1) == 1
+
+
 def decode_params(params: Any, cfg: ModelConfig, *, fuse: bool = True) -> Any:
     """The parameters as the decode loop reads them: one array per layer, in the compute dtype,
     with q/k/v and gate/up fused into one matmul each when `fuse`.
@@ -499,7 +509,7 @@ def _sample_pass(ids, mask, row0: int, seed: int, group: int, ctx: _Pass) -> _Ou
     rows = -(-b * group // shards) * shards
     pick = np.minimum(np.arange(-(-b // shards) * shards), b - 1)  # pad with the last prompt
     slots = ctx.p_pad + ctx.n_pad
-    if SEGMENTED or COMPACT or ctx.stops:  # the cache of the first chunk only
+    if SEGMENTED:  # the cache of the first chunk only
         slots = min(bucket(ctx.p_pad + min(ctx.n, 1 + STOP_CHUNK) - 1), slots)
     state = _prefill(
         ctx.params,
@@ -593,8 +603,7 @@ def sample(
     mode, knobs = _split(sp, cfg.vocab_size)
     if mesh is not None:
         params = _on_mesh(params, mesh)
-    # Fused projections split at q/k/v boundaries, not at tensor-parallel shard boundaries.
-    params = decode_params(params, cfg, fuse=mesh is None or mesh.shape.get("tensor", 1) == 1)
+    params = decode_params(params, cfg, fuse=fuse_on(mesh))
     cfg = cfg.replace(param_dtype=cfg.dtype)
     if not sub_batch:
         free = _free_bytes()
