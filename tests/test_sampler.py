@@ -436,3 +436,7 @@ def test_fused_projections_match_the_trained_layout(hf_checkpoint):
 
     for got, want in zip(logits(fused), logits(layers), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    assert sampler._free_bytes() is None  # CPU: no memory_stats, so sample makes one pass
+    with pytest.raises(ValueError, match="sub_batch must be >= 0"):
+        sample(None, cfg, np.ones((1, 2)), None, num_samples=1, sp=SamplingParams(), seed=0,
+               sub_batch=-1)  # fmt: skip
