@@ -9,6 +9,11 @@ memcpy).
 
     python bench/sampler.py                        # tiny model on CPU, about a minute
     python bench/sampler.py --size qwen2.5-0.5b --batch 32 --dtype bfloat16
+
+--ragged PROMPTSxGROUPxPROMPT_LENxNEW_TOKENS adds the trainer's case (e.g. 64x8x256x1024: 512
+rollouts): sampled at temperature 1 with lengths that spread, reported as useful (generated)
+tokens per second, for the sampler as it is and with its cache growth and row compaction
+switched off (the decode of before), in the same run.
 """
 
 from __future__ import annotations
@@ -83,6 +88,63 @@ def floor_step_seconds(cfg, batch: int, context: float, bandwidth: float) -> flo
     return (weights + kv) / bandwidth
 
 
+def ragged_floor_seconds(cfg, lengths: np.ndarray, prompt: int, bandwidth: float) -> float:
+    """Seconds to read, at every decode step while some row runs, the weights once and the KV
+    cache of the running rows only (prompt + tokens so far each); the prefill is left out."""
+    size = np.dtype(cfg.param_dtype).itemsize
+    weights = cfg.num_params * size
+    if not cfg.tie_embeddings:
+        weights -= cfg.vocab_size * cfg.hidden_size * size
+    per_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * np.dtype(cfg.dtype).itemsize
+    steps = np.arange(1, int(lengths.max()))
+    live = (lengths[None, :] > steps[:, None]).sum(axis=1)
+    return float((len(steps) * weights + per_token * (live * (prompt + steps)).sum()) / bandwidth)
+
+
+def stop_ids(vocab: int, new_tokens: int) -> tuple[int, ...]:
+    """Token ids that end a rollout: vocab * 3 / new_tokens of them (fixed seed), so that at
+    near-uniform sampling a row ends after new_tokens / 3 tokens on average (5% run full)."""
+    k = max(1, round(3 * vocab / new_tokens))
+    return tuple(int(i) for i in np.random.default_rng(1).choice(np.arange(1, vocab), k, False))
+
+
+def ragged(model, shape: str, repeats: int, bandwidth: float) -> None:
+    """The trainer's case: useful tokens per second with and without compaction, one run."""
+    from redjax import sampler
+
+    prompts, group, plen, new = (int(x) for x in shape.split("x"))
+    cfg = model.cfg
+    ids = np.random.default_rng(2).integers(1, cfg.vocab_size, (prompts, plen)).astype(np.int32)
+    sp = sampler.SamplingParams(max_new_tokens=new, eos_ids=stop_ids(cfg.vocab_size, new))
+    variants = {
+        "redjax sample (cache grown to the longest row, finished rows compacted)": (True, True),
+        "redjax, cache grown, no compaction": (True, False),
+        "redjax, whole-budget cache, no compaction (the decode before)": (False, False),
+    }
+    print(f"\n## ragged rollouts: {prompts} prompts x {group} = {prompts * group} rows, prompt "
+          f"{plen}, up to {new} new tokens, temperature 1, {len(sp.eos_ids)} stop ids")  # fmt: skip
+    print("\n| implementation | total (s) | useful tokens | useful tok/s | % of floor |")
+    print("|---|---:|---:|---:|---:|")
+    results = {}
+    for name, (seg, compact) in variants.items():
+        sampler.SEGMENTED, sampler.COMPACT = seg, compact
+        run = lambda: sampler.sample(model.params, cfg, ids, None, num_samples=group, sp=sp, seed=0)
+        total = timed(run, repeats)
+        out = run()
+        floor = out.lengths.sum() / ragged_floor_seconds(cfg, out.lengths, plen, bandwidth)
+        useful = out.lengths.sum() / total
+        results[name] = (useful, out)
+        print(f"| {name} | {total:.3f} | {out.lengths.sum():,} | {useful:,.0f} "
+              f"| {100 * useful / floor:.1f} |")  # fmt: skip
+    sampler.SEGMENTED = sampler.COMPACT = True
+    (now, a), _, (before, b) = results.values()
+    same = all(np.array_equal(o.tokens, a.tokens) for _, o in results.values())
+    lengths = a.lengths
+    print(f"\nlengths: min {lengths.min()}, median {int(np.median(lengths))}, max {lengths.max()}"
+          f"; tokens identical across the three: {'yes' if same else 'NO'}")  # fmt: skip
+    print(f"compaction + cache growth / before, useful tok/s: {now / before:.2f}x")
+
+
 def timed(fn, repeats: int) -> float:
     """Median wall time of fn() after one warm-up call."""
     fn()
@@ -105,6 +167,8 @@ def main() -> None:
     p.add_argument("--bandwidth", type=float, default=None, help="device bytes/s (default: known)")
     p.add_argument("--skip-torch", action="store_true", help="only time redjax")
     p.add_argument("--cpu-threads", type=int, default=1, help="on CPU: threads of each library")
+    p.add_argument("--ragged", default=None, help="also PROMPTSxGROUPxPROMPT_LENxNEW_TOKENS")
+    p.add_argument("--only-ragged", action="store_true", help="skip the greedy table")
     args = p.parse_args()
 
     import torch
@@ -143,6 +207,12 @@ def main() -> None:
         sp = SamplingParams(temperature=0, max_new_tokens=new)
         return sample(model.params, cfg, ids, mask, num_samples=1, sp=sp, seed=0)
 
+    bandwidth, source = device_bandwidth(args.bandwidth)
+    if args.only_ragged:
+        print(f"# sampler, ragged rollouts, {datetime.date.today()}: {args.size} "
+              f"({cfg.num_params / 1e6:.1f}M params, {args.dtype}), jax {jax.__version__} on "
+              f"{jax.devices()[0].device_kind}; bandwidth {bandwidth / 1e9:.1f} GB/s ({source})")  # fmt: skip
+        return ragged(model, args.ragged, args.repeats, bandwidth)
     rows = []
     t1, tn = timed(lambda: jax_run(1), args.repeats), timed(lambda: jax_run(n), args.repeats)
     ours = jax_run(n).tokens
@@ -170,7 +240,6 @@ def main() -> None:
         theirs = torch_run(n)[:, ids.shape[1] :].cpu().numpy()
         match = float((theirs == ours).mean())
 
-    bandwidth, source = device_bandwidth(args.bandwidth)
     step = floor_step_seconds(cfg, b, args.prompt_len + n / 2, bandwidth)
     floor = b / step
     dev = jax.devices()[0]
@@ -203,6 +272,8 @@ def main() -> None:
         (_, f0, t0), (_, f1, t1_) = rows
         ratio = (b * (n - 1) / (t0 - f0)) / (b * (n - 1) / (t1_ - f1))
         print(f"\nredjax / transformers decode throughput: {ratio:.2f}x")
+    if args.ragged:
+        ragged(model, args.ragged, args.repeats, bandwidth)
 
 
 if __name__ == "__main__":

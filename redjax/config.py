@@ -60,7 +60,7 @@ class RolloutCfg:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    sub_batch: int = 0  # rollout rows per sampling pass; 0 = as many as device memory holds
+    sub_batch: int = 0  # rollouts per sampler pass (whole prompts); 0 = from free device memory
 
 
 @dataclass
@@ -333,6 +333,7 @@ def validate(cfg: Config) -> None:
         (cfg.rollout.sub_batch >= 0, "rollout.sub_batch must be >= 0 (0 = from device memory)"),
         (cfg.rollout.temperature >= 0, "rollout.temperature must be >= 0"),
         (0 < cfg.rollout.top_p <= 1, "rollout.top_p must be in (0, 1]"),
+        (cfg.rollout.sub_batch >= 0, "rollout.sub_batch must be >= 0 (0 = from device memory)"),
         (0 < cfg.red.probe_fraction <= 1, "red.probe_fraction must be in (0, 1]"),
         (0 < cfg.rl.gate_frac <= 1, "rl.gate_frac must be in (0, 1]"),
         (0 <= cfg.red.ema < 1, "red.ema must be in [0, 1)"),

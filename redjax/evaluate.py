@@ -65,7 +65,8 @@ def evaluate(
         system=system,
     )
     correct, lengths, sources, samples = [], [], [], []
-    params = sampling.decode_params(params, cfg)  # one per-layer copy for every batch
+    # one per-layer copy for every batch
+    params = sampling.decode_params(params, cfg, fuse=sampling.fuse_on(mesh))
     for i, batch in enumerate(batches):
         ro = sampling.sample(
             params,

@@ -30,13 +30,19 @@ the partition rules of redjax.sharding apply; rows are split over data x fsdp):
                  splits it; with fsdp > 1, also one layer's weights all-gathered and their
                  gradient: 2 x (layer parameters) / tensor
   KV cache       sampling: rows x (prompt + new tokens, bucketed) x L x 2 x kv heads x hd x b,
-                 rows = the rollouts (prompts x group) or the evaluation batch of one device
+                 rows = one pass of the rollouts (prompts x group) or of the evaluation batch
+                 on one device. With the device memory known, the sampler's own rule
+                 (sampler.rows_per_pass) decides the rows a pass; rollout.sub_batch sets it
+  sampling buffers  one pass's working set by that rule (sampler.pass_row_bytes): the cache
+                 twice (growing it copies), token buffers, a step's float32 logits, one
+                 layer's prefill activations
   decode weights sampling: the sampler's per-layer copy of the parameters in the compute dtype
                  (sampler.decode_params), sharded like the parameters
 
 Peak = persistent (parameters, optimizer, reference) + the larger of the train step (gradients,
-activations, log-probs, gathered) and sampling (decode weights, KV cache); the two phases never
-overlap. XLA's own temporaries and fragmentation come on top: keep a margin of 10-20%.
+activations, log-probs, gathered) and sampling (decode weights, sampling buffers); the two
+phases never overlap. XLA's own temporaries and fragmentation come on top: the verdict keeps
+a margin of 10% (HEADROOM).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from redjax import config as config_lib
 GIB = 1024**3
 HEADROOM = 0.9  # of device memory planned for; XLA's temporaries and fragmentation take the rest
 DEVICE_MEMORY_GIB = {"v4": 32.0, "v5e": 16.0, "v5p": 95.0, "h100": 80.0}
+PLATFORM = {"v4": "tpu", "v5e": "tpu", "v5p": "tpu", "h100": "gpu"}  # where auto is fused
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 
 
@@ -164,28 +171,29 @@ def attention_bytes(mc: Any, heads: int, head_dim: int, seq: int) -> int:
     return heads * (8 + 4 * head_dim)
 
 
-def attention_tile_bytes(mc: Any, rows: int, heads: int, seq: int) -> int:
+def attention_tile_bytes(mc: Any, rows: int, heads: int, seq: int, platform: str | None) -> int:
     """The blockwise kernel's score tiles in the backward pass (scores, probabilities and their
-    gradients, float32): fixed in T. Counted for `auto` too, where it is an upper bound (the
-    fused kernels keep their tiles on chip)."""
+    gradients, float32): fixed in T. None for the fused kernels (their tiles stay on chip),
+    which `auto` picks on a TPU or GPU `platform`."""
     from redjax.models import attention
 
-    if mc.attention not in ("chunked", "auto"):
+    fused = mc.attention == "auto" and platform in ("tpu", "gpu")
+    if mc.attention not in ("chunked", "auto") or fused:
         return 0
     return 5 * 4 * rows * heads * min(attention.BLOCK_Q, seq) * min(attention.BLOCK_KV, seq)
 
 
-def rows_per_pass(rows: int, row_bytes: int, free: float | None, setting: int = 0) -> int:
-    """Rollout rows one sampling pass holds in the KV cache: `setting` when > 0, else as many
-    as fit in `free` bytes (all rows when the free memory is unknown), in equal passes."""
+def pass_rows(
+    mc: Any, rows: int, group: int, slots: int, prompt: int, free: float | None, setting: int
+) -> int:
+    """Rows of one sampling pass on a device, by the sampler's own rule (sampler.rows_per_pass,
+    whole prompts a pass): `setting` (rollout.sub_batch) when > 0."""
+    from redjax import sampler
+
     if rows <= 0:
         return 0
-    if setting > 0:
-        return min(setting, rows)
-    if free is None:
-        return rows
-    fit = max(1, min(rows, int(free // max(row_bytes, 1))))
-    return -(-rows // -(-rows // fit))  # 128 rows, 84 fit -> 2 passes of 64
+    fit = setting or sampler.rows_per_pass(mc, rows, slots, free, prompt_len=prompt)
+    return min(rows, max(1, fit // group) * group)
 
 
 def _sampling_bytes(
@@ -193,6 +201,7 @@ def _sampling_bytes(
 ) -> dict:
     """Rollouts of one iteration and the evaluation batch (k samples per problem): the KV cache
     of one pass and the decode weights, per device; `free` bytes bound a pass."""
+    from redjax import sampler
     from redjax.algos import Plan
     from redjax.evaluate import batch_size as eval_batch_size
     from redjax.shapes import sampler_bucket
@@ -207,10 +216,14 @@ def _sampling_bytes(
     eval_slots = prompt_slots + sampler_bucket(e.max_new_tokens or r.max_new_tokens)
     decode = params * b // DTYPE_BYTES[mc.param_dtype]
     free = None if free is None else free - decode
-    roll_pass = rows_per_pass(roll_rows, roll_slots * kv_token, free, r.sub_batch)
-    eval_pass = rows_per_pass(eval_rows, eval_slots * kv_token, free, r.sub_batch)
+    roll_pass = pass_rows(mc, roll_rows, r.group_size, roll_slots, prompt_slots, free, r.sub_batch)
+    eval_pass = pass_rows(mc, eval_rows, e.k, eval_slots, prompt_slots, free, r.sub_batch)
     return {
         "kv_cache": max(roll_pass * roll_slots, eval_pass * eval_slots) * kv_token,
+        "sampling_buffers": max(
+            roll_pass * sampler.pass_row_bytes(mc, roll_slots, prompt_slots),
+            eval_pass * sampler.pass_row_bytes(mc, eval_slots, prompt_slots),
+        ),
         "decode_weights": decode,
         "sample_rows_per_device": max(roll_rows, eval_rows),
         "sample_rows_per_pass": max(roll_pass, eval_pass),
@@ -224,9 +237,11 @@ def estimate(
     cfg: config_lib.Config,
     mesh_shape: dict[str, int],
     memory_gib: float | None = None,
+    platform: str | None = None,
 ) -> dict:
     """Bytes per device of each part of a run (module docstring) and the peak. With the device
-    memory known, rollouts are planned in as many equal passes as their KV cache needs."""
+    memory known, rollouts are planned in as many passes as the sampler will make; `platform`
+    (tpu, gpu, or None: unknown) says which kernel `model.attention=auto` runs."""
     from redjax.algos import Plan
     from redjax.shapes import data_bucket, default_buckets
 
@@ -249,7 +264,8 @@ def estimate(
     full_layer = b * (5 * d + (2 * h + 2 * kv) * hd + 5 * i) + attention_bytes(mc, h, hd, seq)
     kept = {"none": full_layer, "dots": b * (3 * d + (h + 2 * kv) * hd + 2 * i), "full": b * d}
     per_token = mc.num_layers * kept[mc.remat] + full_layer + 4 * d * b
-    act_bytes = rows_dev * seq * per_token + attention_tile_bytes(mc, rows_dev, h, seq)
+    tiles = attention_tile_bytes(mc, rows_dev, h, seq, platform)
+    act_bytes = rows_dev * seq * per_token + tiles
     chunk_tokens = max(-(-cfg.train.chunk // shards), rows_dev)
     logp_bytes = 3 * chunk_tokens * mc.vocab_size * 4
     pb = DTYPE_BYTES[mc.param_dtype]
@@ -260,10 +276,10 @@ def estimate(
     gathered = unembed * ((shards > 1) + fsdp) + (2 * layer * pb // tensor if fsdp else 0)
 
     persistent = state["params"] + state["optimizer"] + state["reference"]
-    free = None if memory_gib is None else HEADROOM * memory_gib * GIB - persistent
+    free = None if memory_gib is None else memory_gib * GIB - persistent  # as the sampler sees it
     sampling = _sampling_bytes(mc, cfg, mesh, state["params"], free)
     train_peak = persistent + state["gradients"] + act_bytes + logp_bytes + gathered
-    sample_peak = persistent + sampling["decode_weights"] + sampling["kv_cache"]
+    sample_peak = persistent + sampling["decode_weights"] + sampling["sampling_buffers"]
     return {
         **state,
         "devices": math.prod(mesh.values()),
@@ -315,6 +331,7 @@ def report(est: dict, model_cfg: Any, memory_gib: float | None = None) -> str:
         ("log-prob chunk buffers", "logprob_buffers"),
         ("gathered weights + grads", "gathered"),
         ("KV cache (sampling)", "kv_cache"),
+        ("  with growth copy, logits", "sampling_buffers"),
         ("decode weights (sampling)", "decode_weights"),
         ("peak, train step", "train_peak"),
         ("peak, sampling", "sample_peak"),
@@ -352,6 +369,7 @@ def main(
     if devices < 1:
         raise ValueError(f"--devices must be >= 1, got {devices}")
     mc = model_config(cfg)
-    est = estimate(mc, cfg, mesh_shape(cfg, devices), memory)
+    platform = PLATFORM.get(str(device_memory).strip().lower())
+    est = estimate(mc, cfg, mesh_shape(cfg, devices), memory, platform)
     print(report(est, mc, memory))
     return est

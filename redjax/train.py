@@ -345,6 +345,7 @@ def rollouts(r: Run, batch: dict, *, group: int, seed: int) -> sampling.Rollouts
         seed=seed,
         tokenizer=r.tokenizer,
         mesh=r.mesh,
+        sub_batch=r.cfg.rollout.sub_batch,
     )
     if r.hosts == 1:
         return ro

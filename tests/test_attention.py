@@ -129,7 +129,7 @@ def test_model_logits_match_xla(params, impl, small_blocks):
 @pytest.mark.parametrize("impl", ["chunked", "splash"])
 def test_step_on_mesh_matches_xla(impl, small_blocks):
     """The train step on a (2, 2, 2) mesh with `impl` == one device with xla."""
-    from tests.test_step import SC, host_rows  # noqa: PLC0415
+    from tests.test_step import SC, host_rows, jitted_step  # noqa: PLC0415
 
     cfg = CFG.replace(qk_norm=False, vocab_size=96)
     rows = host_rows()
@@ -138,13 +138,7 @@ def test_step_on_mesh_matches_xla(impl, small_blocks):
         ("xla", sharding.make_mesh(devices=jax.devices()[:1])),
         (impl, sharding.make_mesh(2, 2, 2)),
     ):
-        c = cfg.replace(attention=name)
-        init = lambda c=c: init_params(c, 0)
-        tx = step.make_optimizer(1e-2, 10, warmup_steps=0, eps=1e-4)
-        shapes = jax.eval_shape(init)
-        p = jax.jit(init, out_shardings=sharding.param_shardings(shapes, mesh))()
-        state, sh = step.init_state(p, tx, mesh)
-        fn = step.jit_train_step(c, SC, tx, sh, mesh)
+        state, fn = jitted_step(cfg.replace(attention=name), SC, mesh)
         new, metrics = fn(state, sharding.put_local(rows, mesh), jnp.float32(0.7))
         out[name] = jax.device_get((new["params"], metrics))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), *out.values())

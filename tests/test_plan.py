@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from helpers import make_hf_checkpoint
 
-from redjax import cli, config, plan, sharding, step
+from redjax import cli, config, plan, sampler, sharding, step
 from redjax.models import ModelConfig, init_params
 from redjax.rows import make_rows
+from redjax.shapes import sampler_bucket
 
 QWEN25_05B = ModelConfig(
     vocab_size=151936,
@@ -201,23 +202,24 @@ def test_train_step_memory_against_xla(remat, attention, response):
 
 
 def test_rollout_sub_batches():
-    """With the device memory known, rollouts are planned in equal passes that fit it (by hand:
-    the free bytes over one row's cache); rollout.sub_batch overrides; unknown memory: one pass."""
+    """With the device memory known, the plan takes the sampler's own rule for the rows of a
+    pass (whole prompts); rollout.sub_batch overrides; unknown memory: one pass."""
     cfg = load("rollout.prompts=64", "rollout.group_size=8", "eval.k=1", "model.dtype=bfloat16")
     mc = QWEN25_05B.replace(dtype="bfloat16")
     mesh = {"data": 1, "fsdp": 1, "tensor": 1}
     one = plan.estimate(mc, cfg, mesh)
     assert one["rollout_passes"] == 1 and one["sample_rows_per_pass"] == 512
-    row = one["kv_cache"] // 512  # one rollout row's cache, all layers
-    persistent = one["params"] + one["optimizer"] + one["decode_weights"]
-    memory = (persistent + 200 * row) / plan.HEADROOM / plan.GIB  # room for 200 rows
+    row = sampler.pass_row_bytes(mc, one["kv_slots"], sampler_bucket(cfg.data.max_prompt_len))
+    taken = one["params"] + one["optimizer"] + one["decode_weights"]
+    memory = (taken + 203.5 * row / 0.8) / plan.GIB  # the sampler uses 80% of the free bytes
     est = plan.estimate(mc, cfg, mesh, memory)
-    assert est["rollout_passes"] == 3 and est["sample_rows_per_pass"] == 171  # 512 / 3 passes
-    assert est["kv_cache"] == 171 * row
+    assert est["sample_rows_per_pass"] == 200  # 203 rows fit: 25 whole prompts of 8
+    assert est["rollout_passes"] == 3
+    assert est["kv_cache"] == 200 * one["kv_cache"] // 512
+    assert est["sampling_buffers"] == 200 * row
+    assert est["sample_peak"] == taken + 200 * row
     fixed_cfg = load("rollout.prompts=64", "rollout.group_size=8", "rollout.sub_batch=64")
-    fixed = plan.estimate(mc, fixed_cfg, mesh, memory)
-    assert fixed["rollout_passes"] == 8
-    assert plan.rows_per_pass(10, 100, None) == 10 and plan.rows_per_pass(10, 100, 50) == 1
+    assert plan.estimate(mc, fixed_cfg, mesh, memory)["rollout_passes"] == 8
 
 
 def test_attention_memory_is_linear_except_xla():

@@ -341,3 +341,102 @@ def test_generate_cli(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--model", str(tmp_path / "nothing"), "--prompt", "x"])
     assert "does not exist" in capsys.readouterr().err
+
+
+PROGRAMS = {f: getattr(sampler, f) for f in ("_prefill", "_decode", "_reshape")}  # unpatched
+
+
+def ragged_rollouts(model, monkeypatch, *, features, sub_batch=0):
+    """Rollouts of 5 prompts x 4 whose lengths spread (three eos ids), decoded 4 steps between
+    host checks, and a log of the programs run: prefill rows, decode (rows, cache slots),
+    compaction rows."""
+    monkeypatch.setattr(sampler, "SEGMENTED", features)
+    monkeypatch.setattr(sampler, "COMPACT", features)
+    monkeypatch.setattr(sampler, "STOP_CHUNK", 4)
+    log = []
+    logs = {
+        "_prefill": lambda a, k: ("prefill", k["rows"]),
+        "_decode": lambda a, k: ("decode", *a[1].kv_mask.shape),
+        "_reshape": lambda a, k: ("compact", None if a[1] is None else len(a[1])),
+    }
+    for name, entry in logs.items():
+        run = lambda *a, _f=PROGRAMS[name], _e=entry, **k: log.append(_e(a, k)) or _f(*a, **k)
+        monkeypatch.setattr(sampler, name, run)
+    ids, mask = prompts(model.cfg.vocab_size, seed=6)
+    sp = SamplingParams(temperature=1.0, top_k=30, max_new_tokens=12, eos_ids=(3, 17, 42))
+    out = sample(
+        model.params, model.cfg, ids, mask, num_samples=4, sp=sp, seed=2, sub_batch=sub_batch
+    )
+    return out, log
+
+
+@pytest.mark.parametrize("family", ["qwen2"])
+def test_compaction_segments_and_passes_keep_every_row(hf_checkpoint, monkeypatch):
+    """Decoding against a growing cache with finished rows compacted away, in passes, gives each
+    row the tokens and log-probs of one full-cache, full-batch pass. Log-probs to 1e-5: a smaller
+    batch or cache may change XLA's float32 reduction order (not the math)."""
+    model = from_pretrained(hf_checkpoint[0])
+    ref, log = ragged_rollouts(model, monkeypatch, features=False)
+    assert log == [("prefill", 20), ("decode", 20, 16 + 16)]  # every step reads the whole budget
+    assert len(set(ref.lengths)) >= 4 and ref.lengths.min() <= 4 and ref.lengths.max() == 12
+    out, log = ragged_rollouts(model, monkeypatch, features=True, sub_batch=12)
+    for field in ("tokens", "mask", "lengths", "finish"):
+        np.testing.assert_array_equal(getattr(out, field), getattr(ref, field))
+    np.testing.assert_allclose(out.logp, ref.logp, atol=1e-5)
+    np.testing.assert_allclose(out.logp_model, ref.logp_model, atol=1e-5)
+    # Passes of 3 and 2 prompts; each starts on prompt 16 + steps 1-4 (bucketed to 24 slots) and
+    # grows to 32; the first pass, 4 of its 12 rows done by step 5, goes on in 8 rows.
+    second = log.index(("prefill", 8))
+    assert log[0] == ("prefill", 12) and ("compact", 8) in log[:second]
+    for part in (log[:second], log[second:]):
+        slots = [e[2] for e in part if e[0] == "decode"]
+        assert slots[0] == 24 and slots[-1] == 32 and slots == sorted(slots)
+    assert ("decode", 8, 32) in log[:second] and ("decode", 12, 32) not in log
+
+
+def test_rows_per_pass_from_memory():
+    """Rows per pass from free device memory: per row twice the KV cache, the token buffers,
+    float32 logits and one layer's prefill; None (CPU) keeps every row in one pass."""
+    cfg = sampler.ModelConfig(
+        vocab_size=1000, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+        num_kv_heads=2, head_dim=16, dtype="bfloat16",
+    )  # fmt: skip
+    kv = 2 * 2 * 96 * 2 * 16 * 2  # k and v, 2 layers, 96 slots, 2 heads x 16, bf16
+    row = 2 * kv + 3 * 4 * 64 + 16 * 1000 + 32 * (4 * 64 + 3 * 128 * 2) + 4 * 4 * 32 * 32
+    assert sampler.rows_per_pass(cfg, 512, 96, None, prompt_len=32) == 512
+    assert sampler.rows_per_pass(cfg, 512, 96, 10 * row, prompt_len=32, safety=1.0) == 10
+    assert sampler.rows_per_pass(cfg, 512, 96, 10 * row, prompt_len=32, safety=0.5) == 5
+    assert sampler.rows_per_pass(cfg, 512, 96, 10 * row, prompt_len=32, shards=4) == 32
+    assert sampler.rows_per_pass(cfg, 512, 96, 10**12, prompt_len=32) == 512
+    assert sampler.rows_per_pass(cfg, 512, 96, 1, prompt_len=32) == 1
+
+
+@pytest.mark.parametrize("family", ["qwen2"])  # q/k/v biases: fused with the kernels
+def test_fused_projections_match_the_trained_layout(hf_checkpoint):
+    """The sampler's fused q/k/v and gate/up matmuls give the logits of the separate ones, over
+    a prefill into the cache and at the next step; the trained parameters are left as they were."""
+    from redjax.models.transformer import forward, fuse_projections, init_cache, unstack_layers
+
+    model = from_pretrained(hf_checkpoint[0])
+    cfg = model.cfg
+    layers = unstack_layers(model.params)
+    fused = fuse_projections(layers)
+    attn, mlp = fused["layers_0"]["attn"], fused["layers_0"]["mlp"]
+    h, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    assert set(attn) == {"qkv", "o"} and attn["qkv"]["kernel"].shape[-1] == (h + 2 * kv) * hd
+    assert attn["qkv"]["bias"].shape == ((h + 2 * kv) * hd,) and set(mlp) == {"gate_up", "down"}
+    assert set(layers["layers_0"]["attn"]) == {"q", "k", "v", "o"}  # input untouched
+    ids, mask = prompts(cfg.vocab_size)
+
+    @jax.jit
+    def logits(params):  # a full sequence; the next token through the cache
+        cache = init_cache(cfg, len(ids), ids.shape[1] + 1)
+        full, cache = forward(params, cfg, ids, mask=mask, cache=cache)
+        return full, forward(params, cfg, ids[:, :1] + 1, cache=cache)[0]
+
+    for got, want in zip(logits(fused), logits(layers), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    assert sampler._free_bytes() is None  # CPU: no memory_stats, so sample makes one pass
+    with pytest.raises(ValueError, match="sub_batch must be >= 0"):
+        sample(None, cfg, np.ones((1, 2)), None, num_samples=1, sp=SamplingParams(), seed=0,
+               sub_batch=-1)  # fmt: skip
