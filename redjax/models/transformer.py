@@ -261,6 +261,28 @@ class Transformer(nn.Module):
         )
         x = embed(tokens)
 
+        x, new_cache = self._layers(x, positions, mask, cache)
+        x = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="norm")(x)
+
+        if hidden:
+            return x, new_cache
+        if cfg.tie_embeddings:
+            logits = embed.attend(x)
+        else:
+            logits = nn.Dense(
+                cfg.vocab_size,
+                use_bias=False,
+                dtype=dtype,
+                param_dtype=pdtype,
+                name="lm_head",
+                kernel_init=nn.initializers.normal(0.02),
+            )(x)
+        return logits, new_cache
+
+    def _layers(self, x, positions, mask, cache):
+        """The decoder layers: scanned (stacked parameters), a loop, or a loop over the cache
+        (called from __call__, so its submodules are __call__'s)."""
+        cfg = self.cfg
         block = Block
         gather = sharding.layer_gather(self.mesh)
         if gather is not None:  # the embedding's rows come split over fsdp by model dim: move
@@ -301,24 +323,9 @@ class Transformer(nn.Module):
                 "k": tuple(ks),
                 "v": tuple(vs),
                 "mask": kv_mask,
-                "index": index + tokens.shape[1],
+                "index": index + x.shape[1],
             }
-        x = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="norm")(x)
-
-        if hidden:
-            return x, new_cache
-        if cfg.tie_embeddings:
-            logits = embed.attend(x)
-        else:
-            logits = nn.Dense(
-                cfg.vocab_size,
-                use_bias=False,
-                dtype=dtype,
-                param_dtype=pdtype,
-                name="lm_head",
-                kernel_init=nn.initializers.normal(0.02),
-            )(x)
-        return logits, new_cache
+        return x, new_cache
 
 
 def unembedding(params: dict, cfg: ModelConfig) -> Array:
