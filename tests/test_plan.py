@@ -120,8 +120,10 @@ def test_rows_kv_cache_and_chunk_buffers_by_hand():
     assert est["logprob_buffers"] == 3 * (512 // shards) * 151936 * 4
     assert est["total"] == max(est["train_peak"], est["sample_peak"])
     assert est["decode_weights"] == est["params"] // 2  # float32 params, bfloat16 decode copy
+    row = sampler.pass_row_bytes(mc, slots, 32)  # the sampler's own working set of a row
+    assert est["sampling_buffers"] == rows * row
     assert est["sample_peak"] == (
-        est["params"] + est["optimizer"] + est["decode_weights"] + est["kv_cache"]
+        est["params"] + est["optimizer"] + est["decode_weights"] + est["sampling_buffers"]
     )
     assert est["train_peak"] == (
         est["params"]
