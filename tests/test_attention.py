@@ -126,22 +126,28 @@ def test_model_logits_match_xla(params, impl, small_blocks):
     np.testing.assert_allclose(got * mask[..., None], want * mask[..., None], atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["chunked", "splash"])
-def test_step_on_mesh_matches_xla(impl, small_blocks):
-    """The train step on a (2, 2, 2) mesh with `impl` == one device with xla."""
+STEP_CFG = CFG.replace(qk_norm=False, vocab_size=96, num_layers=1)
+
+
+def step_result(attention_impl, mesh):
+    """(params, metrics) after one train step of host_rows() with `attention_impl` on `mesh`."""
     from tests.test_step import SC, host_rows, jitted_step  # noqa: PLC0415
 
-    cfg = CFG.replace(qk_norm=False, vocab_size=96)
-    rows = host_rows()
-    out = {}
-    for name, mesh in (
-        ("xla", sharding.make_mesh(devices=jax.devices()[:1])),
-        (impl, sharding.make_mesh(2, 2, 2)),
-    ):
-        state, fn = jitted_step(cfg.replace(attention=name), SC, mesh)
-        new, metrics = fn(state, sharding.put_local(rows, mesh), jnp.float32(0.7))
-        out[name] = jax.device_get((new["params"], metrics))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), *out.values())
+    state, fn = jitted_step(STEP_CFG.replace(attention=attention_impl), SC, mesh)
+    new, metrics = fn(state, sharding.put_local(host_rows(), mesh), jnp.float32(0.7))
+    return jax.device_get((new["params"], metrics))
+
+
+@pytest.fixture(scope="module")
+def xla_step():
+    return step_result("xla", sharding.make_mesh(devices=jax.devices()[:1]))
+
+
+@pytest.mark.parametrize("impl", ["chunked", "splash"])
+def test_step_on_mesh_matches_xla(impl, xla_step, small_blocks):
+    """The train step on a (2, 2, 2) mesh with `impl` == one device with xla."""
+    got = step_result(impl, sharding.make_mesh(2, 2, 2))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, xla_step)
 
 
 @pytest.mark.parametrize("impl", ["chunked", "splash"])
