@@ -94,9 +94,10 @@ def token_stats_chunked(
 
     @functools.partial(jax.checkpoint, prevent_cse=False)
     def stats(w, h_c, y_c):
-        if h_c.dtype == jnp.float32:  # float32 compute: autodiff's own float32 matmuls
-            prec = jax.lax.Precision.HIGHEST
-            return token_stats(jnp.matmul(h_c, w.astype(h_c.dtype), precision=prec), y_c)
+        # float32 compute: autodiff's own matmuls (their precision is the caller's scope,
+        # transformer.precision); 16-bit compute: logits_f32 keeps the gradient GEMMs 16-bit.
+        if h_c.dtype == jnp.float32:
+            return token_stats(jnp.matmul(h_c, w), y_c)
         return token_stats(logits_f32(h_c, w), y_c)
 
     logp, entropy = jax.lax.map(lambda xs: stats(unembed, *xs), (h, y))
@@ -107,17 +108,11 @@ def token_stats_chunked(
 
 @jax.custom_vjp
 def logits_f32(h: jax.Array, w: jax.Array) -> jax.Array:
-    """h @ w as float32 logits from matmuls in h's dtype with float32 accumulation, forward and
-    backward: the logits' float32 cotangent is cast to h's dtype before the two gradient
-    matmuls, so no float32 x float32 GEMM over the vocabulary runs when h is bfloat16. The
+    """h @ w as float32 logits for h in a 16-bit dtype, from matmuls in h's dtype with float32
+    accumulation, forward and backward: the logits' float32 cotangent is cast to h's dtype
+    before the two gradient matmuls, so no float32 x float32 GEMM over the vocabulary runs. The
     gradient of w comes back in w's own dtype (float32 master weights sum it there)."""
-    prec = _highest_if_f32(h.dtype)
-    return jnp.matmul(h, w.astype(h.dtype), preferred_element_type=jnp.float32, precision=prec)
-
-
-def _highest_if_f32(dtype):
-    """Explicit, not from the caller's scope: custom_vjp rules are traced outside it."""
-    return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
+    return jnp.matmul(h, w.astype(h.dtype), preferred_element_type=jnp.float32)
 
 
 def _logits_fwd(h, w):
@@ -126,9 +121,9 @@ def _logits_fwd(h, w):
 
 def _logits_bwd(res, g):
     h, w = res
-    g, prec = g.astype(h.dtype), _highest_if_f32(h.dtype)
-    dh = jnp.matmul(g, w.astype(h.dtype).T, preferred_element_type=jnp.float32, precision=prec)
-    dw = jnp.einsum("...d,...v->dv", h, g, preferred_element_type=jnp.float32, precision=prec)
+    g = g.astype(h.dtype)
+    dh = jnp.matmul(g, w.astype(h.dtype).T, preferred_element_type=jnp.float32)
+    dw = jnp.einsum("...d,...v->dv", h, g, preferred_element_type=jnp.float32)
     return dh.astype(h.dtype), dw.astype(w.dtype)
 
 

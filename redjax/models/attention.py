@@ -88,8 +88,10 @@ def attend(
     return splash(q, k, v, kv_mask, mesh=mesh)
 
 
-def _precision(dtype) -> jax.lax.Precision:
-    """HIGHEST for float32 (float32 means float32 on every backend, no TF32), else DEFAULT."""
+def matmul_precision(dtype) -> jax.lax.Precision | None:
+    """HIGHEST for float32 (float32 means float32 on every backend, no TF32), else the default.
+    The blockwise kernel passes it explicitly: its custom-VJP backward is traced outside any
+    `transformer.precision` scope."""
     return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
 
 
@@ -153,7 +155,7 @@ def _untile(x, axis):
 def _forward(q, k, v, valid, slots, blocks):
     """Output and log-sum-exp [B, K, G, T] of the online softmax, one query block at a time."""
     bq, bk = blocks
-    prec = _precision(q.dtype)
+    prec = matmul_precision(q.dtype)
     kt, vt, validt = _tiles(k, bk, 2), _tiles(v, bk, 2), _tiles(valid, bk, 1)
 
     def q_block(xs):
@@ -200,7 +202,7 @@ def _flash_bwd(blocks, res, d_out):
     from the saved log-sum-exp; dq is carried, dk and dv come out one key block at a time."""
     q, k, v, valid, slots, out, lse = res
     bq, bk = blocks
-    prec = _precision(q.dtype)
+    prec = matmul_precision(q.dtype)
     scale = 1.0 / math.sqrt(q.shape[-1])
     delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), -1)  # [B, K, G, T]
     qt, dot, slotst = _tiles(q, bq, 3), _tiles(d_out, bq, 3), _tiles(slots, bq, 0)

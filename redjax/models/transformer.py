@@ -154,18 +154,18 @@ class Attention(nn.Module):
         inv_freq = rope_frequencies(cfg)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
 
-        if cache is None:  # full sequence: causal self-attention
-            out = attention.attend(q, k, v, kv_mask, impl=cfg.attention, mesh=self.mesh)
-        else:  # write the new keys at [index, index + t) in place, attend over the cache
+        if cache is not None:  # write the new keys at [index, index + t) in place
             ck, cv = cache
             keys = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
             values = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
             cache = (keys, values)
-            if t == ck.shape[1]:  # the new tokens fill the cache (a prefill): self-attention
-                out = attention.attend(q, k, v, kv_mask, impl=cfg.attention, mesh=self.mesh)
-            else:
-                keys, values = keys.astype(dtype), values.astype(dtype)
-                out = attention.attend(q, keys, values, kv_mask, impl=cfg.attention, q_offset=index)
+        # Self-attention for a full sequence, and for new tokens that fill the whole cache (a
+        # prefill); otherwise the new tokens attend over the cache, from slot `index` on.
+        if cache is None or t == cache[0].shape[1]:
+            out = attention.attend(q, k, v, kv_mask, impl=cfg.attention, mesh=self.mesh)
+        else:
+            keys, values = keys.astype(dtype), values.astype(dtype)
+            out = attention.attend(q, keys, values, kv_mask, impl=cfg.attention, q_offset=index)
         out = dense(cfg.hidden_size, cfg.o_bias, "o")(out.reshape(b, t, h * hd))
         return out, cache
 
@@ -422,6 +422,6 @@ def forward(
 def precision(dtype: Any) -> contextlib.AbstractContextManager:
     """Trace-time scope for matmuls: float32 compute means float32 on every backend (HIGHEST
     precision, not TF32 on GPUs or bfloat16 passes on TPUs); other dtypes keep the default."""
-    if jnp.dtype(dtype) == jnp.float32:
-        return jax.default_matmul_precision("highest")
-    return contextlib.nullcontext()
+    if attention.matmul_precision(dtype) is None:
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision("highest")
