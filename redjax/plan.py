@@ -193,7 +193,7 @@ def pass_rows(
     if rows <= 0:
         return 0
     fit = setting or sampler.rows_per_pass(mc, rows, slots, free, prompt_len=prompt)
-    return min(rows, max(1, fit // group) * group)
+    return min(rows, sampler.prompts_per_pass(fit, group) * group)
 
 
 def _sampling_bytes(

@@ -546,6 +546,11 @@ def rows_per_pass(
     return max(1, min(rows, per_device * shards))
 
 
+def prompts_per_pass(rows: int, group: int) -> int:
+    """Prompts a pass takes when it may hold `rows` rollouts: whole prompts, at least one."""
+    return max(1, rows // group)
+
+
 def pass_row_bytes(cfg: ModelConfig, slots: int, prompt_len: int) -> int:
     """Device bytes one rollout row holds while sampling (see rows_per_pass); the prefill's
     attention scores count [prompt, prompt] only on the xla path (the fused and blockwise
@@ -615,7 +620,7 @@ def sample(
         sub_batch = rows_per_pass(
             cfg, b * g, p_pad + n_pad, free, prompt_len=p_pad, shards=data_shards(mesh)
         )
-    per = max(1, sub_batch // g)  # prompts per pass
+    per = prompts_per_pass(sub_batch, g)
     outs = []
     for lo in range(0, b, per):
         live = min(per, b - lo) * g
