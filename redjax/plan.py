@@ -160,25 +160,31 @@ def _state_bytes(mc: Any, cfg: config_lib.Config, mesh: dict[str, int]) -> dict:
     }
 
 
-def attention_bytes(mc: Any, heads: int, head_dim: int, seq: int) -> int:
+def attention_kernel(mc: Any, seq: int, platform: str | None) -> str:
+    """The attention implementation the train step runs on `platform` (tpu, gpu; None: the
+    backend this process sees), by the model's own rule (attention.resolve)."""
+    from redjax.models import attention
+
+    return attention.resolve(mc.attention, mc.dtype, seq, seq, self_attn=True, backend=platform)
+
+
+def attention_bytes(kind: str, dtype: str, heads: int, head_dim: int, seq: int) -> int:
     """Attention working set per token of one layer in the backward pass, beyond q, k, v and
     the output: with `xla`, the float32 [T, T] logits and softmax and their 16-bit copies (grows
     with T); the fused and blockwise kernels keep a float32 log-sum-exp per head and a float32
     dq accumulator instead (constant per token)."""
-    b = DTYPE_BYTES[mc.dtype]
-    if mc.attention == "xla":
+    b = DTYPE_BYTES[dtype]
+    if kind == "xla":
         return heads * seq * (8 + (2 * b if b < 4 else 0))
     return heads * (8 + 4 * head_dim)
 
 
-def attention_tile_bytes(mc: Any, rows: int, heads: int, seq: int, platform: str | None) -> int:
+def attention_tile_bytes(kind: str, rows: int, heads: int, seq: int) -> int:
     """The blockwise kernel's score tiles in the backward pass (scores, probabilities and their
-    gradients, float32): fixed in T. None for the fused kernels (their tiles stay on chip),
-    which `auto` picks on a TPU or GPU `platform`."""
+    gradients, float32): fixed in T. None for the fused kernels (their tiles stay on chip)."""
     from redjax.models import attention
 
-    fused = mc.attention == "auto" and platform in ("tpu", "gpu")
-    if mc.attention not in ("chunked", "auto") or fused:
+    if kind != "chunked":
         return 0
     return 5 * 4 * rows * heads * min(attention.BLOCK_Q, seq) * min(attention.BLOCK_KV, seq)
 
@@ -261,10 +267,12 @@ def estimate(
     seq = cfg.data.max_prompt_len + data_bucket(response, default_buckets(max(4096, response)))
     d, hd, i = mc.hidden_size, mc.head_dim, _split(mc.intermediate_size, tensor)
     h, kv = _split(mc.num_heads, tensor), _split(mc.num_kv_heads, tensor)
-    full_layer = b * (5 * d + (2 * h + 2 * kv) * hd + 5 * i) + attention_bytes(mc, h, hd, seq)
+    kind = attention_kernel(mc, seq, platform)
+    full_layer = b * (5 * d + (2 * h + 2 * kv) * hd + 5 * i)
+    full_layer += attention_bytes(kind, mc.dtype, h, hd, seq)
     kept = {"none": full_layer, "dots": b * (3 * d + (h + 2 * kv) * hd + 2 * i), "full": b * d}
     per_token = mc.num_layers * kept[mc.remat] + full_layer + 4 * d * b
-    tiles = attention_tile_bytes(mc, rows_dev, h, seq, platform)
+    tiles = attention_tile_bytes(kind, rows_dev, h, seq)
     act_bytes = rows_dev * seq * per_token + tiles
     chunk_tokens = max(-(-cfg.train.chunk // shards), rows_dev)
     logp_bytes = 3 * chunk_tokens * mc.vocab_size * 4
@@ -295,7 +303,7 @@ def estimate(
         "seq_len": seq,
         "chunk_tokens_per_device": chunk_tokens,
         "activation_bytes_per_token": per_token,
-        "attention": mc.attention,
+        "attention": f"{mc.attention} ({kind})" if mc.attention == "auto" else kind,
     }
 
 

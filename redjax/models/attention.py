@@ -32,11 +32,14 @@ BLOCK_KV = 512  # chunked: key positions per block
 MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite, so a fully masked row stays finite
 
 
-def resolve(impl: str, dtype, q_len: int, kv_len: int, self_attn: bool) -> str:
-    """The implementation `impl` runs as here: fused kernels serve self-attention (the train
-    step, the scorer, the prefill); cached decoding and refused shapes take xla or chunked."""
-    check(impl, dtype)
-    backend = jax.default_backend()
+def resolve(
+    impl: str, dtype, q_len: int, kv_len: int, self_attn: bool, backend: str | None = None
+) -> str:
+    """The implementation `impl` runs as on `backend` (default: this one): fused kernels serve
+    self-attention (the train step, the scorer, the prefill); cached decoding and refused
+    shapes take xla or chunked. The planner asks it for the backend it plans for."""
+    backend = backend or jax.default_backend()
+    check(impl, dtype, backend)
     fits_cudnn = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
     if self_attn and impl == "auto" and backend == "gpu" and fits_cudnn:
         return "cudnn"
@@ -51,14 +54,16 @@ def resolve(impl: str, dtype, q_len: int, kv_len: int, self_attn: bool) -> str:
     return "chunked"
 
 
-def check(impl: str, dtype) -> None:
-    """A clear error for a setting this backend cannot run (called before training starts)."""
+def check(impl: str, dtype, backend: str | None = None) -> None:
+    """A clear error for a setting `backend` (default: this one) cannot run (called before
+    training starts)."""
+    backend = backend or jax.default_backend()
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"model.attention must be one of {IMPLEMENTATIONS}, got {impl!r}")
-    if impl == "cudnn" and jax.default_backend() != "gpu":
+    if impl == "cudnn" and backend != "gpu":
         raise ValueError(
-            f"model.attention=cudnn needs an NVIDIA GPU, but JAX runs on "
-            f"{jax.default_backend()}: use model.attention=auto"
+            f"model.attention=cudnn needs an NVIDIA GPU, but JAX runs on {backend}: "
+            "use model.attention=auto"
         )
     if impl == "cudnn" and jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
         raise ValueError("model.attention=cudnn needs model.dtype=bfloat16 (cuDNN has no float32)")
