@@ -453,8 +453,9 @@ def update(r: Run, rows: Rows, lam: float, it: int) -> dict[str, float]:
         dev = sharding.put_local(part.with_probe(idx), r.mesh)
         r.state, m = r.train_step(r.state, dev, jnp.float32(lam))
         ms.append(m)
+    ms = jax.device_get(ms)  # one transfer of every update's metrics
     skipped = r.guard.count(ms)  # updates skipped for a non-finite loss or gradient
-    m = {k: float(np.mean([jax.device_get(x[k]) for x in ms])) for k in ms[0]}
+    m = {k: float(np.mean([x[k] for x in ms])) for k in ms[0]}
     return {**m, "skipped": float(skipped), "skipped_steps": r.guard.total}
 
 
