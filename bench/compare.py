@@ -1,105 +1,329 @@
-"""RED against its baselines on the built-in task: same data, model, budget and seed.
+"""Does RED teach better? Every method from the same start, on the same data, for the same
+budget, over several seeds: a table of means and spreads, and plots of the curves.
 
-    python bench/compare.py                     # all six baselines, the default budget
-    python bench/compare.py --steps 150 --only red grpo
+    python bench/compare.py                          # the warm-start benchmark, 3 seeds
+    python bench/compare.py --seeds 1 --methods red grpo
+    python bench/compare.py my.yaml data.train=t.jsonl data.test=h.jsonl --old old.jsonl
+    python bench/compare.py --summarise              # re-read finished runs only
 
-Each baseline is configs/baselines/NAME.yaml run with `redjax train` in its own run folder
-(runs/compare/NAME). Writes a markdown table (final held-out accuracy, best accuracy, steps
-to 0.5, wall time) and a plot of held-out accuracy and online entropy over steps
-(bench/compare.png), and prints the table for bench/RESULTS.md.
+The built-in benchmark (no config given): a warm start, configs/compare/warm.yaml (SFT on the
+easy task: column addition below 100), made once and cached under OUT/warm-KEY (KEY: a hash of
+its resolved config); then every method trained from it on configs/compare/long.yaml (each
+operand three-digit with probability 1/2), where the warm model solves only the problems whose
+operands are both two-digit. The old task (easy, held-out) measures what each method keeps.
+
+Each run is `redjax train BASE algo=... [method settings] [your overrides] train.seed=S` in
+OUT/METHOD/seedS: the same model, data order (asserted from each step's prompt digest) and
+number of steps and prompts for every method. A finished run is not re-run (delete its folder
+to re-run it); an interrupted one resumes. Writes OUT/compare.md (the table) and
+OUT/compare.png (curves: mean over seeds, min-max shaded).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import subprocess
 import sys
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASELINES = ["red", "grpo", "sft", "sft_then_grpo", "fixed_mix", "luffy"]
+WARM = os.path.join(ROOT, "configs", "compare", "warm.yaml")
+TASK = os.path.join(ROOT, "configs", "compare", "long.yaml")
+
+# Method -> overrides on the base config (presets of each algo: redjax.config.PRESETS).
+METHODS = {
+    "red": ["algo=red"],
+    "grpo": ["algo=grpo"],
+    "sft": ["algo=sft"],
+    "sft_then_grpo": ["algo=sft_then_grpo"],  # red.sft_steps = half the steps (added below)
+    "fixed_mix": ["algo=fixed_mix"],
+    "luffy": ["algo=luffy"],
+    "red_fixed_lambda": ["algo=red", "red.lam=fixed"],  # RED, lambda held at red.lambda0
+    "red_no_shift": ["algo=red", "red.shift=zero"],  # RED, s = 0 (SFT weighting) for all
+}
+# Config sections a method may change; everything else must be equal across methods.
+METHOD_KEYS = ("algo", "red")
+CURVES = {  # per-step metrics plotted, with their axis labels
+    "accuracy": "rollout accuracy",
+    "lambda": "lambda (offline weight)",
+    "shift_mean": "mean policy shift s",
+    "entropy_on": "entropy, online tokens",
+    "entropy_off": "entropy, offline tokens",
+}
 
 
-def run(name: str, steps: int, seed: int, out: str, extra: list[str]) -> float:
-    cfg = os.path.join(ROOT, "configs", "baselines", f"{name}.yaml")
-    cmd = [
-        sys.executable,
-        "-m",
-        "redjax.cli",
-        "train",
-        cfg,
-        f"train.steps={steps}",
-        f"train.seed={seed}",
-        f"train.run_dir={os.path.join(out, name)}",
-        f"eval.every={max(steps // 6, 1)}",
-        *extra,
-    ]
-    if name == "sft_then_grpo":
-        cmd.append(f"red.sft_steps={steps // 2}")
+# ----------------------------------------------------------------------------- running
+
+
+def jax_env(out: str) -> dict:
+    """The environment of every run: one persistent compilation cache, so runs of one shape
+    compile once."""
+    return {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": os.path.join(out, "jax-cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+
+
+def redjax(args: list[str], out: str) -> float:
+    """Runs `redjax ARGS` as its own process; returns its wall time in seconds."""
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    proc = subprocess.run([sys.executable, "-m", "redjax.cli", *args], env=jax_env(out))
+    if proc.returncode:
+        sys.exit(f"compare: `redjax {' '.join(args)}` failed (exit {proc.returncode})")
     return time.perf_counter() - t0
 
 
-def summarise(out: str, names: list[str], walls: dict[str, float]) -> str:
+def warm_start(out: str, overrides: list[str]) -> str:
+    """The warm-start model (a Hugging Face folder), trained and exported once per resolved
+    warm config, then reused by every method and seed."""
+    from redjax import config
+
+    cfg = config.load(WARM, overrides)
+    cfg.train.run_dir = ""
+    key = hashlib.sha256(json.dumps(config.to_dict(cfg), sort_keys=True).encode()).hexdigest()
+    folder = os.path.join(out, f"warm-{key[:12]}")
+    hf = os.path.join(folder, "hf")
+    if os.path.isfile(os.path.join(hf, "config.json")):
+        print(f"compare: reusing the warm start {hf}")
+        return hf
+    run = os.path.join(folder, "run")
+    print(f"compare: training the warm start in {run}")
+    redjax(["train", WARM, *overrides, f"train.run_dir={run}"], out)
+    redjax(["export", run, hf], out)
+    return hf
+
+
+def method_args(name: str, base: str | None, overrides: list[str], seed: int) -> list[str]:
+    """The `redjax train` arguments of one method and seed."""
+    from redjax import config
+
+    extra = list(METHODS[name])
+    if name == "sft_then_grpo":
+        steps = config.load(base, overrides).train.steps
+        extra.append(f"red.sft_steps={steps // 2}")
+    return ["train", *([base] if base else []), *extra, *overrides, f"train.seed={seed}"]
+
+
+def run_one(name: str, seed: int, args: argparse.Namespace, overrides: list[str]) -> str:
+    """Trains one method for one seed (unless finished) and evaluates it on the old task;
+    returns its run folder."""
+    run = os.path.join(args.out, name, f"seed{seed}")
+    if not os.path.isfile(os.path.join(run, "eval.json")):
+        print(f"compare: {name}, seed {seed} -> {run}", flush=True)
+        argv = method_args(name, args.config, overrides, seed) + [f"train.run_dir={run}"]
+        wall = redjax(argv, args.out)
+        with open(os.path.join(run, "wall.json"), "w") as f:
+            json.dump({"seconds": wall}, f)
+    old = os.path.join(run, "old.json")
+    if args.old and not os.path.isfile(old):
+        n = str(args.max_new_tokens or _cfg(run).rollout.max_new_tokens)
+        redjax(["eval", "--model", run, "--data", args.old, "--max-new-tokens", n,
+                "--json", old], args.out)  # fmt: skip
+    return run
+
+
+def _cfg(run: str):
+    from redjax import config
+
+    return config.load(os.path.join(run, "config.yaml"))
+
+
+# ----------------------------------------------------------------------------- reading runs
+
+
+def read_run(run: str) -> dict:
+    """What the table and plots need from one run folder."""
     from redjax.logs import read_metrics
 
+    rows = read_metrics(run)
+    steps = [r for r in rows if "loss" in r]
+    evals = [(r["step"], r["eval/heldout_acc"], r["eval/mean_length"]) for r in rows
+             if "eval/heldout_acc" in r]  # fmt: skip
+    old = _read_json(os.path.join(run, "old.json"))
+    return {
+        "evals": evals,
+        "curves": {k: [(r["step"], r.get(k, np.nan)) for r in steps] for k in CURVES},
+        "digests": [r["batch_digest"] for r in steps],
+        "rollouts": [r["rollouts"] for r in steps],
+        "old": old["pass@1"] if old else np.nan,
+        "wall": (_read_json(os.path.join(run, "wall.json")) or {}).get("seconds", np.nan),
+    }
+
+
+def _read_json(path: str) -> dict | None:
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_same_budget(runs: dict[str, dict[int, str]]) -> None:
+    """Every method of a seed trained on the same prompts in the same order, with the same
+    config outside the method's own keys and the same rollouts per online step. Raises
+    ValueError naming the first difference."""
+    from redjax import config
+
+    for seed in sorted({s for by_seed in runs.values() for s in by_seed}):
+        ref_name, ref = None, None
+        for name, by_seed in runs.items():
+            if seed not in by_seed:
+                continue
+            cfg = config.to_dict(_cfg(by_seed[seed]))
+            cfg["train"].pop("run_dir")
+            shared = {k: v for k, v in cfg.items() if k not in METHOD_KEYS}
+            got = read_run(by_seed[seed])
+            full = cfg["rollout"]["prompts"] * cfg["rollout"]["group_size"]
+            if any(n not in (0, full) for n in got["rollouts"]):
+                raise ValueError(f"{name} seed {seed}: a step sampled other than {full} rollouts")
+            if ref is None:
+                ref_name, ref = name, (shared, got["digests"])
+                continue
+            if shared != ref[0]:
+                diff = sorted(k for k in shared if shared[k] != ref[0].get(k))
+                raise ValueError(f"{name} vs {ref_name}, seed {seed}: config differs in {diff}")
+            if got["digests"] != ref[1]:
+                raise ValueError(f"{name} vs {ref_name}, seed {seed}: different prompts or order")
+
+
+# ----------------------------------------------------------------------------- table and plots
+
+
+def _ms(xs: list[float], fmt: str = ".3f") -> str:
+    """Mean ± standard deviation over seeds (the spread of one seed is not shown)."""
+    xs = [x for x in xs if np.isfinite(x)]
+    if not xs:
+        return "-"
+    if len(xs) == 1:
+        return f"{xs[0]:{fmt}}"
+    return f"{np.mean(xs):{fmt}} ± {np.std(xs, ddof=1):{fmt}}"
+
+
+def table(runs: dict[str, dict[int, str]], target: float) -> str:
+    """The markdown table, from the run folders."""
     lines = [
-        "| baseline | final held-out acc | best | first step >= 0.5 | final entropy (online) "
-        "| wall s |",
-        "|---|---|---|---|---|---|",
+        f"| method | held-out acc, new task | best | old task kept | mean length | "
+        f"steps to {target:g} | rollouts | wall s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    curves = {}
-    for name in names:
-        rows = read_metrics(os.path.join(out, name))
-        evals = [(r["step"], r["eval/heldout_acc"]) for r in rows if "eval/heldout_acc" in r]
-        ent = [(r["step"], r["entropy_on"]) for r in rows if r.get("tokens_on", 0) > 0]
-        curves[name] = (evals, ent)
-        first = next((s for s, a in evals if a >= 0.5), None)
-        last_ent = f"{ent[-1][1]:.3f}" if ent else "n/a"
+    for name, by_seed in runs.items():
+        got = [read_run(by_seed[s]) for s in sorted(by_seed)]
+        final = [g["evals"][-1][1] for g in got]
+        best = [max(a for _, a, _ in g["evals"]) for g in got]
+        reach = [next((s for s, a, _ in g["evals"] if a >= target), None) for g in got]
+        hit = [s for s in reach if s is not None]
+        steps = f"{np.mean(hit):.0f} ({len(hit)}/{len(got)} seeds)" if hit else f"- (0/{len(got)})"
         lines.append(
-            f"| {name} | {evals[-1][1]:.3f} | {max(a for _, a in evals):.3f} | "
-            f"{first if first is not None else '-'} | {last_ent} | "
-            f"{walls.get(name, float('nan')):.0f} |"
+            f"| {name} | {_ms(final)} | {_ms(best)} | {_ms([g['old'] for g in got])} | "
+            f"{_ms([g['evals'][-1][2] for g in got], '.1f')} | {steps} | "
+            f"{np.mean([sum(g['rollouts']) for g in got]):.0f} | "
+            f"{_ms([g['wall'] for g in got], '.0f')} |"
         )
-    _plot(curves, os.path.join(ROOT, "bench", "compare.png"))
     return "\n".join(lines)
 
 
-def _plot(curves: dict, path: str) -> None:
+def plot(runs: dict[str, dict[int, str]], path: str) -> None:
+    """Held-out accuracy and the controller's curves over steps: one line per method (mean
+    over seeds, min-max shaded); per-step curves smoothed over 5 steps."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, (evals, ent) in curves.items():
-        a.plot(*zip(*evals, strict=True), marker="o", label=name)
-        if ent:
-            b.plot(*zip(*ent, strict=True), label=name)
-    a.set(xlabel="step", ylabel="held-out accuracy (greedy)", title="accuracy")
-    b.set(xlabel="step", ylabel="mean token entropy, online", title="policy entropy")
-    a.legend()
+    panels = {"eval": "held-out accuracy, new task (greedy)", **CURVES}
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    for name, by_seed in runs.items():
+        got = [read_run(by_seed[s]) for s in sorted(by_seed)]
+        for ax, key in zip(axes.flat, panels, strict=False):
+            pts = (
+                [[(s, a) for s, a, _ in g["evals"]] for g in got]
+                if key == "eval"
+                else [_smooth(g["curves"][key]) for g in got]
+            )
+            n = min(len(p) for p in pts)
+            if not n or not np.isfinite([v for p in pts for _, v in p[:n]]).any():
+                continue
+            x = np.array([s for s, _ in pts[0][:n]])
+            y = np.array([[v for _, v in p[:n]] for p in pts])
+            (line,) = ax.plot(x, np.nanmean(y, 0), label=name)
+            ax.fill_between(x, np.nanmin(y, 0), np.nanmax(y, 0), color=line.get_color(), alpha=0.2)
+    for ax, title in zip(axes.flat, panels.values(), strict=False):
+        ax.set(xlabel="step", title=title)
+    axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"plot written to {path}")
+    fig.savefig(path, dpi=100)
+    print(f"compare: plot written to {path}")
 
 
-def main() -> None:
+def _smooth(pts: list[tuple[int, float]], w: int = 5) -> list[tuple[int, float]]:
+    v = np.array([y for _, y in pts], np.float64)
+    if len(v) < w:
+        return pts
+    k = np.convolve(np.nan_to_num(v), np.ones(w) / w, "valid")
+    nan = np.convolve(np.isnan(v), np.ones(w), "valid") > 0
+    return [(s, np.nan if m else y) for (s, _), y, m in zip(pts[w - 1 :], k, nan, strict=True)]
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--out", default=os.path.join("runs", "compare"))
-    ap.add_argument("--only", nargs="*", default=BASELINES, choices=BASELINES)
+    ap.add_argument("--old", default=None, help="held-out file of the old task (built-in: easy)")
+    ap.add_argument("--target", type=float, default=0.6, help="accuracy for 'steps to'")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="old-task eval length")
+    ap.add_argument("--warm", nargs="*", default=[], help="overrides of the warm start")
     ap.add_argument("--summarise", action="store_true", help="only re-read finished runs")
-    ap.add_argument("extra", nargs="*", help="overrides for every baseline")
-    args = ap.parse_args()
-    walls = {}
-    if not args.summarise:
-        for name in args.only:
-            walls[name] = run(name, args.steps, args.seed, args.out, args.extra)
-    print(summarise(args.out, args.only, walls))
+    ap.add_argument("config", nargs="?", default=None, help="base config (default: built-in)")
+    ap.add_argument("overrides", nargs="*", help="key=value for every method")
+    args = ap.parse_args(argv)
+    if args.config and "=" in args.config and not os.path.isfile(args.config):
+        args.overrides, args.config = [args.config, *args.overrides], None
+    return args
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = parse(argv)
+    args.out = os.path.abspath(args.out)
+    os.makedirs(args.out, exist_ok=True)
+    overrides = list(args.overrides)
+    if args.config is None:  # the built-in warm-start benchmark
+        args.config = TASK
+        if not args.summarise:
+            overrides.insert(0, f"model.path={warm_start(args.out, args.warm)}")
+        if args.old is None:
+            args.old = _old_task(args.out)
+    runs: dict[str, dict[int, str]] = {}
+    for seed in range(args.seeds):  # seed-major: a partial run still compares every method
+        for name in args.methods:
+            run = os.path.join(args.out, name, f"seed{seed}")
+            if not args.summarise:
+                run = run_one(name, seed, args, overrides)
+            if os.path.isfile(os.path.join(run, "eval.json")):
+                runs.setdefault(name, {})[seed] = run
+    check_same_budget(runs)
+    text = table(runs, args.target)
+    with open(os.path.join(args.out, "compare.md"), "w") as f:
+        f.write(text + "\n")
+    plot(runs, os.path.join(args.out, "compare.png"))
+    print(text)
+    return text
+
+
+def _old_task(out: str) -> str:
+    """The built-in benchmark's old task: the easy held-out split, as a JSONL file."""
+    from redjax.data import builtin
+
+    return builtin.write_task(os.path.join(out, "old-easy"), 0, 200, seed=0)["test"]
 
 
 if __name__ == "__main__":

@@ -45,18 +45,18 @@ class DataCfg:
     prompt_suffix: str = ""
     system: str | None = None
     chat: bool = True  # apply the tokenizer's chat template
-    max_prompt_len: int = 256
-    max_offline_len: int = 1024
+    max_prompt_len: int = 256  # tokens; 0 = fit the train data (redjax.data.task)
+    max_offline_len: int = 1024  # tokens of a teacher trace; 0 = fit the train data
     builtin_train: int = 20000  # built-in task: problems in the train split
     builtin_test: int = 200  # built-in task: problems in the held-out split
-    builtin_difficulty: Literal["easy", "medium", "hard"] = "easy"
+    builtin_difficulty: Literal["easy", "medium", "hard", "long"] = "easy"
 
 
 @dataclass
 class RolloutCfg:
     prompts: int = 16  # B: prompts per iteration (global)
     group_size: int = 8  # G: rollouts per prompt
-    max_new_tokens: int = 512
+    max_new_tokens: int = 512  # 0 = data.max_offline_len (room for the teacher's traces)
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -333,7 +333,9 @@ def validate(cfg: Config) -> None:
         (cfg.rollout.sub_batch >= 0, "rollout.sub_batch must be >= 0 (0 = from device memory)"),
         (cfg.rollout.temperature >= 0, "rollout.temperature must be >= 0"),
         (0 < cfg.rollout.top_p <= 1, "rollout.top_p must be in (0, 1]"),
-        (cfg.rollout.sub_batch >= 0, "rollout.sub_batch must be >= 0 (0 = from device memory)"),
+        (cfg.rollout.max_new_tokens >= 0, "rollout.max_new_tokens must be >= 0 (0 = fit)"),
+        (cfg.data.max_prompt_len >= 0, "data.max_prompt_len must be >= 0 (0 = fit the data)"),
+        (cfg.data.max_offline_len >= 0, "data.max_offline_len must be >= 0 (0 = fit the data)"),
         (0 < cfg.red.probe_fraction <= 1, "red.probe_fraction must be in (0, 1]"),
         (0 < cfg.rl.gate_frac <= 1, "rl.gate_frac must be in (0, 1]"),
         (0 <= cfg.red.ema < 1, "red.ema must be in [0, 1)"),

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger("redjax")
+QUANTILES = (0.1, 0.5, 0.9)  # of a distribution metric, in metrics.jsonl
 
 
 def _plain(v: Any) -> Any:
@@ -48,14 +49,25 @@ class Logger:
         )
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
-        """Append one metrics record and write each number as a TensorBoard scalar."""
-        record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        """Append one metrics record and write each number as a TensorBoard scalar. A 1-D
+        array is a distribution: its quantiles go to the record (`k_p10`, `k_p50`, `k_p90`)
+        and the whole array to a TensorBoard histogram."""
+        dists = {k: np.asarray(v, np.float64) for k, v in metrics.items() if np.ndim(v) == 1}
+        record = {"step": step, **{k: _plain(v) for k, v in metrics.items() if k not in dists}}
+        for k, v in dists.items():
+            q = np.quantile(v, QUANTILES) if v.size else np.full(len(QUANTILES), np.nan)
+            record |= {
+                f"{k}_p{round(100 * p)}": float(x) for p, x in zip(QUANTILES, q, strict=True)
+            }
         if not self.enabled or _kind(record) in self.kept:
             return
         _append(self.path, [record])
         for k, v in record.items():
             if k != "step" and isinstance(v, int | float) and np.isfinite(v):
                 self.tb.add_scalar(k, v, step)
+        for k, v in dists.items():
+            if v.size:
+                self.tb.add_histogram(k, v, step)
         self.tb.flush()
 
     def samples(self, step: int, rows: list[dict]) -> None:

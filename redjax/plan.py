@@ -361,6 +361,23 @@ def report(est: dict, model_cfg: Any, memory_gib: float | None = None) -> str:
     return "\n".join(lines)
 
 
+def fitted(cfg: config_lib.Config) -> config_lib.Config:
+    """The config with length limits left at 0 fitted to its train data, as a run fits them."""
+    d = cfg.data
+    if min(d.max_prompt_len, d.max_offline_len, cfg.rollout.max_new_tokens) > 0:
+        return cfg
+    from redjax.data.task import fit_lengths, load_data, load_tokenizer_for
+
+    try:
+        tokenizer = load_tokenizer_for(cfg)
+    except FileNotFoundError as e:
+        raise ValueError(
+            f"{e}; the length limits left at 0 (fitted to the data at train time) need it: set "
+            "data.max_prompt_len, data.max_offline_len and rollout.max_new_tokens to plan"
+        ) from e
+    return fit_lengths(cfg, load_data(cfg)[0], tokenizer)
+
+
 def main(
     config_path: str | None,
     overrides: list[str] | None = None,
@@ -368,7 +385,7 @@ def main(
     devices: int | None = None,
 ) -> dict:
     """Print the memory plan of a config; `devices` defaults to the devices JAX sees."""
-    cfg = config_lib.load(config_path, overrides)
+    cfg = fitted(config_lib.load(config_path, overrides))
     memory = device_memory_gib(device_memory)
     if devices is None:
         import jax

@@ -143,6 +143,7 @@ class RedController:
         self.skipped = 0
         self.d_on = 0.0
         self.d_off = 0.0
+        self.target = float(lambda0)  # the last target lambda moved towards (red mode)
         self.initialised = False
         self._lam = float(lambda0)
 
@@ -213,10 +214,10 @@ class RedController:
             self.d_on, self.d_off, self.initialised = dh_on, dh_off, True
         if self.mode == "red":
             if self.d_on < 0 and self.d_off > 0:
-                target = self._lam * (-self.d_on) / max(self.d_off, self.delta)
+                self.target = self._lam * (-self.d_on) / max(self.d_off, self.delta)
             else:
-                target = self.lambda_min
-            lam = (1.0 - self.alpha) * self._lam + self.alpha * target
+                self.target = self.lambda_min
+            lam = (1.0 - self.alpha) * self._lam + self.alpha * self.target
             self._lam = float(min(max(lam, self.lambda_min), self.lambda_max))
         return self.lam
 
@@ -226,6 +227,7 @@ class RedController:
             "lam": float(self._lam),
             "D_on": float(self.d_on),
             "D_off": float(self.d_off),
+            "target": float(self.target),
             "step": int(self.step),
             "skipped": int(self.skipped),
             "initialised": bool(self.initialised),
@@ -238,6 +240,7 @@ class RedController:
             raise ValueError(f"RedController.load_state_dict: missing keys {sorted(missing)}")
         self._lam = float(d["lam"])
         self.d_on, self.d_off = float(d["D_on"]), float(d["D_off"])
+        self.target = float(d.get("target", self.lambda0))
         self.step = int(d["step"])
         self.skipped = int(d.get("skipped", 0))
         self.initialised = bool(d["initialised"])

@@ -16,8 +16,8 @@ import dataclasses
 import logging
 import os
 import signal
-import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -28,8 +28,8 @@ import numpy as np
 from redjax import checkpoint, config, distributed, evaluate, logs, red, rewards, sharding, step
 from redjax import sampler as sampling
 from redjax.algos import Phase, Plan
-from redjax.data import load_records, make_task
 from redjax.data.pipeline import make_loader
+from redjax.data.task import fit_lengths, load_data, load_tokenizer_for
 from redjax.models import (
     ModelConfig,
     attention,
@@ -41,7 +41,7 @@ from redjax.models import (
 from redjax.models.hf import config_to_hf
 from redjax.rows import Rows, concat, make_rows
 from redjax.shapes import data_bucket, default_buckets, pad_cols
-from redjax.tokenizer import eos_ids, load_tokenizer, make_char_tokenizer
+from redjax.tokenizer import eos_ids
 
 log = logging.getLogger("redjax")
 
@@ -134,9 +134,10 @@ def setup(cfg: config.Config) -> Run:
     """Build a run from its config: run folder, data, model, step functions, controller,
     checkpoints (restored when the folder has one)."""
     _console_log()
-    run_dir, model_dir = _run_folder(cfg)
     train_records, test_records = load_data(cfg)
     tokenizer = load_tokenizer_for(cfg)
+    cfg = fit_lengths(cfg, train_records, tokenizer)  # limits left at 0, from the data
+    run_dir, model_dir = _run_folder(cfg)
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     model_cfg, params = load_model(cfg, tokenizer, mesh)
     if jax.process_index() == 0:
@@ -194,33 +195,6 @@ def _run_folder(cfg: config.Config) -> tuple[str, str]:
     if jax.process_index() == 0:
         config.dump(cfg, os.path.join(run_dir, "config.yaml"))
     return run_dir, model_dir
-
-
-def load_data(cfg: config.Config) -> tuple[list[dict], list[dict]]:
-    """Train and held-out records: the built-in arithmetic task, or JSONL / Parquet files."""
-    d = cfg.data
-
-    def read(spec: str, split: str, n: int) -> list[dict]:
-        if spec == "builtin":
-            return make_task(n, seed=cfg.train.seed, split=split, difficulty=d.builtin_difficulty)
-        out = []
-        for path in spec.split(","):
-            out += load_records(path.strip(), fields=d.fields, on_error=d.on_error)
-        return out
-
-    train = read(d.train, "train", d.builtin_train)
-    test = read(d.test, "test", d.builtin_test)[: cfg.eval.problems]
-    return train, test
-
-
-def load_tokenizer_for(cfg: config.Config) -> Any:
-    """The model's tokenizer, or (for a model from scratch) the built-in character tokenizer."""
-    path = cfg.model.tokenizer or cfg.model.path
-    if path:
-        return load_tokenizer(path)
-    # Built in a folder of this process's own (hosts would race on the shared run folder);
-    # process 0 saves it into the run folder afterwards.
-    return make_char_tokenizer(tempfile.mkdtemp(prefix="redjax-tokenizer-"))
 
 
 def load_model(cfg: config.Config, tokenizer: Any, mesh: Any) -> tuple[ModelConfig, Any]:
@@ -495,6 +469,19 @@ def mean(x: Any) -> float:
     return float(total / count) if count else float("nan")
 
 
+def digest(texts: list[str]) -> float:
+    """A 24-bit checksum of the step's prompts on all hosts (exact as a float): runs that see
+    the same data in the same order log the same digests."""
+    own = zlib.crc32("\x00".join(texts).encode("utf-8"))
+    return float(zlib.crc32(distributed.gather(np.int64(own)).tobytes()) & 0xFFFFFF)
+
+
+def everywhere(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The kept values of x from every host (hosts hold the same number of rows)."""
+    xs, keeps = distributed.gather(x), distributed.gather(keep)
+    return np.asarray(xs, np.float64)[np.asarray(keeps, bool)]
+
+
 def summary(r: Run, got: Collected, s: Scores, t: Targets, clock: Clock) -> dict[str, float]:
     """The step's host-side metrics: rewards, controller state, rollout lengths, times."""
     ro, times = got.ro, clock.times()
@@ -503,10 +490,14 @@ def summary(r: Run, got: Collected, s: Scores, t: Targets, clock: Clock) -> dict
         "accuracy": mean(s.rew >= 0.5),
         "offline_reward": mean(s.off_rew[s.has_off]),
         "shift_mean": mean(t.shift[s.has_off]),
+        "shift": everywhere(t.shift, s.has_off),  # its distribution: quantiles, histogram
         "lambda_next": r.ctrl.lam,
+        "lambda_target": r.ctrl.target,
         "D_on": r.ctrl.d_on,
         "D_off": r.ctrl.d_off,
         "response_length": mean(ro.lengths) if ro is not None else float("nan"),
+        "rollouts": float(distributed.gather(np.int64(0 if ro is None else len(ro.tokens))).sum()),
+        "batch_digest": digest(got.batch["prompt_text"]),
         "truncated_frac": mean(ro.finish == "length") if ro is not None else float("nan"),
         **times,
     }

@@ -4,6 +4,7 @@ import collections
 import operator
 import re
 
+import numpy as np
 import pytest
 
 from redjax.data.builtin import DIFFICULTIES, make_task, write_task
@@ -14,16 +15,25 @@ OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 N_OPS = {"easy": 1, "medium": 2, "hard": 3}
 
 
-COLUMNS = re.compile(r"(\d)\+(\d)=(\d+), (\d)\+(\d)\+([01])=(\d+)\. \\boxed\{(\d+)\}")
+COLUMN = re.compile(r"(\d)\+(\d)(?:\+([01]))?=(\d+)")
 
 
 def check_columns(prompt: str, answer: int, solution: str) -> None:
-    """Easy problems: column addition, ones then tens with the carry."""
+    """Easy and long problems: column addition, ones first, each later column with the carry
+    of the one before; two columns below 100, one per digit beyond."""
     a, b = (int(x) for x in re.findall(r"\d+", prompt))
-    a0, b0, ones, a1, b1, carry, tens, boxed = map(int, COLUMNS.fullmatch(solution).groups())
-    assert (a0, a1, b0, b1) == (a % 10, a // 10, b % 10, b // 10)
-    assert ones == a0 + b0 and carry == ones // 10 and tens == a1 + b1 + carry
-    assert boxed == answer == a + b == 10 * tens + ones % 10
+    body, boxed = re.fullmatch(r"(.*)\. \\boxed\{(\d+)\}", solution).groups()
+    cols = [COLUMN.fullmatch(c).groups() for c in body.split(", ")]
+    assert len(cols) == max(2, len(str(a)), len(str(b)))
+    carry, value = 0, 0
+    for i, (x, y, c, total) in enumerate(cols):
+        assert (int(x), int(y)) == (a // 10**i % 10, b // 10**i % 10)
+        assert (c is None) == (i == 0) and int(c or 0) == carry
+        assert int(total) == int(x) + int(y) + carry
+        carry = int(total) // 10
+        value += int(total) % 10 * 10**i
+    value += carry * 10 ** len(cols)
+    assert int(boxed) == answer == a + b == value
 
 
 def check_record(record: dict, difficulty: str) -> None:
@@ -34,7 +44,7 @@ def check_record(record: dict, difficulty: str) -> None:
     plain = re.fullmatch(r"What is ([-+* \d]+)\?", prompt)
     if plain:
         assert eval(plain.group(1)) == answer  # the expression with Python's precedence
-    if difficulty == "easy":
+    if difficulty in ("easy", "long"):
         check_columns(prompt, answer, solution)
         return
     steps = [(int(a), op, int(b), int(c)) for a, op, b, c in STEP.findall(solution)]
@@ -58,6 +68,18 @@ def test_answers_and_solutions_are_correct(difficulty):
     for record in records:
         check_record(record, difficulty)
         assert record["source"] == f"builtin-{difficulty}"
+
+
+def test_long_extends_easy():
+    """Each operand three-digit with probability 1/2: about a quarter of the problems are easy
+    ones, written the same way (the warm start of bench/compare.py solves exactly those)."""
+    long = make_task(2000, seed=1, difficulty="long")
+    digits = [[len(x) == 3 for x in re.findall(r"\d+", r["prompt"])] for r in long]
+    assert abs(np.mean([not any(d) for d in digits]) - 0.25) < 0.03
+    assert abs(np.mean([all(d) for d in digits]) - 0.25) < 0.03
+    easy = {r["prompt"]: r["solution"] for r in make_task(3000, seed=1)}
+    shared = [r for r in long if r["prompt"] in easy]
+    assert len(shared) > 50 and all(easy[r["prompt"]] == r["solution"] for r in shared)
 
 
 def test_easy_is_short_and_regular():

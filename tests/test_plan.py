@@ -35,7 +35,8 @@ def load(*overrides):
 def test_param_count_matches_torch(tmp_path, kind, capsys):
     torch_model = make_hf_checkpoint(tmp_path / kind, kind)
     n_torch = sum(p.numel() for p in torch_model.parameters())  # tied weights counted once
-    est = plan.main(None, [f"model.path={tmp_path / kind}", "mesh.data=1"], devices=1)
+    lengths = ["data.max_prompt_len=32", "data.max_offline_len=32", "rollout.max_new_tokens=32"]
+    est = plan.main(None, [f"model.path={tmp_path / kind}", "mesh.data=1", *lengths], devices=1)
     mc = plan.model_config(load(f"model.path={tmp_path / kind}"))
     assert est["num_params"] == mc.num_params == n_torch
     assert "parameters" in capsys.readouterr().out

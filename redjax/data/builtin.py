@@ -13,7 +13,7 @@ import json
 import os
 import random
 
-DIFFICULTIES = ("easy", "medium", "hard")
+DIFFICULTIES = ("easy", "medium", "hard", "long")
 SPLITS = ("train", "test")
 TEST_PERCENT = 10  # share of all possible problems reserved for the held-out split
 
@@ -72,13 +72,18 @@ def solve(numbers: list[int], ops: str) -> tuple[int, str] | None:
 
 
 def column_solution(a: int, b: int) -> str:
-    """Column addition of two numbers below 100, ones then tens with the carry, e.g.
-    54 + 59: "4+9=13, 5+5+1=11. \\boxed{113}". Each written digit is a small local step, which
-    a tiny model learns from a few thousand traces (a bare "54 + 59 = 113" takes far longer)."""
-    (a1, a0), (b1, b0) = divmod(a, 10), divmod(b, 10)
-    ones = a0 + b0
-    tens = a1 + b1 + ones // 10
-    return f"{a0}+{b0}={ones}, {a1}+{b1}+{ones // 10}={tens}. \\boxed{{{a + b}}}"
+    """Column addition, ones first, each later column with the carry, e.g. 54 + 59:
+    "4+9=13, 5+5+1=11. \\boxed{113}". Two columns below 100 (the easy task), one more per
+    extra digit (the long task: 154 + 59 is "4+9=13, 5+5+1=11, 1+0+1=2. \\boxed{213}"). Each
+    written digit is a small local step, which a tiny model learns from a few thousand traces
+    (a bare "54 + 59 = 113" takes far longer)."""
+    cols, carry, steps = max(len(str(a)), len(str(b)), 2), 0, []
+    for i in range(cols):
+        x, y = a // 10**i % 10, b // 10**i % 10
+        total = x + y + carry
+        steps.append(f"{x}+{y}={total}" if i == 0 else f"{x}+{y}+{carry}={total}")
+        carry = total // 10
+    return ", ".join(steps) + f". \\boxed{{{a + b}}}"
 
 
 def _operands(rng: random.Random, ops: str, low: int) -> list[int]:
@@ -93,9 +98,11 @@ def _operands(rng: random.Random, ops: str, low: int) -> list[int]:
 def _draw(rng: random.Random, difficulty: str) -> tuple[str, int, str]:
     """Draws one problem: (prompt, answer, solution)."""
     while True:
-        if difficulty == "easy":
+        if difficulty in ("easy", "long"):
             ops, template = "+", None
             nums = _operands(rng, ops, low=0)
+            if difficulty == "long":  # each operand three-digit with probability 1/2
+                nums = [n if rng.random() < 0.5 else rng.randint(100, 999) for n in nums]
         elif rng.random() < 0.5:
             template, ops = rng.choice(WORD_TEMPLATES[difficulty])
             nums = _operands(rng, ops, low=10)
@@ -111,7 +118,7 @@ def _draw(rng: random.Random, difficulty: str) -> tuple[str, int, str]:
         solved = solve(nums, ops)
         if solved is None:
             continue
-        if difficulty == "easy":
+        if difficulty in ("easy", "long"):
             solved = (solved[0], column_solution(*nums))
         if template is None:
             expr = " ".join(f"{n} {op}" for n, op in zip(nums, ops, strict=False)) + f" {nums[-1]}"

@@ -67,6 +67,34 @@ def _format_all(
     return texts, _encode(tokenizer, texts, add_special_tokens=not templated)
 
 
+def tokenize(
+    records: Sequence[dict],
+    tokenizer: Any,
+    *,
+    prompt_suffix: str = "",
+    chat: bool = True,
+    system: str | None = None,
+) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """(formatted prompt texts, their token ids, offline traces) of the records. A trace is the
+    solution's tokens and the end token (the chat end-of-turn token when templated, else eos);
+    empty when the record has no solution."""
+    _check_records(records)
+    texts, prompt_ids = _format_all(
+        records, tokenizer, suffix=prompt_suffix, chat=chat, system=system
+    )
+    solutions = [r.get("solution") or "" for r in records]
+    with_solution = [i for i, s in enumerate(solutions) if s]
+    encoded = _encode(tokenizer, [solutions[i] for i in with_solution], add_special_tokens=False)
+    solution_ids = dict(zip(with_solution, encoded, strict=True))
+    end = np.asarray([end_id(tokenizer, chat=chat)], np.int32)
+    empty = np.zeros([0], np.int32)
+    traces = [
+        np.concatenate([solution_ids[i], end]) if i in solution_ids else empty
+        for i in range(len(records))
+    ]
+    return texts, prompt_ids, traces
+
+
 def prepare(
     records: Sequence[dict],
     tokenizer: Any,
@@ -80,23 +108,16 @@ def prepare(
 ) -> tuple[list[dict], dict]:
     """Tokenized examples that fit the length limits, and counts of what was dropped.
 
-    The offline trace is the solution's tokens followed by the end token (the chat
-    end-of-turn token when templated, else eos); its length includes that token.
-    With drop_long=False a record over a limit raises ValueError instead.
+    The offline trace (`tokenize`) counts its end token. With drop_long=False a record over a
+    limit raises ValueError instead.
     """
-    _check_records(records)
-    texts, prompt_ids = _format_all(
-        records, tokenizer, suffix=prompt_suffix, chat=chat, system=system
+    texts, prompt_ids, traces = tokenize(
+        records, tokenizer, prompt_suffix=prompt_suffix, chat=chat, system=system
     )
     solutions = [r.get("solution") or "" for r in records]
-    with_solution = [i for i, s in enumerate(solutions) if s]
-    encoded = _encode(tokenizer, [solutions[i] for i in with_solution], add_special_tokens=False)
-    solution_ids = dict(zip(with_solution, encoded, strict=True))
-    end = np.asarray([end_id(tokenizer, chat=chat)], np.int32)
-    empty = np.zeros([0], np.int32)
     examples, long_prompt, long_offline = [], 0, 0
     for i, r in enumerate(records):
-        offline = np.concatenate([solution_ids[i], end]) if i in solution_ids else empty
+        offline = traces[i]
         too_long = None
         if len(prompt_ids[i]) > max_prompt_len:
             long_prompt += 1

@@ -1,0 +1,113 @@
+"""bench/compare.py: the warm start is made once and reused; every method's config differs only
+in the method's own keys; the same-budget check reads the run folders; the table is computed
+from the run folders' metrics (hand-made folders with known numbers)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from helpers import bench_module
+
+from redjax import config
+
+compare = bench_module("compare")
+
+
+def fake_redjax(calls: list):
+    """Stands in for `redjax ...` processes: records the call; an export writes a config.json."""
+
+    def run(args: list[str], out: str) -> float:
+        calls.append(args)
+        if args[0] == "export":
+            os.makedirs(args[2], exist_ok=True)
+            open(os.path.join(args[2], "config.json"), "w").close()
+        return 1.0
+
+    return run
+
+
+def test_warm_start_is_trained_once_per_config(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(compare, "redjax", fake_redjax(calls))
+    first = compare.warm_start(str(tmp_path), [])
+    again = compare.warm_start(str(tmp_path), [])
+    assert first == again and [c[0] for c in calls] == ["train", "export"]
+    other = compare.warm_start(str(tmp_path), ["train.steps=7"])  # another warm config
+    assert other != first and [c[0] for c in calls] == ["train", "export"] * 2
+
+
+def test_methods_share_everything_but_their_own_keys():
+    seen = {}
+    for name in compare.METHODS:
+        args = compare.method_args(name, compare.TASK, ["model.path=/m"], seed=2)
+        assert args[0] == "train" and args[1] == compare.TASK
+        cfg = config.to_dict(config.load(args[1], args[2:]))
+        assert cfg["algo"] == name.split("_fixed")[0].split("_no_")[0]
+        seen[name] = {k: v for k, v in cfg.items() if k not in compare.METHOD_KEYS}
+    ref = seen["red"]
+    assert ref["train"]["seed"] == 2 and ref["model"]["path"] == "/m"
+    assert all(s == ref for s in seen.values())
+    lam = config.load(compare.TASK, compare.METHODS["red_fixed_lambda"]).red
+    shift = config.load(compare.TASK, compare.METHODS["red_no_shift"]).red
+    assert (lam.lam, lam.shift, shift.lam, shift.shift) == ("fixed", "linear", "red", "zero")
+    steps = config.load(compare.TASK).train.steps
+    sft_then = config.load(
+        compare.TASK, compare.method_args("sft_then_grpo", compare.TASK, [], 0)[2:]
+    )
+    assert sft_then.red.sft_steps == steps // 2
+
+
+def make_run(path, algo: str, evals: list, *, digests=(1.0, 2.0), rollouts=128.0, old=0.5, **kw):
+    """A run folder by hand: config.yaml, metrics.jsonl, eval.json, old.json, wall.json."""
+    os.makedirs(path)
+    cfg = config.load(compare.TASK, [f"algo={algo}", *kw.get("overrides", [])])
+    config.dump(cfg, os.path.join(path, "config.yaml"))
+    rows = [
+        {"step": i + 1, "loss": 0.0, "batch_digest": d, "rollouts": rollouts, "accuracy": 0.1,
+         "lambda": 1.0, "shift_mean": 0.0, "entropy_on": 1.0, "entropy_off": 1.0}
+        for i, d in enumerate(digests)
+    ]  # fmt: skip
+    rows += [{"step": s, "eval/heldout_acc": a, "eval/mean_length": n} for s, a, n in evals]
+    with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    for name, value in (("eval", {}), ("old", {"pass@1": old}), ("wall", {"seconds": 10.0})):
+        with open(os.path.join(path, f"{name}.json"), "w") as f:
+            json.dump(value, f)
+    return str(path)
+
+
+def test_table_comes_from_the_run_folders(tmp_path):
+    runs = {
+        "red": {
+            0: make_run(tmp_path / "r0", "red", [(0, 0.2, 20.0), (50, 0.7, 30.0)], old=0.9),
+            1: make_run(tmp_path / "r1", "red", [(0, 0.2, 20.0), (50, 0.5, 34.0)], old=0.7),
+        },
+        "grpo": {0: make_run(tmp_path / "g0", "grpo", [(0, 0.2, 20.0), (50, 0.3, 10.0)])},
+    }
+    compare.check_same_budget(runs)
+    red, grpo = compare.table(runs, target=0.6).splitlines()[2:]
+    cells = [c.strip() for c in red.split("|")[1:-1]]
+    sd = np.std([0.7, 0.5], ddof=1)
+    assert cells == [
+        "red", f"0.600 ± {sd:.3f}", f"0.600 ± {sd:.3f}", f"0.800 ± {np.std([0.9, 0.7], ddof=1):.3f}",
+        "32.0 ± 2.8", "50 (1/2 seeds)", "256", "10 ± 0",
+    ]  # fmt: skip
+    assert grpo.split("|")[1:-1][5].strip() == "- (0/1)"
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        ({"digests": (1.0, 3.0)}, "different prompts or order"),
+        ({"overrides": ["optim.lr=0.1"]}, "config differs in \\['optim'\\]"),
+        ({"rollouts": 5.0}, "other than 128 rollouts"),
+    ],
+)
+def test_same_budget_check_names_the_difference(tmp_path, change, error):
+    runs = {
+        "red": {0: make_run(tmp_path / "a", "red", [(0, 0.1, 1.0)])},
+        "luffy": {0: make_run(tmp_path / "b", "luffy", [(0, 0.1, 1.0)], **change)},
+    }
+    with pytest.raises(ValueError, match=error):
+        compare.check_same_budget(runs)
