@@ -34,6 +34,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WARM = os.path.join(ROOT, "configs", "compare", "warm.yaml")
 TASK = os.path.join(ROOT, "configs", "compare", "long.yaml")
+WARM_RECORDS, WARM_LONG = 20000, 0.15  # the warm start's train file: 15% long problems
 
 # Method -> overrides on the base config (presets of each algo: redjax.config.PRESETS).
 METHODS = {
@@ -85,6 +86,7 @@ def warm_start(out: str, overrides: list[str]) -> str:
     warm config, then reused by every method and seed."""
     from redjax import config
 
+    overrides = [f"data.train={_warm_data(out)}", *overrides]
     cfg = config.load(WARM, overrides)
     cfg.train.run_dir = ""
     key = hashlib.sha256(json.dumps(config.to_dict(cfg), sort_keys=True).encode()).hexdigest()
@@ -317,6 +319,27 @@ def main(argv: list[str] | None = None) -> str:
     plot(runs, os.path.join(args.out, "compare.png"))
     print(text)
     return text
+
+
+def _warm_data(out: str) -> str:
+    """The warm start's train file: easy problems with a share of long ones (WARM_LONG), so the
+    warm model solves the easy task and a few long problems (low but not zero, as a pretrained
+    model would)."""
+    import random
+
+    from redjax.data import builtin
+
+    path = os.path.join(out, "warm-data", "train.jsonl")
+    if not os.path.isfile(path):
+        n_long = round(WARM_RECORDS * WARM_LONG)
+        records = builtin.make_task(WARM_RECORDS - n_long, seed=0)
+        records += builtin.make_task(n_long, seed=0, difficulty="long")
+        random.Random(0).shuffle(records)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        os.replace(path + ".tmp", path)
+    return path
 
 
 def _old_task(out: str) -> str:

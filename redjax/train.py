@@ -29,7 +29,7 @@ from redjax import checkpoint, config, distributed, evaluate, logs, red, rewards
 from redjax import sampler as sampling
 from redjax.algos import Phase, Plan
 from redjax.data.pipeline import make_loader
-from redjax.data.task import fit_lengths, load_data, load_tokenizer_for
+from redjax.data.task import fit_lengths, load_data, load_tokenizer_for, scratch_note
 from redjax.models import (
     ModelConfig,
     attention,
@@ -134,9 +134,11 @@ def setup(cfg: config.Config) -> Run:
     """Build a run from its config: run folder, data, model, step functions, controller,
     checkpoints (restored when the folder has one)."""
     _console_log()
+    checkpoint.check_writable(os.path.abspath(cfg.train.run_dir))  # a clear error first
     train_records, test_records = load_data(cfg)
     tokenizer = load_tokenizer_for(cfg)
     cfg = fit_lengths(cfg, train_records, tokenizer)  # limits left at 0, from the data
+    scratch_note(cfg, train_records)
     run_dir, model_dir = _run_folder(cfg)
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     model_cfg, params = load_model(cfg, tokenizer, mesh)
@@ -190,7 +192,6 @@ def _run_folder(cfg: config.Config) -> tuple[str, str]:
     the resolved config written into it."""
     run_dir = os.path.abspath(cfg.train.run_dir)
     model_dir = os.path.join(run_dir, "model")
-    checkpoint.check_writable(run_dir)  # a clear error before anything is written
     os.makedirs(model_dir, exist_ok=True)
     if jax.process_index() == 0:
         config.dump(cfg, os.path.join(run_dir, "config.yaml"))

@@ -81,3 +81,18 @@ def fit_lengths(cfg: config.Config, records: list[dict], tokenizer: Any) -> conf
         len(records), data.max_prompt_len, data.max_offline_len, rollout.max_new_tokens,
     )  # fmt: skip
     return fitted
+
+
+def scratch_note(cfg: config.Config, records: list[dict]) -> None:
+    """One line for a first run on a user's own data with a model from scratch: what it can
+    learn, and which settings to change for more."""
+    if cfg.model.path or cfg.data.train == "builtin":
+        return
+    per_step = cfg.rollout.prompts
+    log.info(
+        "a model from scratch (model.hidden_size=%d, model.num_layers=%d) learns short, regular "
+        "worked solutions in a few hundred steps (train.steps=%d: %.1f epochs of %d records at "
+        "rollout.prompts=%d); for free-form reasoning set model.path to a pretrained model",
+        cfg.model.hidden_size, cfg.model.num_layers, cfg.train.steps,
+        cfg.train.steps * per_step / max(len(records), 1), len(records), per_step,
+    )  # fmt: skip
