@@ -71,7 +71,10 @@ def sampler_bytes(cfg: ModelConfig, mesh, rows: int, prompt: int, new: int) -> t
     out = jax.eval_shape(lambda p: sampler.unstack_layers(p, cfg.dtype), params)
     params = typed(out, unstack.output_shardings)
     cfg = cfg.replace(param_dtype=cfg.dtype)
-    mode, knobs = sampler._split(sampler.SamplingParams(max_new_tokens=new), cfg.vocab_size)
+    mode, knobs = sampler._split(
+        sampler.SamplingParams(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new),
+        cfg.vocab_size,
+    )
     row = NamedSharding(mesh, P(sharding.batch_axes(mesh), None))
     ids = jax.ShapeDtypeStruct((rows, prompt), jnp.int32, sharding=row)
     mask = jax.ShapeDtypeStruct((rows, prompt), bool, sharding=row)

@@ -401,7 +401,7 @@ def decode_program(cfg, args) -> Callable[[], None]:
     rng = np.random.default_rng(0)
     ids = rng.integers(1, cfg.vocab_size, (args.batch, args.prompt_len)).astype(np.int32)
     mask = np.ones(ids.shape, bool)
-    sp = SamplingParams(temperature=0, max_new_tokens=args.new_tokens)
+    sp = SamplingParams(temperature=0, top_k=0, top_p=1.0, max_new_tokens=args.new_tokens)
     return lambda: sample(params, cfg, ids, mask, num_samples=1, sp=sp, seed=0)
 
 

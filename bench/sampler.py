@@ -115,7 +115,13 @@ def ragged(model, shape: str, repeats: int, bandwidth: float) -> None:
     prompts, group, plen, new = (int(x) for x in shape.split("x"))
     cfg = model.cfg
     ids = np.random.default_rng(2).integers(1, cfg.vocab_size, (prompts, plen)).astype(np.int32)
-    sp = sampler.SamplingParams(max_new_tokens=new, eos_ids=stop_ids(cfg.vocab_size, new))
+    sp = sampler.SamplingParams(
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=new,
+        eos_ids=stop_ids(cfg.vocab_size, new),
+    )
     variants = {
         "redjax sample (cache grown to the longest row, finished rows compacted)": (True, True),
         "redjax, cache grown, no compaction": (True, False),
@@ -204,7 +210,7 @@ def main() -> None:
     mask = np.ones(ids.shape, bool)
 
     def jax_run(new):
-        sp = SamplingParams(temperature=0, max_new_tokens=new)
+        sp = SamplingParams(temperature=0, top_k=0, top_p=1.0, max_new_tokens=new)
         return sample(model.params, cfg, ids, mask, num_samples=1, sp=sp, seed=0)
 
     bandwidth, source = device_bandwidth(args.bandwidth)

@@ -78,7 +78,9 @@ def measure(name: str, extract: str, rows: list[dict], warm: list[dict], timed: 
     """Speed through a 2-worker pool on `timed` (warmed up on `warm`, other golds), then
     accuracy through it on `rows`."""
     completions, golds = [r["completion"] for r in rows], [r["gold"] for r in rows]
-    with Verifier(name, workers=2, timeout=5.0, extract=extract) as pool:
+    with Verifier(
+        name, workers=2, timeout=5.0, format_weight=0.0, think_format=False, extract=extract
+    ) as pool:
         pool.score([r["completion"] for r in warm], [r["gold"] for r in warm])
         start = time.perf_counter()
         pool.score([r["completion"] for r in timed], [r["gold"] for r in timed])

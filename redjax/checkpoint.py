@@ -33,7 +33,8 @@ class RunFolderError(ValueError):
 class Checkpoints:
     """The checkpoints/ folder of a run."""
 
-    def __init__(self, directory: str, keep: int = 3):
+    def __init__(self, directory: str, *, keep: int):
+        """`keep`: checkpoints kept on disk (train.keep); only saves delete the older ones."""
         self.directory = os.path.abspath(directory)
         self.keep = keep
         self.manager = ocp.CheckpointManager(

@@ -37,21 +37,23 @@ def evaluate(
     records: list[dict],
     verifier: Any,
     *,
-    k: int = 1,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    max_new_tokens: int = 512,
-    batch_size: int = 32,
-    prompt_suffix: str = "",
-    chat: bool = True,
-    system: str | None = None,
-    seed: int = 0,
+    k: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    batch_size: int,
+    prompt_suffix: str,
+    chat: bool,
+    system: str | None,
+    seed: int,
     mesh: Any = None,
     keep_samples: int = 0,
 ) -> dict:
-    """Score k samples per record. Returns overall and per-source pass@1, pass@k, lengths."""
+    """Score k samples per record. Returns overall and per-source pass@1, pass@k, lengths.
+    No defaults for the settings: the trainer's come from its config (train.run_eval)."""
     sp = sampling.SamplingParams(
         temperature=temperature,
+        top_k=0,  # evaluation samples without a top-k filter
         top_p=top_p,
         max_new_tokens=max_new_tokens,
         eos_ids=tuple(eos_ids(tokenizer)),
@@ -154,7 +156,9 @@ def main(args: argparse.Namespace) -> None:
         temperature = 0.0 if args.k == 1 else 0.6
     suffix = extra.get("prompt_suffix", "") if args.prompt_suffix is None else args.prompt_suffix
     reward_fn, extract = extra.get("reward_fn", "math"), extra.get("reward_extract", "boxed")
-    with rewards.Verifier(reward_fn, extract=extract) as verifier:
+    # answers only (no format reward), in two worker processes with 5 s per item
+    pool = {"workers": 2, "timeout": 5.0, "format_weight": 0.0, "think_format": False}
+    with rewards.Verifier(reward_fn, extract=extract, **pool) as verifier:
         results = evaluate(
             model.params,
             model.cfg,

@@ -48,7 +48,7 @@ def load_model(path: str, dtype: str = "float32", step: int | None = None) -> tu
     model_dir = os.path.join(path, "model")
     run_cfg = config.load(os.path.join(path, "config.yaml"))
     model_cfg = read_config(model_dir, dtype=dtype, param_dtype=dtype)
-    ckpts = Checkpoints(os.path.join(path, "checkpoints"))
+    ckpts = Checkpoints(os.path.join(path, "checkpoints"), keep=run_cfg.train.keep)
     try:
         params = ckpts.restore_params(param_shapes(model_cfg), step)
     finally:

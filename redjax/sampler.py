@@ -49,10 +49,11 @@ COMPACT = True  # move the running rows into a smaller batch once they fit one
 class SamplingParams:
     """How to sample: temperature 0 is greedy; top_k 0 and top_p 1 switch those filters off."""
 
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    max_new_tokens: int = 256
+    # No defaults: a run's come from its rollout section (train.sampling_params).
+    temperature: float
+    top_k: int
+    top_p: float
+    max_new_tokens: int
     eos_ids: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = ()
 

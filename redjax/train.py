@@ -572,6 +572,7 @@ def run_eval(r: Run, step_: int) -> dict:
         r.verifier,
         k=e.k,
         temperature=e.temperature,
+        top_p=1.0,  # held-out evaluation samples the whole distribution (no eval.top_p)
         max_new_tokens=e.max_new_tokens or cfg.rollout.max_new_tokens,
         batch_size=evaluate.batch_size(cfg),
         prompt_suffix=cfg.data.prompt_suffix,

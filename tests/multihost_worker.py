@@ -135,7 +135,7 @@ def main() -> None:
 
         say("gathered")
         ckpt_dir = os.path.join(args.out, "ckpt_" + tag.rstrip(":"))
-        ckpts = checkpoint.Checkpoints(ckpt_dir)
+        ckpts = checkpoint.Checkpoints(ckpt_dir, keep=3)
         ckpts.save(STEPS, state, {"step": STEPS, "processes": nproc})
         ckpts.close()
         say("saved")
@@ -143,7 +143,9 @@ def main() -> None:
             like, _ = step.init_state(
                 jax.jit(lambda: init_params(cfg, 1), out_shardings=state_sh["params"])(), tx, mesh
             )
-            other = checkpoint.Checkpoints(os.path.join(args.restore, "ckpt_" + tag.rstrip(":")))
+            other = checkpoint.Checkpoints(
+                os.path.join(args.restore, "ckpt_" + tag.rstrip(":")), keep=3
+            )
             restored, host = other.restore(STEPS, like)
             other.close()
             assert host == {"step": STEPS, "processes": 2}, host

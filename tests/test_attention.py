@@ -156,7 +156,7 @@ def test_sampler_prefill_matches_xla(params, impl, small_blocks):
     lens = np.array([11, 2, 9])
     mask = np.arange(11)[None] >= (11 - lens)[:, None]  # left padded
     ids = np.where(mask, np.arange(1, 12)[None] % CFG.vocab_size, 0).astype(np.int32)
-    sp = sampler.SamplingParams(temperature=0.0, max_new_tokens=6)
+    sp = sampler.SamplingParams(temperature=0.0, top_k=0, top_p=1.0, max_new_tokens=6)
     out = {}
     for name in ("xla", impl):
         cfg = CFG.replace(attention=name)

@@ -253,6 +253,7 @@ def test_batches_decode_to_source_text(tok, chat):
         max_offline_len=128,
         prompt_suffix=suffix,
         chat=chat,
+        system=None,
     )
     end = "<|im_end|>" if chat else "<|endoftext|>"
     by_prompt = {format_prompt(tok, r["prompt"], suffix=suffix, chat=chat): r for r in records}
@@ -287,7 +288,15 @@ def test_long_records_are_dropped_and_counted(tok):
     records = distinct_records(60)
     max_p, max_o = 70, 36
     loader = make_loader(
-        records, tok, batch_size=4, seed=0, max_prompt_len=max_p, max_offline_len=max_o, chat=False
+        records,
+        tok,
+        batch_size=4,
+        seed=0,
+        max_prompt_len=max_p,
+        max_offline_len=max_o,
+        prompt_suffix="",
+        chat=False,
+        system=None,
     )
     # The char tokenizer has one token per character; the offline trace adds the end token.
     long_p = [len(r["prompt"]) > max_p for r in records]
@@ -312,11 +321,23 @@ def test_long_records_are_dropped_and_counted(tok):
             seed=0,
             max_prompt_len=max_p,
             max_offline_len=max_o,
+            prompt_suffix="",
             chat=False,
+            system=None,
             drop_long=False,
         )
     with pytest.raises(ValueError, match="no records left"):
-        make_loader(records, tok, batch_size=4, seed=0, max_prompt_len=5, max_offline_len=max_o)
+        make_loader(
+            records,
+            tok,
+            batch_size=4,
+            seed=0,
+            max_prompt_len=5,
+            max_offline_len=max_o,
+            prompt_suffix="",
+            chat=True,
+            system=None,
+        )
 
 
 def same_batch(a, b):
@@ -331,6 +352,7 @@ def same_batch(a, b):
 def test_restored_loader_yields_the_same_batches(tok):
     records = distinct_records(36)
     kwargs = dict(batch_size=8, seed=5, max_prompt_len=128, max_offline_len=64)
+    kwargs.update(prompt_suffix="", chat=True, system=None)
     loader = make_loader(records, tok, **kwargs)
     first = [next(loader) for _ in range(7)]  # crosses the epoch boundary (4 batches per epoch)
     state = json.loads(json.dumps(loader.get_state()))
@@ -351,6 +373,7 @@ def test_restored_loader_yields_the_same_batches(tok):
 def test_host_shards_are_disjoint_and_cover_the_data(tok):
     records = distinct_records(48)
     kwargs = dict(batch_size=4, seed=2, max_prompt_len=128, max_offline_len=64, shard_count=2)
+    kwargs.update(prompt_suffix="", chat=True, system=None)
     epochs = []
     for epoch in range(2):
         hosts = []
@@ -374,7 +397,9 @@ def test_host_shards_are_disjoint_and_cover_the_data(tok):
 
 def test_encode_prompts_keeps_order_and_pads_the_last_batch(tok):
     records = distinct_records(10)
-    batches = encode_prompts(records, tok, batch_size=4, prompt_suffix=" Go.", chat=True)
+    batches = encode_prompts(
+        records, tok, batch_size=4, prompt_suffix=" Go.", chat=True, system=None
+    )
     assert len(batches) == 3
     assert [b["valid"].tolist() for b in batches][-1] == [True, True, False, False]
     texts = [t for b in batches for t, v in zip(b["prompt_text"], b["valid"], strict=True) if v]
@@ -388,4 +413,6 @@ def test_encode_prompts_keeps_order_and_pads_the_last_batch(tok):
     answers = [a for b in batches for a, v in zip(b["answer"], b["valid"], strict=True) if v]
     assert answers == [r["answer"] for r in records]
     with pytest.raises(ValueError, match=r"record 0 .*max_prompt_len 10"):
-        encode_prompts(records, tok, batch_size=4, max_prompt_len=10)
+        encode_prompts(
+            records, tok, batch_size=4, prompt_suffix="", chat=True, system=None, max_prompt_len=10
+        )

@@ -151,7 +151,7 @@ def test_kill_at_each_orbax_save_stage_leaves_a_resumable_run(tmp_path):
 
 
 def saved(directory: str, steps=(1, 2)) -> None:
-    ckpts = checkpoint.Checkpoints(directory)
+    ckpts = checkpoint.Checkpoints(directory, keep=3)
     for s in steps:
         ckpts.save(s, tiny_state(float(s)), {"step": s})
     ckpts.close()
@@ -173,7 +173,7 @@ def test_corrupt_checkpoint_falls_back_naming_the_file(tmp_path, warnings_of_red
             f.truncate(os.path.getsize(bad) // 2)
     else:
         os.remove(bad)
-    ckpts = checkpoint.Checkpoints(directory)
+    ckpts = checkpoint.Checkpoints(directory, keep=3)
     got, state, host = ckpts.restore_latest(tiny_state(0.0))
     assert (got, host) == (1, {"step": 1})
     jax.tree.map(np.testing.assert_array_equal, values(state), values(tiny_state(1.0)))
@@ -184,7 +184,7 @@ def test_corrupt_checkpoint_falls_back_naming_the_file(tmp_path, warnings_of_red
     assert os.listdir(tmp_path / "checkpoints-corrupt") and ckpts.manager.all_steps() == [1]
     ckpts.save(2, tiny_state(7.0), {"step": 2})
     ckpts.close()
-    assert checkpoint.Checkpoints(directory).restore_latest(tiny_state(0.0))[0] == 2
+    assert checkpoint.Checkpoints(directory, keep=3).restore_latest(tiny_state(0.0))[0] == 2
 
 
 def test_unreadable_checkpoint_without_manifest_falls_back(tmp_path, warnings_of_redjax):
@@ -193,7 +193,7 @@ def test_unreadable_checkpoint_without_manifest_falls_back(tmp_path, warnings_of
     saved(directory)
     os.remove(os.path.join(directory, "2", checkpoint.MANIFEST))
     os.remove(os.path.join(directory, "2", "host", "metadata"))
-    got, _, _ = checkpoint.Checkpoints(directory).restore_latest(tiny_state(0.0))
+    got, _, _ = checkpoint.Checkpoints(directory, keep=3).restore_latest(tiny_state(0.0))
     assert got == 1 and os.path.join(directory, "2") in warnings_of_redjax.text
 
 
@@ -201,7 +201,7 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypat
     from orbax.checkpoint._src.handlers import json_checkpoint_handler as jh
 
     directory = str(tmp_path / "checkpoints")
-    ckpts = checkpoint.Checkpoints(directory)
+    ckpts = checkpoint.Checkpoints(directory, keep=3)
     ckpts.save(1, tiny_state(1.0), {"step": 1})
     ckpts.wait()
 
@@ -215,13 +215,13 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypat
     msg = str(e.value)
     assert "checkpoint step 2" in msg and "No space left" in msg and "step 1 is intact" in msg
     monkeypatch.undo()
-    got, state, _ = checkpoint.Checkpoints(directory).restore_latest(tiny_state(0.0))
+    got, state, _ = checkpoint.Checkpoints(directory, keep=3).restore_latest(tiny_state(0.0))
     assert got == 1
     jax.tree.map(np.testing.assert_array_equal, values(state), values(tiny_state(1.0)))
 
 
 def test_full_disk_before_training(tmp_path, monkeypatch):
-    ckpts = checkpoint.Checkpoints(str(tmp_path / "checkpoints"))
+    ckpts = checkpoint.Checkpoints(str(tmp_path / "checkpoints"), keep=3)
     state = tiny_state(1.0)
     need = (64 + 8) * 4 + 4
     assert ckpts.check_space(state) == need

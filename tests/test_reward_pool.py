@@ -19,13 +19,22 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def math_pool():
-    with Verifier("math", workers=2, timeout=TIMEOUT) as v:
+    with Verifier(
+        "math", workers=2, timeout=TIMEOUT, format_weight=0.0, think_format=False, extract="boxed"
+    ) as v:
         yield v
 
 
 @pytest.fixture(scope="module")
 def plugin_pool():
-    with Verifier("_reward_plugins:misbehave", workers=2, timeout=TIMEOUT) as v:
+    with Verifier(
+        "_reward_plugins:misbehave",
+        workers=2,
+        timeout=TIMEOUT,
+        format_weight=0.0,
+        think_format=False,
+        extract="boxed",
+    ) as v:
         yield v
 
 
@@ -105,7 +114,14 @@ def test_worker_killed_between_calls_is_replaced(plugin_pool):
 
 
 def test_workers_do_not_import_jax():
-    with Verifier("_reward_plugins:has_jax", workers=1) as v:
+    with Verifier(
+        "_reward_plugins:has_jax",
+        workers=1,
+        timeout=5.0,
+        format_weight=0.0,
+        think_format=False,
+        extract="boxed",
+    ) as v:
         assert v.score(["x"], ["x"]).tolist() == [0.0]
 
 
@@ -113,9 +129,23 @@ def test_format_weight_and_think_format():
     completions = [B("2"), "Answer: 2", B("3"), "<think>hm</think> \\boxed{2}"]
     golds = ["2"] * 4
     for workers in (0, 1):
-        with Verifier("math", workers=workers, format_weight=0.5) as v:
+        with Verifier(
+            "math",
+            workers=workers,
+            timeout=5.0,
+            format_weight=0.5,
+            think_format=False,
+            extract="boxed",
+        ) as v:
             np.testing.assert_allclose(v.score(completions, golds), [1.5, 1.0, 0.5, 1.5])
-        with Verifier("math", workers=workers, format_weight=0.5, think_format=True) as v:
+        with Verifier(
+            "math",
+            workers=workers,
+            timeout=5.0,
+            format_weight=0.5,
+            think_format=True,
+            extract="boxed",
+        ) as v:
             np.testing.assert_allclose(v.score(completions, golds), [1.0, 1.0, 0.0, 1.5])
 
 
@@ -123,16 +153,39 @@ def test_dotted_paths_and_callables():
     import _reward_plugins
 
     for reward in ("_reward_plugins.exact", "_reward_plugins:exact", _reward_plugins.exact):
-        with Verifier(reward, workers=1) as v:
+        with Verifier(
+            reward, workers=1, timeout=5.0, format_weight=0.0, think_format=False, extract="boxed"
+        ) as v:
             assert v.score(["a", "b"], ["a", "a"]).tolist() == [1.0, 0.0]
     with pytest.raises(ValueError, match="workers=0"):
-        Verifier(lambda c, g: 1.0, workers=1)
-    with Verifier(lambda c, g: float(len(c)), workers=0) as v:
+        Verifier(
+            lambda c, g: 1.0,
+            workers=1,
+            timeout=5.0,
+            format_weight=0.0,
+            think_format=False,
+            extract="boxed",
+        )
+    with Verifier(
+        lambda c, g: float(len(c)),
+        workers=0,
+        timeout=5.0,
+        format_weight=0.0,
+        think_format=False,
+        extract="boxed",
+    ) as v:
         assert v.score(["abc"], ["x"]).tolist() == [3.0]
 
 
 def test_in_process_mode_catches_errors():
-    with Verifier("_reward_plugins:misbehave", workers=0) as v:
+    with Verifier(
+        "_reward_plugins:misbehave",
+        workers=0,
+        timeout=5.0,
+        format_weight=0.0,
+        think_format=False,
+        extract="boxed",
+    ) as v:
         assert v.score(["a", "RAISE", "NAN"], ["a", "x", "x"]).tolist() == [1.0, 0.0, 0.0]
         assert v.failures == 2 and "RuntimeError" in v.last_error or "nan" in v.last_error
 
@@ -140,22 +193,47 @@ def test_in_process_mode_catches_errors():
 @pytest.mark.parametrize("name", ["nope", "no_such_module:fn", "_reward_plugins:missing"])
 def test_bad_reward_name_raises_value_error(name):
     with pytest.raises(ValueError, match=name):
-        Verifier(name, workers=1)
+        Verifier(
+            name, workers=1, timeout=5.0, format_weight=0.0, think_format=False, extract="boxed"
+        )
 
 
 def test_bad_arguments_raise_value_error():
     with pytest.raises(ValueError, match="workers"):
-        Verifier(workers=-1)
+        Verifier(
+            "math", workers=-1, timeout=5.0, format_weight=0.0, think_format=False, extract="boxed"
+        )
     with pytest.raises(ValueError, match="timeout"):
-        Verifier(timeout=0)
+        Verifier(
+            "math", workers=2, timeout=0, format_weight=0.0, think_format=False, extract="boxed"
+        )
     with pytest.raises(ValueError, match="format_weight"):
-        Verifier(format_weight=math.nan)
-    with Verifier(workers=0) as v, pytest.raises(ValueError, match="2 completions but 1 golds"):
+        Verifier(
+            "math",
+            workers=2,
+            timeout=5.0,
+            format_weight=math.nan,
+            think_format=False,
+            extract="boxed",
+        )
+    with (
+        Verifier(
+            "math", workers=0, timeout=5.0, format_weight=0.0, think_format=False, extract="boxed"
+        ) as v,
+        pytest.raises(ValueError, match="2 completions but 1 golds"),
+    ):
         v.score(["a", "b"], ["a"])
 
 
 def test_close_stops_workers():
-    v = Verifier("_reward_plugins:exact", workers=2)
+    v = Verifier(
+        "_reward_plugins:exact",
+        workers=2,
+        timeout=5.0,
+        format_weight=0.0,
+        think_format=False,
+        extract="boxed",
+    )
     assert v.score(["a"], ["a"]).tolist() == [1.0]
     procs = [w.proc for w in v._pool]
     v.close()
@@ -167,9 +245,11 @@ def test_close_stops_workers():
 
 def test_adversarial_completions_with_extract_any():
     """extract="any" reads more of the text: every adversarial completion still scores 0 within
-    the default time-out (5 s), and no worker crashes or times out."""
+    the default time-out (reward.timeout, 5 s), and no worker crashes or times out."""
     bad = list(ADVERSARIAL.values())
-    with Verifier("math", workers=2, extract="any") as v:
+    with Verifier(
+        "math", workers=2, timeout=5.0, format_weight=0.0, think_format=False, extract="any"
+    ) as v:
         assert v.score([B("1")] * 2, ["1"] * 2).tolist() == [1.0, 1.0]  # started and warm
         assert v.score(bad, ["1"] * len(bad)).tolist() == [0.0] * len(bad)
         assert v.stats()["crashes"] == 0 and v.stats()["timeouts"] == 0

@@ -17,7 +17,7 @@ from redjax.rewards import (
     reward_path,
 )
 
-SAFETY_BOUND = 5.0  # seconds: the Verifier's default per-item time-out
+SAFETY_BOUND = 5.0  # seconds: the per-item time-out of a run (reward.timeout)
 
 
 @pytest.mark.parametrize(

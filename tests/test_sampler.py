@@ -113,7 +113,7 @@ def test_greedy_matches_full_recompute(hf_checkpoint):
     n = 8
     out = sample(
         model.params, model.cfg, ids, mask,
-        num_samples=2, sp=SamplingParams(temperature=0, max_new_tokens=n), seed=0,
+        num_samples=2, sp=SamplingParams(temperature=0, top_k=0, top_p=1.0, max_new_tokens=n), seed=0,
     )  # fmt: skip
     want = greedy_by_recompute(model, ids, mask, n)
     np.testing.assert_array_equal(out.tokens, np.repeat(want, 2, axis=0))
@@ -129,10 +129,10 @@ def test_greedy_matches_transformers_generate(hf_checkpoint):
     n = 8
     free = sample(
         model.params, model.cfg, ids, mask,
-        num_samples=2, sp=SamplingParams(temperature=0, max_new_tokens=n), seed=0,
+        num_samples=2, sp=SamplingParams(temperature=0, top_k=0, top_p=1.0, max_new_tokens=n), seed=0,
     )  # fmt: skip
     eos = int(free.tokens[0, 3])  # row 0 stops at the first occurrence of this token
-    sp = SamplingParams(temperature=0, max_new_tokens=n, eos_ids=(eos,))
+    sp = SamplingParams(temperature=0, top_k=0, top_p=1.0, max_new_tokens=n, eos_ids=(eos,))
     out = sample(model.params, model.cfg, ids, mask, num_samples=2, sp=sp, seed=0)
     np.testing.assert_array_equal(out.tokens[0::2], out.tokens[1::2])
     with torch.no_grad():
@@ -263,7 +263,7 @@ def test_decode_params_reused_across_calls(hf_checkpoint):
     model = from_pretrained(path)
     cfg = model.cfg.replace(dtype="bfloat16")
     ids, mask = prompts(cfg.vocab_size)
-    sp = SamplingParams(temperature=0.7, top_k=20, max_new_tokens=6)
+    sp = SamplingParams(temperature=0.7, top_k=20, top_p=1.0, max_new_tokens=6)
     prepared = sampler.decode_params(model.params, cfg)
     assert "layers" not in prepared and "layers_0" in prepared
     assert {x.dtype.name for x in jax.tree.leaves(prepared)} == {"bfloat16"}
@@ -300,8 +300,15 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     make_hf_checkpoint(tmp_path / "m", "llama")
     model = from_pretrained(str(tmp_path / "m"))
     ids, mask = prompts(model.cfg.vocab_size)
+    defaults = dict(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=256)
     call = lambda ids, mask, **kw: sample(
-        model.params, model.cfg, ids, mask, num_samples=1, sp=SamplingParams(**kw), seed=0
+        model.params,
+        model.cfg,
+        ids,
+        mask,
+        num_samples=1,
+        sp=SamplingParams(**defaults, **kw),
+        seed=0,
     )
     with pytest.raises(ValueError, match="left-padded"):
         call(ids, mask[:, ::-1])
@@ -312,7 +319,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="needs a tokenizer"):
         call(ids, mask, stop_strings=("x",))
     with pytest.raises(ValueError, match="top_p"):
-        SamplingParams(top_p=0)
+        SamplingParams(temperature=1.0, top_k=0, top_p=0, max_new_tokens=256)
 
 
 def test_generate_cli(tmp_path, capsys):
@@ -363,7 +370,9 @@ def ragged_rollouts(model, monkeypatch, *, features, sub_batch=0):
         run = lambda *a, _f=PROGRAMS[name], _e=entry, **k: log.append(_e(a, k)) or _f(*a, **k)
         monkeypatch.setattr(sampler, name, run)
     ids, mask = prompts(model.cfg.vocab_size, seed=6)
-    sp = SamplingParams(temperature=1.0, top_k=30, max_new_tokens=12, eos_ids=(3, 17, 42))
+    sp = SamplingParams(
+        temperature=1.0, top_k=30, top_p=1.0, max_new_tokens=12, eos_ids=(3, 17, 42)
+    )
     out = sample(
         model.params, model.cfg, ids, mask, num_samples=4, sp=sp, seed=2, sub_batch=sub_batch
     )
@@ -437,6 +446,6 @@ def test_fused_projections_match_the_trained_layout(hf_checkpoint):
     for got, want in zip(logits(fused), logits(layers), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
     assert sampler._free_bytes() is None  # CPU: no memory_stats, so sample makes one pass
+    sp = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=256)
     with pytest.raises(ValueError, match="sub_batch must be >= 0"):
-        sample(None, cfg, np.ones((1, 2)), None, num_samples=1, sp=SamplingParams(), seed=0,
-               sub_batch=-1)  # fmt: skip
+        sample(None, cfg, np.ones((1, 2)), None, num_samples=1, sp=sp, seed=0, sub_batch=-1)

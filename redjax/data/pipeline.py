@@ -71,9 +71,9 @@ def tokenize(
     records: Sequence[dict],
     tokenizer: Any,
     *,
-    prompt_suffix: str = "",
-    chat: bool = True,
-    system: str | None = None,
+    prompt_suffix: str,
+    chat: bool,
+    system: str | None,
 ) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
     """(formatted prompt texts, their token ids, offline traces) of the records. A trace is the
     solution's tokens and the end token (the chat end-of-turn token when templated, else eos);
@@ -101,9 +101,9 @@ def prepare(
     *,
     max_prompt_len: int,
     max_offline_len: int,
-    prompt_suffix: str = "",
-    chat: bool = True,
-    system: str | None = None,
+    prompt_suffix: str,
+    chat: bool,
+    system: str | None,
     drop_long: bool = True,
 ) -> tuple[list[dict], dict]:
     """Tokenized examples that fit the length limits, and counts of what was dropped.
@@ -245,9 +245,9 @@ def make_loader(
     seed: int,
     max_prompt_len: int,
     max_offline_len: int,
-    prompt_suffix: str = "",
-    chat: bool = True,
-    system: str | None = None,
+    prompt_suffix: str,
+    chat: bool,
+    system: str | None,
     shard_index: int = 0,
     shard_count: int = 1,
     drop_long: bool = True,
@@ -315,9 +315,9 @@ def encode_prompts(
     tokenizer: Any,
     *,
     batch_size: int,
-    prompt_suffix: str = "",
-    chat: bool = True,
-    system: str | None = None,
+    prompt_suffix: str,
+    chat: bool,
+    system: str | None,
     max_prompt_len: int | None = None,
     buckets: Sequence[int] | None = None,
 ) -> list[dict]:

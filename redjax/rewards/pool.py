@@ -98,17 +98,18 @@ class Verifier:
       think=think_format), with format_reward in {0, 1} (answer boxed, "<think>" form).
     extract: how the built-in "math" / "math_verify" rewards find the final answer: "boxed"
       (the last \\boxed{}) or "any" (wherever the model puts it); see redjax.rewards.extract.
+    No defaults: a run's settings come from its reward section (train.make_verifier).
     """
 
     def __init__(
         self,
-        reward: str | RewardFn = "math",
+        reward: str | RewardFn,
         *,
-        workers: int = 2,
-        timeout: float = 5.0,
-        format_weight: float = 0.0,
-        think_format: bool = False,
-        extract: str = "boxed",
+        workers: int,
+        timeout: float,
+        format_weight: float,
+        think_format: bool,
+        extract: str,
     ):
         if not isinstance(workers, int) or workers < 0:
             raise ValueError(f"Verifier workers must be an integer >= 0, got {workers!r}")
