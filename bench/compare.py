@@ -34,7 +34,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WARM = os.path.join(ROOT, "configs", "compare", "warm.yaml")
 TASK = os.path.join(ROOT, "configs", "compare", "long.yaml")
-WARM_RECORDS, WARM_LONG = 20000, 0.15  # the warm start's train file: 15% long problems
+WARM_RECORDS, WARM_LONG = 20000, 0.5  # the warm start's train file: half long problems
 
 # Method -> overrides on the base config (presets of each algo: redjax.config.PRESETS).
 METHODS = {
