@@ -334,3 +334,40 @@ def test_skip_guard_counts_and_stops_with_the_last_finite_metrics():
     msg = str(e.value)
     assert msg.startswith("step 6: 3 updates in a row skipped") and guard.total == 5
     assert "train.max_skipped_steps=3" in msg and "last finite update at step 3: loss=0.5" in msg
+
+
+def test_a_distribution_metric_is_logged_as_quantiles(tmp_path):
+    """A 1-D array (the policy shift over prompts) becomes its 10/50/90% quantiles in
+    metrics.jsonl (numpy's, linear interpolation) and a TensorBoard histogram; empty: NaN."""
+    run = str(tmp_path)
+    logger = logs.Logger(run)
+    shift = np.array([0.0, 0.25, 1.0, 0.5, 0.75])
+    logger.log(1, {"loss": 0.5, "shift": shift})
+    logger.log(2, {"loss": 0.5, "shift": np.zeros(0)})
+    logger.close()
+    first, second = logs.read_metrics(run)
+    assert (first["shift_p10"], first["shift_p50"], first["shift_p90"]) == (0.1, 0.5, 0.9)
+    assert "shift" not in first and np.isnan(second["shift_p50"])
+    assert [(step, h.num) for step, h in tb_histograms(os.path.join(run, "tb"), "shift")] == [
+        (1, 5)
+    ]
+
+
+def tb_histograms(folder: str, tag: str) -> list:
+    """(step, HistogramProto) of `tag` in the TensorBoard event files of `folder` (TFRecord
+    framing: length, its CRC, the Event proto, its CRC)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    out = []
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), "rb") as f:
+            data = f.read()
+        i = 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            event = Event.FromString(data[i + 12 : i + 12 + n])
+            i += 16 + n
+            out += [(event.step, v.histo) for v in event.summary.value if v.tag == tag]
+    return out

@@ -125,10 +125,13 @@ def test_default_run_end_to_end(reference):
             "kl_old",
             "grad_norm",
             "shift_mean",
+            "shift_p50",
+            "lambda_target",
             "response_length",
         ):
             assert np.isfinite(r[k]), (k, r)
         assert 0.05 <= r["lambda"] <= 5.0
+        assert r["rollouts"] == 4 * 2 and 0 <= r["batch_digest"] < 2**24  # prompts x G
     assert rows[-1]["step"] == 5 and "eval/heldout_acc" in rows[-1]
     assert "held-out accuracy" in out and "pass@1" in out
     with open(os.path.join(run_dir, "eval.json")) as f:
