@@ -154,8 +154,8 @@ def main(args: argparse.Namespace) -> None:
     temperature = args.temperature
     if temperature is None:
         temperature = 0.0 if args.k == 1 else 0.6
-    suffix = extra.get("prompt_suffix", "") if args.prompt_suffix is None else args.prompt_suffix
-    reward_fn, extract = extra.get("reward_fn", "math"), extra.get("reward_extract", "boxed")
+    suffix = extra["prompt_suffix"] if args.prompt_suffix is None else args.prompt_suffix
+    reward_fn, extract = extra["reward_fn"], extra["reward_extract"]
     # answers only (no format reward), in two worker processes with 5 s per item
     pool = {"workers": 2, "timeout": 5.0, "format_weight": 0.0, "think_format": False}
     with rewards.Verifier(reward_fn, extract=extract, **pool) as verifier:
@@ -171,8 +171,8 @@ def main(args: argparse.Namespace) -> None:
             max_new_tokens=args.max_new_tokens,
             batch_size=args.batch_size,
             prompt_suffix=suffix,
-            chat=not args.raw and extra.get("chat", True),  # a run folder: as it trained
-            system=extra.get("system"),
+            chat=not args.raw and extra["chat"],  # a run folder: as it trained
+            system=extra["system"],
             seed=args.seed,
         )
     print(table(results))

@@ -41,9 +41,9 @@ def main(args: argparse.Namespace) -> None:
 
     # A Hugging Face folder, or a run folder: then prompts are formatted as in its training.
     model, tok, settings = load_model(args.model, args.dtype)
-    chat = not args.raw and settings.get("chat", True) and tokenization.has_chat_template(tok)
-    suffix = settings.get("prompt_suffix", "")
-    texts = [tokenization.format_prompt(tok, p, suffix=suffix, chat=chat) for p in args.prompt]
+    chat = not args.raw and settings["chat"] and tokenization.has_chat_template(tok)
+    fmt = dict(suffix=settings["prompt_suffix"], system=settings["system"], chat=chat)
+    texts = [tokenization.format_prompt(tok, p, **fmt) for p in args.prompt]
     # A chat template writes its own special tokens (BOS included); raw text gets the defaults.
     ids, mask = encode(tok, texts, special=not chat)
     sp = SamplingParams(

@@ -31,7 +31,8 @@ def run_settings(cfg: config.Config) -> dict:
 
 def load_model(path: str, dtype: str = "float32", step: int | None = None) -> tuple[Any, Any, dict]:
     """(Model, tokenizer, run settings) from a Hugging Face folder or a run folder; a run
-    folder's parameters come from its latest (or the given) checkpoint."""
+    folder's parameters come from its latest (or the given) checkpoint, its settings from its
+    config.yaml (a Hugging Face folder: the config's defaults)."""
     from redjax.checkpoint import Checkpoints
     from redjax.models import Model, from_pretrained, param_shapes, read_config
     from redjax.tokenizer import load_tokenizer
@@ -39,7 +40,8 @@ def load_model(path: str, dtype: str = "float32", step: int | None = None) -> tu
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model folder {path!r} does not exist")
     if os.path.isfile(os.path.join(path, "config.json")):
-        return from_pretrained(path, dtype), load_tokenizer(path), {}
+        # a Hugging Face folder: prompts formatted and answers scored as the config's defaults
+        return from_pretrained(path, dtype), load_tokenizer(path), run_settings(config.Config())
     if not is_run_folder(path):
         raise FileNotFoundError(
             f"{path!r} is neither a Hugging Face model folder (no config.json) nor a redjax run "

@@ -76,9 +76,9 @@ def format_prompt(
     tokenizer: Any,
     question: str,
     *,
-    suffix: str = "",
-    system: str | None = None,
-    chat: bool = True,
+    suffix: str,
+    system: str | None,
+    chat: bool,
 ) -> str:
     """Returns the prompt text: question + suffix, in the chat template when asked and present."""
     content = question + suffix

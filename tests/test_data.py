@@ -256,7 +256,9 @@ def test_batches_decode_to_source_text(tok, chat):
         system=None,
     )
     end = "<|im_end|>" if chat else "<|endoftext|>"
-    by_prompt = {format_prompt(tok, r["prompt"], suffix=suffix, chat=chat): r for r in records}
+    by_prompt = {
+        format_prompt(tok, r["prompt"], suffix=suffix, system=None, chat=chat): r for r in records
+    }
     seen = []
     for _ in range(5):  # one epoch
         b = next(loader)
@@ -384,7 +386,7 @@ def test_host_shards_are_disjoint_and_cover_the_data(tok):
             hosts.append([p for _ in range(6) for p in next(loader)["prompt_text"]])
         assert not set(hosts[0]) & set(hosts[1])
         assert sorted(hosts[0] + hosts[1]) == sorted(
-            format_prompt(tok, r["prompt"]) for r in records
+            format_prompt(tok, r["prompt"], suffix="", system=None, chat=True) for r in records
         )
         epochs.append(hosts)
     assert epochs[0][0] != epochs[1][0]  # each epoch is a new order
@@ -403,7 +405,9 @@ def test_encode_prompts_keeps_order_and_pads_the_last_batch(tok):
     assert len(batches) == 3
     assert [b["valid"].tolist() for b in batches][-1] == [True, True, False, False]
     texts = [t for b in batches for t, v in zip(b["prompt_text"], b["valid"], strict=True) if v]
-    assert texts == [format_prompt(tok, r["prompt"], suffix=" Go.") for r in records]
+    assert texts == [
+        format_prompt(tok, r["prompt"], suffix=" Go.", system=None, chat=True) for r in records
+    ]
     for b in batches:
         assert b["prompt_ids"].shape == (4, b["prompt_ids"].shape[1])
         for ids, mask, text in zip(

@@ -63,20 +63,20 @@ def test_char_tokenizer_keeps_spaces_case_and_special_tokens(tok):
 
 def test_format_prompt_chat_template_and_raw(tok):
     q, suffix = "What is 2 + 3?", "\nAnswer in \\boxed{}."
-    chat = format_prompt(tok, q, suffix=suffix)
+    chat = format_prompt(tok, q, suffix=suffix, system=None, chat=True)
     assert chat == f"<|im_start|>user\n{q}{suffix}<|im_end|>\n<|im_start|>assistant\n"
-    with_system = format_prompt(tok, q, system="Be brief.")
+    with_system = format_prompt(tok, q, suffix="", system="Be brief.", chat=True)
     assert with_system == (
         f"<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
-    assert format_prompt(tok, q, suffix=suffix, chat=False) == q + suffix
+    assert format_prompt(tok, q, suffix=suffix, system=None, chat=False) == q + suffix
 
 
 def test_format_prompt_without_template_is_raw(char_dir):
     tok = load_tokenizer(char_dir)
     tok.chat_template = None
-    assert format_prompt(tok, "1 + 1?", suffix=" ok", chat=True) == "1 + 1? ok"
+    assert format_prompt(tok, "1 + 1?", suffix=" ok", system=None, chat=True) == "1 + 1? ok"
     assert end_id(tok, chat=True) == tok.eos_token_id
 
 
