@@ -1,4 +1,5 @@
-"""Helpers shared by test modules: tiny random Hugging Face checkpoints, bench/ modules by path."""
+"""Helpers shared by test modules: tiny random Hugging Face checkpoints, bench/ modules by path,
+Verifier settings."""
 
 import importlib.util
 import os
@@ -15,6 +16,10 @@ TINY = dict(
     num_key_value_heads=2,
     max_position_embeddings=512,
 )
+
+# Verifier settings as a run's reward section has them (redjax.config.RewardCfg); each test
+# passes the reward and workers, and overrides one of these with dict(VERIFIER, key=value).
+VERIFIER = dict(timeout=5.0, format_weight=0.0, think_format=False, extract="boxed")
 
 
 def tiny_hf_config(kind: str, **overrides):

@@ -12,6 +12,10 @@ from redjax.shapes import data_bucket as bucket
 from redjax.shapes import default_buckets
 from redjax.tokenizer import format_prompt, make_char_tokenizer
 
+# Prompt settings of the loaders below: no suffix, no system prompt; raw text or the chat template.
+PLAIN = dict(prompt_suffix="", chat=False, system=None)
+CHAT = dict(prompt_suffix="", chat=True, system=None)
+
 # ---------------------------------------------------------------- sources
 
 
@@ -289,17 +293,8 @@ def test_batches_decode_to_source_text(tok, chat):
 def test_long_records_are_dropped_and_counted(tok):
     records = distinct_records(60)
     max_p, max_o = 70, 36
-    loader = make_loader(
-        records,
-        tok,
-        batch_size=4,
-        seed=0,
-        max_prompt_len=max_p,
-        max_offline_len=max_o,
-        prompt_suffix="",
-        chat=False,
-        system=None,
-    )
+    kwargs = dict(batch_size=4, seed=0, max_prompt_len=max_p, max_offline_len=max_o, **PLAIN)
+    loader = make_loader(records, tok, **kwargs)
     # The char tokenizer has one token per character; the offline trace adds the end token.
     long_p = [len(r["prompt"]) > max_p for r in records]
     long_o = [
@@ -316,30 +311,9 @@ def test_long_records_are_dropped_and_counted(tok):
     first = next(i for i in range(60) if long_p[i] or long_o[i])
     kind = "prompt has \\d+ tokens > max_prompt_len" if long_p[first] else "offline trace has"
     with pytest.raises(ValueError, match=rf"record {first} .*{kind}"):
-        make_loader(
-            records,
-            tok,
-            batch_size=4,
-            seed=0,
-            max_prompt_len=max_p,
-            max_offline_len=max_o,
-            prompt_suffix="",
-            chat=False,
-            system=None,
-            drop_long=False,
-        )
+        make_loader(records, tok, **kwargs, drop_long=False)
     with pytest.raises(ValueError, match="no records left"):
-        make_loader(
-            records,
-            tok,
-            batch_size=4,
-            seed=0,
-            max_prompt_len=5,
-            max_offline_len=max_o,
-            prompt_suffix="",
-            chat=True,
-            system=None,
-        )
+        make_loader(records, tok, **{**kwargs, "max_prompt_len": 5, "chat": True})
 
 
 def same_batch(a, b):
@@ -353,8 +327,7 @@ def same_batch(a, b):
 
 def test_restored_loader_yields_the_same_batches(tok):
     records = distinct_records(36)
-    kwargs = dict(batch_size=8, seed=5, max_prompt_len=128, max_offline_len=64)
-    kwargs.update(prompt_suffix="", chat=True, system=None)
+    kwargs = dict(batch_size=8, seed=5, max_prompt_len=128, max_offline_len=64, **CHAT)
     loader = make_loader(records, tok, **kwargs)
     first = [next(loader) for _ in range(7)]  # crosses the epoch boundary (4 batches per epoch)
     state = json.loads(json.dumps(loader.get_state()))
@@ -375,7 +348,7 @@ def test_restored_loader_yields_the_same_batches(tok):
 def test_host_shards_are_disjoint_and_cover_the_data(tok):
     records = distinct_records(48)
     kwargs = dict(batch_size=4, seed=2, max_prompt_len=128, max_offline_len=64, shard_count=2)
-    kwargs.update(prompt_suffix="", chat=True, system=None)
+    kwargs.update(CHAT)
     epochs = []
     for epoch in range(2):
         hosts = []
@@ -417,9 +390,7 @@ def test_encode_prompts_keeps_order_and_pads_the_last_batch(tok):
     answers = [a for b in batches for a, v in zip(b["answer"], b["valid"], strict=True) if v]
     assert answers == [r["answer"] for r in records]
     with pytest.raises(ValueError, match=r"record 0 .*max_prompt_len 10"):
-        encode_prompts(
-            records, tok, batch_size=4, prompt_suffix="", chat=True, system=None, max_prompt_len=10
-        )
+        encode_prompts(records, tok, batch_size=4, **CHAT, max_prompt_len=10)
 
 
 def test_lengths_left_at_zero_fit_the_data(tok, tmp_path):

@@ -7,34 +7,27 @@ import time
 
 import numpy as np
 import pytest
+from helpers import VERIFIER
 from reward_cases import CASES, B
 
 from redjax.rewards import Verifier, math_reward
 
 TIMEOUT = 1.0  # per-item time-out of the test pools
 SLACK = 10.0  # seconds allowed on top of it: worker restart and a loaded 2-core machine
+POOL = dict(VERIFIER, timeout=TIMEOUT)  # the settings of the two module-scoped pools
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
 def math_pool():
-    with Verifier(
-        "math", workers=2, timeout=TIMEOUT, format_weight=0.0, think_format=False, extract="boxed"
-    ) as v:
+    with Verifier("math", workers=2, **POOL) as v:
         yield v
 
 
 @pytest.fixture(scope="module")
 def plugin_pool():
-    with Verifier(
-        "_reward_plugins:misbehave",
-        workers=2,
-        timeout=TIMEOUT,
-        format_weight=0.0,
-        think_format=False,
-        extract="boxed",
-    ) as v:
+    with Verifier("_reward_plugins:misbehave", workers=2, **POOL) as v:
         yield v
 
 
@@ -114,14 +107,7 @@ def test_worker_killed_between_calls_is_replaced(plugin_pool):
 
 
 def test_workers_do_not_import_jax():
-    with Verifier(
-        "_reward_plugins:has_jax",
-        workers=1,
-        timeout=5.0,
-        format_weight=0.0,
-        think_format=False,
-        extract="boxed",
-    ) as v:
+    with Verifier("_reward_plugins:has_jax", workers=1, **VERIFIER) as v:
         assert v.score(["x"], ["x"]).tolist() == [0.0]
 
 
@@ -129,23 +115,10 @@ def test_format_weight_and_think_format():
     completions = [B("2"), "Answer: 2", B("3"), "<think>hm</think> \\boxed{2}"]
     golds = ["2"] * 4
     for workers in (0, 1):
-        with Verifier(
-            "math",
-            workers=workers,
-            timeout=5.0,
-            format_weight=0.5,
-            think_format=False,
-            extract="boxed",
-        ) as v:
+        with Verifier("math", workers=workers, **dict(VERIFIER, format_weight=0.5)) as v:
             np.testing.assert_allclose(v.score(completions, golds), [1.5, 1.0, 0.5, 1.5])
-        with Verifier(
-            "math",
-            workers=workers,
-            timeout=5.0,
-            format_weight=0.5,
-            think_format=True,
-            extract="boxed",
-        ) as v:
+        think = dict(VERIFIER, format_weight=0.5, think_format=True)
+        with Verifier("math", workers=workers, **think) as v:
             np.testing.assert_allclose(v.score(completions, golds), [1.0, 1.0, 0.0, 1.5])
 
 
@@ -153,39 +126,16 @@ def test_dotted_paths_and_callables():
     import _reward_plugins
 
     for reward in ("_reward_plugins.exact", "_reward_plugins:exact", _reward_plugins.exact):
-        with Verifier(
-            reward, workers=1, timeout=5.0, format_weight=0.0, think_format=False, extract="boxed"
-        ) as v:
+        with Verifier(reward, workers=1, **VERIFIER) as v:
             assert v.score(["a", "b"], ["a", "a"]).tolist() == [1.0, 0.0]
     with pytest.raises(ValueError, match="workers=0"):
-        Verifier(
-            lambda c, g: 1.0,
-            workers=1,
-            timeout=5.0,
-            format_weight=0.0,
-            think_format=False,
-            extract="boxed",
-        )
-    with Verifier(
-        lambda c, g: float(len(c)),
-        workers=0,
-        timeout=5.0,
-        format_weight=0.0,
-        think_format=False,
-        extract="boxed",
-    ) as v:
+        Verifier(lambda c, g: 1.0, workers=1, **VERIFIER)
+    with Verifier(lambda c, g: float(len(c)), workers=0, **VERIFIER) as v:
         assert v.score(["abc"], ["x"]).tolist() == [3.0]
 
 
 def test_in_process_mode_catches_errors():
-    with Verifier(
-        "_reward_plugins:misbehave",
-        workers=0,
-        timeout=5.0,
-        format_weight=0.0,
-        think_format=False,
-        extract="boxed",
-    ) as v:
+    with Verifier("_reward_plugins:misbehave", workers=0, **VERIFIER) as v:
         assert v.score(["a", "RAISE", "NAN"], ["a", "x", "x"]).tolist() == [1.0, 0.0, 0.0]
         assert v.failures == 2 and "RuntimeError" in v.last_error or "nan" in v.last_error
 
@@ -193,47 +143,25 @@ def test_in_process_mode_catches_errors():
 @pytest.mark.parametrize("name", ["nope", "no_such_module:fn", "_reward_plugins:missing"])
 def test_bad_reward_name_raises_value_error(name):
     with pytest.raises(ValueError, match=name):
-        Verifier(
-            name, workers=1, timeout=5.0, format_weight=0.0, think_format=False, extract="boxed"
-        )
+        Verifier(name, workers=1, **VERIFIER)
 
 
 def test_bad_arguments_raise_value_error():
     with pytest.raises(ValueError, match="workers"):
-        Verifier(
-            "math", workers=-1, timeout=5.0, format_weight=0.0, think_format=False, extract="boxed"
-        )
+        Verifier("math", workers=-1, **VERIFIER)
     with pytest.raises(ValueError, match="timeout"):
-        Verifier(
-            "math", workers=2, timeout=0, format_weight=0.0, think_format=False, extract="boxed"
-        )
+        Verifier("math", workers=2, **dict(VERIFIER, timeout=0))
     with pytest.raises(ValueError, match="format_weight"):
-        Verifier(
-            "math",
-            workers=2,
-            timeout=5.0,
-            format_weight=math.nan,
-            think_format=False,
-            extract="boxed",
-        )
+        Verifier("math", workers=2, **dict(VERIFIER, format_weight=math.nan))
     with (
-        Verifier(
-            "math", workers=0, timeout=5.0, format_weight=0.0, think_format=False, extract="boxed"
-        ) as v,
+        Verifier("math", workers=0, **VERIFIER) as v,
         pytest.raises(ValueError, match="2 completions but 1 golds"),
     ):
         v.score(["a", "b"], ["a"])
 
 
 def test_close_stops_workers():
-    v = Verifier(
-        "_reward_plugins:exact",
-        workers=2,
-        timeout=5.0,
-        format_weight=0.0,
-        think_format=False,
-        extract="boxed",
-    )
+    v = Verifier("_reward_plugins:exact", workers=2, **VERIFIER)
     assert v.score(["a"], ["a"]).tolist() == [1.0]
     procs = [w.proc for w in v._pool]
     v.close()
@@ -247,9 +175,7 @@ def test_adversarial_completions_with_extract_any():
     """extract="any" reads more of the text: every adversarial completion still scores 0 within
     the default time-out (reward.timeout, 5 s), and no worker crashes or times out."""
     bad = list(ADVERSARIAL.values())
-    with Verifier(
-        "math", workers=2, timeout=5.0, format_weight=0.0, think_format=False, extract="any"
-    ) as v:
+    with Verifier("math", workers=2, **dict(VERIFIER, extract="any")) as v:
         assert v.score([B("1")] * 2, ["1"] * 2).tolist() == [1.0, 1.0]  # started and warm
         assert v.score(bad, ["1"] * len(bad)).tolist() == [0.0] * len(bad)
         assert v.stats()["crashes"] == 0 and v.stats()["timeouts"] == 0

@@ -15,6 +15,8 @@ from redjax.models import from_pretrained
 from redjax.sampler import SamplingParams, sample
 
 PROMPT_LENS = (5, 9, 3, 7, 1)  # mixed lengths: all but row 1 are left-padded
+GREEDY = dict(temperature=0, top_k=0, top_p=1.0)  # greedy decoding; each test sets its length
+UNTRUNCATED = dict(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=256)  # no top-k/top-p cut
 
 
 def left_pad(seqs):
@@ -113,7 +115,7 @@ def test_greedy_matches_full_recompute(hf_checkpoint):
     n = 8
     out = sample(
         model.params, model.cfg, ids, mask,
-        num_samples=2, sp=SamplingParams(temperature=0, top_k=0, top_p=1.0, max_new_tokens=n), seed=0,
+        num_samples=2, sp=SamplingParams(**GREEDY, max_new_tokens=n), seed=0,
     )  # fmt: skip
     want = greedy_by_recompute(model, ids, mask, n)
     np.testing.assert_array_equal(out.tokens, np.repeat(want, 2, axis=0))
@@ -129,10 +131,10 @@ def test_greedy_matches_transformers_generate(hf_checkpoint):
     n = 8
     free = sample(
         model.params, model.cfg, ids, mask,
-        num_samples=2, sp=SamplingParams(temperature=0, top_k=0, top_p=1.0, max_new_tokens=n), seed=0,
+        num_samples=2, sp=SamplingParams(**GREEDY, max_new_tokens=n), seed=0,
     )  # fmt: skip
     eos = int(free.tokens[0, 3])  # row 0 stops at the first occurrence of this token
-    sp = SamplingParams(temperature=0, top_k=0, top_p=1.0, max_new_tokens=n, eos_ids=(eos,))
+    sp = SamplingParams(**GREEDY, max_new_tokens=n, eos_ids=(eos,))
     out = sample(model.params, model.cfg, ids, mask, num_samples=2, sp=sp, seed=0)
     np.testing.assert_array_equal(out.tokens[0::2], out.tokens[1::2])
     with torch.no_grad():
@@ -300,14 +302,13 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     make_hf_checkpoint(tmp_path / "m", "llama")
     model = from_pretrained(str(tmp_path / "m"))
     ids, mask = prompts(model.cfg.vocab_size)
-    defaults = dict(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=256)
     call = lambda ids, mask, **kw: sample(
         model.params,
         model.cfg,
         ids,
         mask,
         num_samples=1,
-        sp=SamplingParams(**defaults, **kw),
+        sp=SamplingParams(**UNTRUNCATED, **kw),
         seed=0,
     )
     with pytest.raises(ValueError, match="left-padded"):
@@ -319,7 +320,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="needs a tokenizer"):
         call(ids, mask, stop_strings=("x",))
     with pytest.raises(ValueError, match="top_p"):
-        SamplingParams(temperature=1.0, top_k=0, top_p=0, max_new_tokens=256)
+        SamplingParams(**dict(UNTRUNCATED, top_p=0))
 
 
 def test_generate_cli(tmp_path, capsys):
@@ -446,6 +447,6 @@ def test_fused_projections_match_the_trained_layout(hf_checkpoint):
     for got, want in zip(logits(fused), logits(layers), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
     assert sampler._free_bytes() is None  # CPU: no memory_stats, so sample makes one pass
-    sp = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=256)
+    sp = SamplingParams(**UNTRUNCATED)
     with pytest.raises(ValueError, match="sub_batch must be >= 0"):
         sample(None, cfg, np.ones((1, 2)), None, num_samples=1, sp=sp, seed=0, sub_batch=-1)

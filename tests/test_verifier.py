@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+from helpers import VERIFIER
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from make_verifier_cases import rows
@@ -278,9 +279,7 @@ def test_math_verify_backend():
     assert fn(B("\\frac{1}{3}"), "0.5") == 0.0
     assert fn("The total is 7425000.", "7425000") == 0.0  # boxed: no box, no answer
     assert get_reward_fn("math_verify", "any")("so $x = \\frac{1}{2}$", "0.5") == 1.0
-    with Verifier(
-        "math_verify", workers=1, timeout=30.0, format_weight=0.0, think_format=False, extract="any"
-    ) as v:
+    with Verifier("math_verify", workers=1, **dict(VERIFIER, timeout=30.0, extract="any")) as v:
         assert v.score([B("2"), "We get $2$.", B("3")], ["2", "2", "2"]).tolist() == [1, 1, 0]
 
 
@@ -289,31 +288,18 @@ def test_math_verify_missing_names_the_extra(monkeypatch):
     with pytest.raises(ImportError, match=r"redjax\[mathverify\]"):
         get_reward_fn("math_verify")
     with pytest.raises(ImportError, match=r"redjax\[mathverify\]"):
-        Verifier(
-            "math_verify",
-            workers=0,
-            timeout=5.0,
-            format_weight=0.0,
-            think_format=False,
-            extract="boxed",
-        )
+        Verifier("math_verify", workers=0, **VERIFIER)
 
 
 def test_verifier_passes_extract_to_workers():
     texts, golds = ["The total is 7,425,000.", B("7,425,000")], ["7425000", "7425000"]
-    with Verifier(
-        "math", workers=1, timeout=5.0, format_weight=0.0, think_format=False, extract="any"
-    ) as v:
+    with Verifier("math", workers=1, **dict(VERIFIER, extract="any")) as v:
         assert v.name == "redjax.rewards.math:math_reward_any"
         assert v.score(texts, golds).tolist() == [1.0, 1.0]
-    with Verifier(
-        "math", workers=0, timeout=5.0, format_weight=0.0, think_format=False, extract="boxed"
-    ) as v:
+    with Verifier("math", workers=0, **VERIFIER) as v:
         assert v.name == "math" and v.score(texts, golds).tolist() == [0.0, 1.0]
     with pytest.raises(ValueError, match="extract"):
-        Verifier(
-            "math", workers=0, timeout=5.0, format_weight=0.0, think_format=False, extract="last"
-        )
+        Verifier("math", workers=0, **dict(VERIFIER, extract="last"))
 
 
 def test_config_reward_extract():
