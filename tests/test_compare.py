@@ -111,3 +111,10 @@ def test_same_budget_check_names_the_difference(tmp_path, change, error):
     }
     with pytest.raises(ValueError, match=error):
         compare.check_same_budget(runs)
+
+
+def test_base_config_of_a_run():
+    assert compare.base_config(None, []) == (compare.TASK, True)  # the built-in benchmark
+    assert compare.base_config(None, ["train.steps=5"]) == (compare.TASK, True)
+    assert compare.base_config(None, ["data.train=t.jsonl"]) == (config.default_file(), False)
+    assert compare.base_config("my.yaml", ["data.train=t.jsonl"]) == ("my.yaml", False)
