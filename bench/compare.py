@@ -83,9 +83,9 @@ def redjax(args: list[str], out: str) -> float:
     return time.perf_counter() - t0
 
 
-def warm_start(out: str, overrides: list[str]) -> str:
+def warm_start(out: str, overrides: list[str], train: bool = True) -> str | None:
     """The warm-start model (a Hugging Face folder), trained and exported once per resolved
-    warm config, then reused by every method and seed."""
+    warm config, then reused by every method and seed (None if not made and not `train`)."""
     from redjax import config
 
     overrides = [f"data.train={_warm_data(out)}", *overrides]
@@ -97,6 +97,8 @@ def warm_start(out: str, overrides: list[str]) -> str:
     if os.path.isfile(os.path.join(hf, "config.json")):
         print(f"compare: reusing the warm start {hf}")
         return hf
+    if not train:
+        return None
     run = os.path.join(folder, "run")
     print(f"compare: training the warm start in {run}")
     redjax(["train", WARM, *overrides, f"train.run_dir={run}"], out)
@@ -133,10 +135,29 @@ def run_one(name: str, seed: int, args: argparse.Namespace, overrides: list[str]
     return run
 
 
-def _cfg(run: str):
+def old_task_score(hf: str, args: argparse.Namespace) -> float:
+    """The warm model's accuracy on the old task (evaluated once, kept beside it); prompts
+    formatted as the runs format them."""
+    path = os.path.join(os.path.dirname(hf), "old.json")
+    if not os.path.isfile(path):
+        cfg = _load(args.config)
+        n = str(args.max_new_tokens or cfg.rollout.max_new_tokens)
+        suffix = ["--prompt-suffix", cfg.data.prompt_suffix] + (
+            ["--raw"] if not cfg.data.chat else []
+        )
+        redjax(["eval", "--model", hf, "--data", args.old, "--max-new-tokens", n, *suffix,
+                "--json", path], args.out)  # fmt: skip
+    return _read_json(path)["pass@1"]
+
+
+def _load(path: str):
     from redjax import config
 
-    return config.load(os.path.join(run, "config.yaml"))
+    return config.load(path)
+
+
+def _cfg(run: str):
+    return _load(os.path.join(run, "config.yaml"))
 
 
 # ----------------------------------------------------------------------------- reading runs
@@ -206,27 +227,33 @@ def _ms(xs: list[float], fmt: str = ".3f") -> str:
         return "-"
     if len(xs) == 1:
         return f"{xs[0]:{fmt}}"
-    return f"{np.mean(xs):{fmt}} ± {np.std(xs, ddof=1):{fmt}}"
+    return f"{np.mean(xs):{fmt}} ± {np.std(xs, ddof=1):{fmt.lstrip('+')}}"
 
 
-def table(runs: dict[str, dict[int, str]], target: float) -> str:
-    """The markdown table, from the run folders."""
+def table(runs: dict[str, dict[int, str]], target: float, start_old: float = np.nan) -> str:
+    """The markdown table, from the run folders; the first row is the starting model (its step-0
+    evaluation, the same for every method of a seed; `start_old`: its old-task accuracy)."""
     lines = [
-        f"| method | held-out acc, new task | best | old task kept | mean length | "
-        f"steps to {target:g} | rollouts | wall s |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| method | held-out acc, new task | gain over start | best | old task kept | "
+        f"mean length | steps to {target:g} | rollouts | wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    if runs:
+        first = [read_run(r) for r in next(iter(runs.values())).values()]
+        start = _ms([g["evals"][0][1] for g in first])
+        lines.append(f"| start (step 0) | {start} | - | - | {_ms([start_old])} | - | - | - | - |")
     for name, by_seed in runs.items():
         got = [read_run(by_seed[s]) for s in sorted(by_seed)]
         final = [g["evals"][-1][1] for g in got]
+        gain = [g["evals"][-1][1] - g["evals"][0][1] for g in got]
         best = [max(a for _, a, _ in g["evals"]) for g in got]
         reach = [next((s for s, a, _ in g["evals"] if a >= target), None) for g in got]
         hit = [s for s in reach if s is not None]
         steps = f"{np.mean(hit):.0f} ({len(hit)}/{len(got)} seeds)" if hit else f"- (0/{len(got)})"
         lines.append(
-            f"| {name} | {_ms(final)} | {_ms(best)} | {_ms([g['old'] for g in got])} | "
-            f"{_ms([g['evals'][-1][2] for g in got], '.1f')} | {steps} | "
-            f"{np.mean([sum(g['rollouts']) for g in got]):.0f} | "
+            f"| {name} | {_ms(final)} | {_ms(gain, '+.3f')} | {_ms(best)} | "
+            f"{_ms([g['old'] for g in got])} | {_ms([g['evals'][-1][2] for g in got], '.1f')} | "
+            f"{steps} | {np.mean([sum(g['rollouts']) for g in got]):.0f} | "
             f"{_ms([g['wall'] for g in got], '.0f')} |"
         )
     return "\n".join(lines)
@@ -283,7 +310,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--out", default=os.path.join("runs", "compare"))
     ap.add_argument("--old", default=None, help="held-out file of the old task (built-in: easy)")
-    ap.add_argument("--target", type=float, default=0.5, help="accuracy for 'steps to'")
+    ap.add_argument("--target", type=float, default=0.6, help="accuracy for 'steps to'")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="old-task eval length")
     ap.add_argument("--warm", nargs="*", default=[], help="overrides of the warm start")
     ap.add_argument("--summarise", action="store_true", help="only re-read finished runs")
@@ -314,11 +341,14 @@ def main(argv: list[str] | None = None) -> str:
     os.makedirs(args.out, exist_ok=True)
     overrides = list(args.overrides)
     args.config, builtin = base_config(args.config, overrides)
+    start_old = np.nan
     if builtin:
-        if not args.summarise:
-            overrides.insert(0, f"model.path={warm_start(args.out, args.warm)}")
         if args.old is None:
             args.old = _old_task(args.out)
+        hf = warm_start(args.out, args.warm, train=not args.summarise)
+        if hf:
+            overrides.insert(0, f"model.path={hf}")
+            start_old = old_task_score(hf, args)
     runs: dict[str, dict[int, str]] = {}
     for seed in range(args.seeds):  # seed-major: a partial run still compares every method
         for name in args.methods:
@@ -328,7 +358,7 @@ def main(argv: list[str] | None = None) -> str:
             if os.path.isfile(os.path.join(run, "eval.json")):
                 runs.setdefault(name, {})[seed] = run
     check_same_budget(runs)
-    text = table(runs, args.target)
+    text = table(runs, args.target, start_old)
     with open(os.path.join(args.out, "compare.md"), "w") as f:
         f.write(text + "\n")
     plot(runs, os.path.join(args.out, "compare.png"))

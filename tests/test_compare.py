@@ -86,14 +86,17 @@ def test_table_comes_from_the_run_folders(tmp_path):
         "grpo": {0: make_run(tmp_path / "g0", "grpo", [(0, 0.2, 20.0), (50, 0.3, 10.0)])},
     }
     compare.check_same_budget(runs)
-    red, grpo = compare.table(runs, target=0.6).splitlines()[2:]
+    start, red, grpo = compare.table(runs, target=0.6, start_old=0.95).splitlines()[2:]
+    assert start.split("|")[1:-1][:2] == [" start (step 0) ", " 0.200 ± 0.000 "]
+    assert start.split("|")[5] == " 0.950 "
     cells = [c.strip() for c in red.split("|")[1:-1]]
     sd = np.std([0.7, 0.5], ddof=1)
     assert cells == [
-        "red", f"0.600 ± {sd:.3f}", f"0.600 ± {sd:.3f}", f"0.800 ± {np.std([0.9, 0.7], ddof=1):.3f}",
-        "32.0 ± 2.8", "50 (1/2 seeds)", "256", "10 ± 0",
+        "red", f"0.600 ± {sd:.3f}", f"+0.400 ± {sd:.3f}", f"0.600 ± {sd:.3f}",
+        f"0.800 ± {np.std([0.9, 0.7], ddof=1):.3f}", "32.0 ± 2.8", "50 (1/2 seeds)", "256",
+        "10 ± 0",
     ]  # fmt: skip
-    assert grpo.split("|")[1:-1][5].strip() == "- (0/1)"
+    assert grpo.split("|")[1:-1][6].strip() == "- (0/1)"
 
 
 @pytest.mark.parametrize(
