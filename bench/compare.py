@@ -174,12 +174,23 @@ def read_run(run: str) -> dict:
     old = _read_json(os.path.join(run, "old.json"))
     return {
         "evals": evals,
-        "curves": {k: [(r["step"], r.get(k, np.nan)) for r in steps] for k in CURVES},
+        "curves": {k: [(r["step"], _value(r, k)) for r in steps] for k in CURVES},
         "digests": [r["batch_digest"] for r in steps],
         "rollouts": [r["rollouts"] for r in steps],
         "old": old["pass@1"] if old else np.nan,
         "wall": (_read_json(os.path.join(run, "wall.json")) or {}).get("seconds", np.nan),
     }
+
+
+def _value(row: dict, key: str) -> float:
+    """A step's metric, NaN where it measured nothing (the entropy of a kind of token the step
+    did not train on; lambda in a step without traces)."""
+    count = {"entropy_on": "tokens_on", "entropy_off": "tokens_off", "lambda": "tokens_off"}.get(
+        key
+    )
+    if count and not row.get(count):
+        return np.nan
+    return row.get(key, np.nan)
 
 
 def _read_json(path: str) -> dict | None:
@@ -269,8 +280,9 @@ def plot(runs: dict[str, dict[int, str]], path: str) -> None:
 
     panels = {"eval": "held-out accuracy, new task (greedy)", **CURVES}
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    for name, by_seed in runs.items():
+    for i, (name, by_seed) in enumerate(runs.items()):
         got = [read_run(by_seed[s]) for s in sorted(by_seed)]
+        color = f"C{i % 10}"  # one color a method in every panel
         for ax, key in zip(axes.flat, panels, strict=False):
             pts = (
                 [[(s, a) for s, a, _ in g["evals"]] for g in got]
@@ -282,8 +294,8 @@ def plot(runs: dict[str, dict[int, str]], path: str) -> None:
                 continue
             x = np.array([s for s, _ in pts[0][:n]])
             y = np.array([[v for _, v in p[:n]] for p in pts])
-            (line,) = ax.plot(x, np.nanmean(y, 0), label=name)
-            ax.fill_between(x, np.nanmin(y, 0), np.nanmax(y, 0), color=line.get_color(), alpha=0.2)
+            ax.plot(x, np.nanmean(y, 0), label=name, color=color)
+            ax.fill_between(x, np.nanmin(y, 0), np.nanmax(y, 0), color=color, alpha=0.2)
     for ax, title in zip(axes.flat, panels.values(), strict=False):
         ax.set(xlabel="step", title=title)
     axes.flat[0].legend(fontsize=8)
