@@ -363,11 +363,16 @@ def report(est: dict, model_cfg: Any, memory_gib: float | None = None) -> str:
 
 def fitted(cfg: config_lib.Config) -> config_lib.Config:
     """The config with length limits left at 0 fitted to its train data, as a run fits them."""
-    d = cfg.data
-    if min(d.max_prompt_len, d.max_offline_len, cfg.rollout.max_new_tokens) > 0:
-        return cfg
-    from redjax.data.task import fit_lengths, load_data, load_tokenizer_for
+    from redjax.data.task import (
+        fit_lengths,
+        load_data,
+        load_tokenizer_for,
+        tokenize_train,
+        unfitted,
+    )
 
+    if not unfitted(cfg):
+        return cfg
     try:
         tokenizer = load_tokenizer_for(cfg)
     except FileNotFoundError as e:
@@ -375,7 +380,7 @@ def fitted(cfg: config_lib.Config) -> config_lib.Config:
             f"{e}; the length limits left at 0 (fitted to the data at train time) need it: set "
             "data.max_prompt_len, data.max_offline_len and rollout.max_new_tokens to plan"
         ) from e
-    return fit_lengths(cfg, load_data(cfg)[0], tokenizer)
+    return fit_lengths(cfg, tokenize_train(cfg, load_data(cfg)[0], tokenizer))
 
 
 def main(

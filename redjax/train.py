@@ -29,7 +29,13 @@ from redjax import checkpoint, config, distributed, evaluate, logs, red, rewards
 from redjax import sampler as sampling
 from redjax.algos import Phase, Plan
 from redjax.data.pipeline import make_loader
-from redjax.data.task import fit_lengths, load_data, load_tokenizer_for, scratch_note
+from redjax.data.task import (
+    fit_lengths,
+    load_data,
+    load_tokenizer_for,
+    scratch_note,
+    tokenize_train,
+)
 from redjax.models import (
     ModelConfig,
     attention,
@@ -137,7 +143,8 @@ def setup(cfg: config.Config) -> Run:
     checkpoint.check_writable(os.path.abspath(cfg.train.run_dir))  # a clear error first
     train_records, test_records = load_data(cfg)
     tokenizer = load_tokenizer_for(cfg)
-    cfg = fit_lengths(cfg, train_records, tokenizer)  # limits left at 0, from the data
+    tokenized = tokenize_train(cfg, train_records, tokenizer)  # once, for the fit and loader
+    cfg = fit_lengths(cfg, tokenized)  # limits left at 0, from the data
     scratch_note(cfg, train_records)
     run_dir, model_dir = _run_folder(cfg)
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
@@ -145,7 +152,7 @@ def setup(cfg: config.Config) -> Run:
     if jax.process_index() == 0:
         config_to_hf(model_cfg).save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
-    loader = make_train_loader(cfg, train_records, tokenizer)
+    loader = make_train_loader(cfg, train_records, tokenizer, tokenized)
     tx = step.make_optimizer(cfg.optim, cfg.train.steps * cfg.optim.minibatches)
     state, state_sh = step.init_state(params, tx, mesh)
     ref_params = jax.tree.map(jnp.copy, params) if cfg.rl.beta_kl else None
@@ -212,8 +219,11 @@ def load_model(cfg: config.Config, tokenizer: Any, mesh: Any) -> tuple[ModelConf
     return mc, init()
 
 
-def make_train_loader(cfg: config.Config, records: list[dict], tokenizer: Any) -> Any:
-    """This host's endless, resumable loader of rollout.prompts / hosts prompts a batch."""
+def make_train_loader(
+    cfg: config.Config, records: list[dict], tokenizer: Any, tokenized: tuple | None = None
+) -> Any:
+    """This host's endless, resumable loader of rollout.prompts / hosts prompts a batch
+    (`tokenized`: the records' `tokenize_train` output, if made already)."""
     hosts = jax.process_count()
     if cfg.rollout.prompts % hosts:
         raise ValueError(f"rollout.prompts={cfg.rollout.prompts} must divide over {hosts} hosts")
@@ -230,6 +240,7 @@ def make_train_loader(cfg: config.Config, records: list[dict], tokenizer: Any) -
         system=d.system,
         shard_index=jax.process_index(),
         shard_count=hosts,
+        tokenized=tokenized,
     )
 
 

@@ -397,7 +397,7 @@ def test_lengths_left_at_zero_fit_the_data(tok, tmp_path):
     """0 = fitted: the longest prompt / trace (+ end token) counted by hand on the character
     tokenizer, rounded up to 32; rollouts get the traces' room; set values are kept."""
     from redjax import config
-    from redjax.data.task import fit_lengths
+    from redjax.data.task import fit_lengths, tokenize_train
 
     records = [
         {"prompt": "p" * 40, "answer": "1", "solution": "s" * 70},
@@ -406,11 +406,12 @@ def test_lengths_left_at_zero_fit_the_data(tok, tmp_path):
     ]
     zeros = ["data.max_prompt_len=0", "data.max_offline_len=0", "rollout.max_new_tokens=0"]
     cfg = config.load(None, zeros)  # default.yaml: plain prompts with suffix "\n"
-    fitted = fit_lengths(cfg, records, tok)
+    fitted = fit_lengths(cfg, tokenize_train(cfg, records, tok))
     assert len(format_prompt(tok, "p" * 40, suffix="\n", system=None, chat=False)) == 41
     assert (fitted.data.max_prompt_len, fitted.data.max_offline_len) == (64, 96)  # 41, 71
     assert fitted.rollout.max_new_tokens == 96
-    kept = fit_lengths(config.load(None, [*zeros[:2], "rollout.max_new_tokens=8"]), records, tok)
+    kept_cfg = config.load(None, [*zeros[:2], "rollout.max_new_tokens=8"])
+    kept = fit_lengths(kept_cfg, tokenize_train(kept_cfg, records, tok))
     assert kept.rollout.max_new_tokens == 8
     with pytest.raises(ValueError, match="has a solution .* set them"):
-        fit_lengths(cfg, records[2:], tok)
+        fit_lengths(cfg, tokenize_train(cfg, records[2:], tok))

@@ -105,13 +105,15 @@ def prepare(
     chat: bool,
     system: str | None,
     drop_long: bool = True,
+    tokenized: tuple | None = None,
 ) -> tuple[list[dict], dict]:
     """Tokenized examples that fit the length limits, and counts of what was dropped.
 
     The offline trace (`tokenize`) counts its end token. With drop_long=False a record over a
-    limit raises ValueError instead.
+    limit raises ValueError instead. `tokenized`: the records' `tokenize` output with these
+    settings, when the caller has it already (it is not computed twice).
     """
-    texts, prompt_ids, traces = tokenize(
+    texts, prompt_ids, traces = tokenized or tokenize(
         records, tokenizer, prompt_suffix=prompt_suffix, chat=chat, system=system
     )
     solutions = [r.get("solution") or "" for r in records]
@@ -253,13 +255,15 @@ def make_loader(
     drop_long: bool = True,
     prompt_buckets: Sequence[int] | None = None,
     offline_buckets: Sequence[int] | None = None,
+    tokenized: tuple | None = None,
 ) -> Loader:
     """An endless, shuffled, resumable loader of this host's batches (`batch_size` per host).
 
     Every host shuffles all records with the same seed and takes positions
     shard_index, shard_index + shard_count, ... of each epoch's order (the last
     len % shard_count positions of an epoch are left out so hosts stay in step).
-    Records over the length limits are dropped and counted in `loader.stats`.
+    Records over the length limits are dropped and counted in `loader.stats`. `tokenized`:
+    as in `prepare`.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -274,6 +278,7 @@ def make_loader(
         chat=chat,
         system=system,
         drop_long=drop_long,
+        tokenized=tokenized,
     )
     per_shard = len(examples) // shard_count
     if per_shard == 0:

@@ -50,17 +50,29 @@ def load_tokenizer_for(cfg: config.Config) -> Any:
     return make_char_tokenizer(tempfile.mkdtemp(prefix="redjax-tokenizer-"))
 
 
-def fit_lengths(cfg: config.Config, records: list[dict], tokenizer: Any) -> config.Config:
-    """`cfg` with the length limits left at 0 fitted to `records` (module doc); a ValueError
-    names the field to set when there is nothing to fit it to."""
-    d, ro = cfg.data, cfg.rollout
-    if min(d.max_prompt_len, d.max_offline_len, ro.max_new_tokens) > 0:
-        return cfg
+def unfitted(cfg: config.Config) -> bool:
+    """Whether a length limit is left at 0, to be fitted to the train data."""
+    d = cfg.data
+    return min(d.max_prompt_len, d.max_offline_len, cfg.rollout.max_new_tokens) == 0
+
+
+def tokenize_train(cfg: config.Config, records: list[dict], tokenizer: Any) -> tuple:
+    """The train records tokenized as the run formats them (`pipeline.tokenize`), once: the
+    lengths are fitted to them and the loader is built from them."""
     from redjax.data.pipeline import tokenize
 
-    _, prompts, traces = tokenize(
-        records, tokenizer, prompt_suffix=d.prompt_suffix, chat=d.chat, system=d.system
-    )
+    d = cfg.data
+    return tokenize(records, tokenizer, prompt_suffix=d.prompt_suffix, chat=d.chat, system=d.system)
+
+
+def fit_lengths(cfg: config.Config, tokenized: tuple) -> config.Config:
+    """`cfg` with the length limits left at 0 fitted to the train records, given tokenized
+    (`tokenize_train`; module doc); a ValueError names the field to set when there is nothing
+    to fit it to."""
+    if not unfitted(cfg):
+        return cfg
+    d, ro = cfg.data, cfg.rollout
+    _, prompts, traces = tokenized
     up = lambda n: -(-n // ROUND) * ROUND
     trace = max(len(t) for t in traces)
     if not trace and not (d.max_offline_len and ro.max_new_tokens):
@@ -78,7 +90,7 @@ def fit_lengths(cfg: config.Config, records: list[dict], tokenizer: Any) -> conf
     log.info(
         "lengths fitted to %d train records: data.max_prompt_len=%d data.max_offline_len=%d "
         "rollout.max_new_tokens=%d",
-        len(records), data.max_prompt_len, data.max_offline_len, rollout.max_new_tokens,
+        len(prompts), data.max_prompt_len, data.max_offline_len, rollout.max_new_tokens,
     )  # fmt: skip
     return fitted
 
