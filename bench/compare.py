@@ -51,6 +51,8 @@ METHODS = {
 }
 # Config sections a method may change; everything else must be equal across methods.
 METHOD_KEYS = ("algo", "red")
+# A per-step metric and the token count without which the step did not measure it.
+COUNTED_BY = {"entropy_on": "tokens_on", "entropy_off": "tokens_off", "lambda": "tokens_off"}
 CURVES = {  # per-step metrics plotted, with their axis labels
     "accuracy": "rollout accuracy",
     "lambda": "lambda (offline weight)",
@@ -127,44 +129,41 @@ def run_one(name: str, seed: int, args: argparse.Namespace, overrides: list[str]
         wall = redjax(argv, args.out)
         with open(os.path.join(run, "wall.json"), "w") as f:
             json.dump({"seconds": wall}, f)
-    old = os.path.join(run, "old.json")
-    if args.old and not os.path.isfile(old):
-        n = str(args.max_new_tokens or _cfg(run).rollout.max_new_tokens)
-        redjax(["eval", "--model", run, "--data", args.old, "--max-new-tokens", n,
-                "--json", old], args.out)  # fmt: skip
+    if args.old:
+        old_task(run, os.path.join(run, "old.json"), _cfg(run).rollout.max_new_tokens, args)
     return run
 
 
-def old_task_score(hf: str, args: argparse.Namespace) -> float:
-    """The warm model's accuracy on the old task (evaluated once, kept beside it); prompts
-    formatted as the runs format them."""
-    path = os.path.join(os.path.dirname(hf), "old.json")
+def old_task(run: str, path: str, max_new_tokens: int, args: argparse.Namespace) -> float:
+    """pass@1 of a run folder's model on the old task (prompts formatted as the run trained),
+    evaluated once into `path` and read back after."""
     if not os.path.isfile(path):
-        cfg = _load(args.config)
-        n = str(args.max_new_tokens or cfg.rollout.max_new_tokens)
-        suffix = ["--prompt-suffix", cfg.data.prompt_suffix] + (
-            ["--raw"] if not cfg.data.chat else []
-        )
-        redjax(["eval", "--model", hf, "--data", args.old, "--max-new-tokens", n, *suffix,
+        n = str(args.max_new_tokens or max_new_tokens)
+        redjax(["eval", "--model", run, "--data", args.old, "--max-new-tokens", n,
                 "--json", path], args.out)  # fmt: skip
     return _read_json(path)["pass@1"]
 
 
-def _load(path: str):
+def _cfg(path: str):
+    """The config of a run folder, or of a config file."""
     from redjax import config
 
-    return config.load(path)
-
-
-def _cfg(run: str):
-    return _load(os.path.join(run, "config.yaml"))
+    return config.load(os.path.join(path, "config.yaml") if os.path.isdir(path) else path)
 
 
 # ----------------------------------------------------------------------------- reading runs
 
 
+def read_runs(runs: dict[str, dict[int, str]]) -> dict[str, dict[int, dict]]:
+    """Every run folder read once (`read_run`), by method and seed."""
+    return {
+        name: {s: read_run(by_seed[s]) for s in sorted(by_seed)} for name, by_seed in runs.items()
+    }
+
+
 def read_run(run: str) -> dict:
-    """What the table and plots need from one run folder."""
+    """What the checks, the table and the plots need from one run folder."""
+    from redjax import config
     from redjax.logs import read_metrics
 
     rows = read_metrics(run)
@@ -172,7 +171,10 @@ def read_run(run: str) -> dict:
     evals = [(r["step"], r["eval/heldout_acc"], r["eval/mean_length"]) for r in rows
              if "eval/heldout_acc" in r]  # fmt: skip
     old = _read_json(os.path.join(run, "old.json"))
+    cfg = config.to_dict(_cfg(run))
+    cfg["train"].pop("run_dir")
     return {
+        "config": cfg,
         "evals": evals,
         "curves": {k: [(r["step"], _value(r, k)) for r in steps] for k in CURVES},
         "digests": [r["batch_digest"] for r in steps],
@@ -185,9 +187,7 @@ def read_run(run: str) -> dict:
 def _value(row: dict, key: str) -> float:
     """A step's metric, NaN where it measured nothing (the entropy of a kind of token the step
     did not train on; lambda in a step without traces)."""
-    count = {"entropy_on": "tokens_on", "entropy_off": "tokens_off", "lambda": "tokens_off"}.get(
-        key
-    )
+    count = COUNTED_BY.get(key)
     if count and not row.get(count):
         return np.nan
     return row.get(key, np.nan)
@@ -200,21 +200,17 @@ def _read_json(path: str) -> dict | None:
         return json.load(f)
 
 
-def check_same_budget(runs: dict[str, dict[int, str]]) -> None:
-    """Every method of a seed trained on the same prompts in the same order, with the same
-    config outside the method's own keys and the same rollouts per online step. Raises
-    ValueError naming the first difference."""
-    from redjax import config
-
+def check_same_budget(runs: dict[str, dict[int, dict]]) -> None:
+    """Every method of a seed (runs as `read_runs` gives them) trained on the same prompts in
+    the same order, with the same config outside the method's own keys and the same rollouts
+    per online step. Raises ValueError naming the first difference."""
     for seed in sorted({s for by_seed in runs.values() for s in by_seed}):
         ref_name, ref = None, None
         for name, by_seed in runs.items():
             if seed not in by_seed:
                 continue
-            cfg = config.to_dict(_cfg(by_seed[seed]))
-            cfg["train"].pop("run_dir")
+            got, cfg = by_seed[seed], by_seed[seed]["config"]
             shared = {k: v for k, v in cfg.items() if k not in METHOD_KEYS}
-            got = read_run(by_seed[seed])
             full = cfg["rollout"]["prompts"] * cfg["rollout"]["group_size"]
             if any(n not in (0, full) for n in got["rollouts"]):
                 raise ValueError(f"{name} seed {seed}: a step sampled other than {full} rollouts")
@@ -241,8 +237,8 @@ def _ms(xs: list[float], fmt: str = ".3f") -> str:
     return f"{np.mean(xs):{fmt}} ± {np.std(xs, ddof=1):{fmt.lstrip('+')}}"
 
 
-def table(runs: dict[str, dict[int, str]], target: float, start_old: float = np.nan) -> str:
-    """The markdown table, from the run folders; the first row is the starting model (its step-0
+def table(runs: dict[str, dict[int, dict]], target: float, start_old: float = np.nan) -> str:
+    """The markdown table, from the run folders (`read_runs`); the first row is the starting model (its step-0
     evaluation, the same for every method of a seed; `start_old`: its old-task accuracy)."""
     lines = [
         f"| method | held-out acc, new task | gain over start | best | old task kept | "
@@ -250,11 +246,11 @@ def table(runs: dict[str, dict[int, str]], target: float, start_old: float = np.
         "|---|---|---|---|---|---|---|---|---|",
     ]
     if runs:
-        first = [read_run(r) for r in next(iter(runs.values())).values()]
+        first = list(next(iter(runs.values())).values())
         start = _ms([g["evals"][0][1] for g in first])
         lines.append(f"| start (step 0) | {start} | - | - | {_ms([start_old])} | - | - | - | - |")
     for name, by_seed in runs.items():
-        got = [read_run(by_seed[s]) for s in sorted(by_seed)]
+        got = list(by_seed.values())
         final = [g["evals"][-1][1] for g in got]
         gain = [g["evals"][-1][1] - g["evals"][0][1] for g in got]
         best = [max(a for _, a, _ in g["evals"]) for g in got]
@@ -270,7 +266,7 @@ def table(runs: dict[str, dict[int, str]], target: float, start_old: float = np.
     return "\n".join(lines)
 
 
-def plot(runs: dict[str, dict[int, str]], path: str) -> None:
+def plot(runs: dict[str, dict[int, dict]], path: str) -> None:
     """Held-out accuracy and the controller's curves over steps: one line per method (mean
     over seeds, min-max shaded); per-step curves smoothed over 5 steps."""
     import matplotlib
@@ -281,7 +277,7 @@ def plot(runs: dict[str, dict[int, str]], path: str) -> None:
     panels = {"eval": "held-out accuracy, new task (greedy)", **CURVES}
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     for i, (name, by_seed) in enumerate(runs.items()):
-        got = [read_run(by_seed[s]) for s in sorted(by_seed)]
+        got = list(by_seed.values())
         color = f"C{i % 10}"  # one color a method in every panel
         for ax, key in zip(axes.flat, panels, strict=False):
             pts = (
@@ -358,17 +354,20 @@ def main(argv: list[str] | None = None) -> str:
         if args.old is None:
             args.old = _old_task(args.out)
         hf = warm_start(args.out, args.warm, train=not args.summarise)
-        if hf:
+        if hf:  # the warm model's old-task score, at the new task's generation length
             overrides.insert(0, f"model.path={hf}")
-            start_old = old_task_score(hf, args)
-    runs: dict[str, dict[int, str]] = {}
+            n = _cfg(args.config).rollout.max_new_tokens
+            warm = os.path.dirname(hf)
+            start_old = old_task(os.path.join(warm, "run"), os.path.join(warm, "old.json"), n, args)
+    folders: dict[str, dict[int, str]] = {}
     for seed in range(args.seeds):  # seed-major: a partial run still compares every method
         for name in args.methods:
             run = os.path.join(args.out, name, f"seed{seed}")
             if not args.summarise:
                 run = run_one(name, seed, args, overrides)
             if os.path.isfile(os.path.join(run, "eval.json")):
-                runs.setdefault(name, {})[seed] = run
+                folders.setdefault(name, {})[seed] = run
+    runs = read_runs(folders)
     check_same_budget(runs)
     text = table(runs, args.target, start_old)
     with open(os.path.join(args.out, "compare.md"), "w") as f:

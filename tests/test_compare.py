@@ -85,6 +85,7 @@ def test_table_comes_from_the_run_folders(tmp_path):
         },
         "grpo": {0: make_run(tmp_path / "g0", "grpo", [(0, 0.2, 20.0), (50, 0.3, 10.0)])},
     }
+    runs = compare.read_runs(runs)
     compare.check_same_budget(runs)
     start, red, grpo = compare.table(runs, target=0.6, start_old=0.95).splitlines()[2:]
     assert start.split("|")[1:-1][:2] == [" start (step 0) ", " 0.200 ± 0.000 "]
@@ -113,7 +114,7 @@ def test_same_budget_check_names_the_difference(tmp_path, change, error):
         "luffy": {0: make_run(tmp_path / "b", "luffy", [(0, 0.1, 1.0)], **change)},
     }
     with pytest.raises(ValueError, match=error):
-        compare.check_same_budget(runs)
+        compare.check_same_budget(compare.read_runs(runs))
 
 
 def test_base_config_of_a_run():
