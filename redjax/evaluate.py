@@ -143,7 +143,7 @@ def table(results: dict) -> str:
 
 def main(args: argparse.Namespace) -> None:
     """`redjax eval`: load a model folder or run folder, score benchmark files, print a table."""
-    from redjax import rewards, runs
+    from redjax import config, rewards, runs
     from redjax.data import load_records
 
     model, tokenizer, extra = runs.load_model(args.model, dtype=args.dtype)
@@ -156,9 +156,9 @@ def main(args: argparse.Namespace) -> None:
         temperature = 0.0 if args.k == 1 else 0.6
     suffix = extra["prompt_suffix"] if args.prompt_suffix is None else args.prompt_suffix
     reward_fn, extract = extra["reward_fn"], extra["reward_extract"]
-    # answers only (no format reward), in two worker processes with 5 s per item
-    pool = {"workers": 2, "timeout": 5.0, "format_weight": 0.0, "think_format": False}
-    with rewards.Verifier(reward_fn, extract=extract, **pool) as verifier:
+    # answers only (no format reward); workers and time-out: the reward section's defaults
+    rw = config.RewardCfg(fn=reward_fn, extract=extract, format_weight=0.0, think_format=False)
+    with rewards.Verifier.from_config(rw) as verifier:
         results = evaluate(
             model.params,
             model.cfg,

@@ -185,7 +185,7 @@ def setup(cfg: config.Config) -> Run:
         score_fn=step.jit_score(model_cfg, cfg.train.chunk, cfg.optim.micro_batches, mesh),
         ctrl=ctrl,
         sp=sampling_params(cfg.rollout, tokenizer),
-        verifier=make_verifier(cfg.reward),
+        verifier=rewards.Verifier.from_config(cfg.reward),
         ckpts=ckpts,
         guard=guard,
         logger=logs.Logger(run_dir, start, enabled=main),
@@ -252,18 +252,6 @@ def sampling_params(ro: config.RolloutCfg, tokenizer: Any) -> sampling.SamplingP
         top_p=ro.top_p,
         max_new_tokens=ro.max_new_tokens,
         eos_ids=tuple(eos_ids(tokenizer)),
-    )
-
-
-def make_verifier(rw: config.RewardCfg) -> Any:
-    """The reward function's process pool, from the reward section."""
-    return rewards.Verifier(
-        rw.fn,
-        workers=rw.workers,
-        timeout=rw.timeout,
-        format_weight=rw.format_weight,
-        think_format=rw.think_format,
-        extract=rw.extract,
     )
 
 

@@ -26,8 +26,12 @@ import time
 import weakref
 from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from redjax.config import RewardCfg
 
 from redjax.rewards._worker import score_one
 from redjax.rewards.registry import RewardFn, get_reward_fn, reward_path
@@ -98,8 +102,20 @@ class Verifier:
       think=think_format), with format_reward in {0, 1} (answer boxed, "<think>" form).
     extract: how the built-in "math" / "math_verify" rewards find the final answer: "boxed"
       (the last \\boxed{}) or "any" (wherever the model puts it); see redjax.rewards.extract.
-    No defaults: a run's settings come from its reward section (train.make_verifier).
+    No defaults: a run's settings come from its reward section (`Verifier.from_config`).
     """
+
+    @classmethod
+    def from_config(cls, rw: RewardCfg) -> Verifier:
+        """The pool of a config's reward section."""
+        return cls(
+            rw.fn,
+            workers=rw.workers,
+            timeout=rw.timeout,
+            format_weight=rw.format_weight,
+            think_format=rw.think_format,
+            extract=rw.extract,
+        )
 
     def __init__(
         self,
