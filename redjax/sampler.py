@@ -33,6 +33,7 @@ from redjax.models.transformer import (
     fuse_projections,
     init_cache,
     precision,
+    transpose_kernels,
     unembedding,
     unstack_layers,
 )
@@ -303,10 +304,11 @@ def _reshape(state, take, pad, *, slots, cfg, mesh):
 
 
 # ----------------------------------------------------------------------------- host side
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _unstack(params: Any, dtype: str, fuse: bool) -> Any:
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _unstack(params: Any, dtype: str, fuse: bool, transpose: bool) -> Any:
     params = unstack_layers(params, dtype)
-    return fuse_projections(params) if fuse else params
+    params = fuse_projections(params) if fuse else params
+    return transpose_kernels(params) if transpose else params
 
 
 def fuse_on(mesh: Mesh | None) -> bool:
@@ -315,9 +317,12 @@ def fuse_on(mesh: Mesh | None) -> bool:
     return mesh is None or mesh.shape.get("tensor", 1) == 1
 
 
-def decode_params(params: Any, cfg: ModelConfig, *, fuse: bool = True) -> Any:
+def decode_params(
+    params: Any, cfg: ModelConfig, *, fuse: bool = True, transpose: bool | None = None
+) -> Any:
     """The parameters as the decode loop reads them: one array per layer, in the compute dtype,
-    with q/k/v and gate/up fused into one matmul each when `fuse`.
+    with q/k/v and gate/up fused into one matmul each when `fuse`, kernels stored [out, in] when
+    `transpose` (None: on CPU, where that layout streams faster; see `transpose_kernels`).
 
     `sample` makes this copy itself (once per call, not per step); call it once beforehand to
     share one copy across many `sample` calls with the same parameters (an evaluation).
@@ -325,7 +330,9 @@ def decode_params(params: Any, cfg: ModelConfig, *, fuse: bool = True) -> Any:
     dtype = jnp.dtype(cfg.dtype)
     if "layers" not in params and all(x.dtype == dtype for x in jax.tree.leaves(params)):
         return params
-    return _unstack(params, dtype.name, fuse)
+    if transpose is None:
+        transpose = jax.default_backend() == "cpu"
+    return _unstack(params, dtype.name, fuse, transpose)
 
 
 def _put(host: np.ndarray, sharding: NamedSharding | None) -> jax.Array:

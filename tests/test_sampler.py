@@ -421,21 +421,33 @@ def test_rows_per_pass_from_memory():
     assert sampler.rows_per_pass(cfg, 512, 96, 1, prompt_len=32) == 1
 
 
-@pytest.mark.parametrize("family", ["qwen2"])  # q/k/v biases: fused with the kernels
-def test_fused_projections_match_the_trained_layout(hf_checkpoint):
-    """The sampler's fused q/k/v and gate/up matmuls give the logits of the separate ones, over
-    a prefill into the cache and at the next step; the trained parameters are left as they were."""
-    from redjax.models.transformer import forward, fuse_projections, init_cache, unstack_layers
+def test_decode_layouts_match_the_trained_layout(tmp_path):
+    """The sampler's layouts (q/k/v and gate/up fused; kernels stored [out, in]) give the logits
+    of the trained one, over a prefill into the cache and at the next step, and the same greedy
+    rollouts; the trained parameters are left as they were."""
+    from redjax.models.transformer import (
+        forward,
+        fuse_projections,
+        init_cache,
+        transpose_kernels,
+        unstack_layers,
+    )
 
-    model = from_pretrained(hf_checkpoint[0])
+    make_hf_checkpoint(tmp_path, "qwen2", tie_word_embeddings=False)  # q/k/v biases, an lm_head
+    model = from_pretrained(str(tmp_path))
     cfg = model.cfg
     layers = unstack_layers(model.params)
     fused = fuse_projections(layers)
     attn, mlp = fused["layers_0"]["attn"], fused["layers_0"]["mlp"]
-    h, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    assert set(attn) == {"qkv", "o"} and attn["qkv"]["kernel"].shape[-1] == (h + 2 * kv) * hd
+    h, kv, hd, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
+    assert set(attn) == {"qkv", "o"} and attn["qkv"]["kernel"].shape == (d, (h + 2 * kv) * hd)
     assert attn["qkv"]["bias"].shape == ((h + 2 * kv) * hd,) and set(mlp) == {"gate_up", "down"}
-    assert set(layers["layers_0"]["attn"]) == {"q", "k", "v", "o"}  # input untouched
+    flipped = transpose_kernels(fused)
+    assert flipped["layers_0"]["attn"]["qkv"]["kernel_t"].shape == ((h + 2 * kv) * hd, d)
+    assert flipped["layers_0"]["mlp"]["down"]["kernel_t"].shape == (d, cfg.intermediate_size)
+    assert flipped["lm_head"]["kernel_t"].shape == (cfg.vocab_size, d)
+    assert set(layers["layers_0"]["attn"]) == {"q", "k", "v", "o"}  # inputs untouched
+    assert set(fused["lm_head"]) == {"kernel"}
     ids, mask = prompts(cfg.vocab_size)
 
     @jax.jit
@@ -444,8 +456,18 @@ def test_fused_projections_match_the_trained_layout(hf_checkpoint):
         full, cache = forward(params, cfg, ids, mask=mask, cache=cache)
         return full, forward(params, cfg, ids[:, :1] + 1, cache=cache)[0]
 
-    for got, want in zip(logits(fused), logits(layers), strict=True):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    want = logits(layers)
+    for layout in (fused, transpose_kernels(layers), flipped):
+        for got, ref in zip(logits(layout), want, strict=True):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5)
+    sp = SamplingParams(**GREEDY, max_new_tokens=8)
+    runs = [
+        sample(sampler.decode_params(model.params, cfg, transpose=t), cfg, ids, mask,
+               num_samples=1, sp=sp, seed=0)
+        for t in (False, True)
+    ]  # fmt: skip
+    np.testing.assert_array_equal(runs[0].tokens, runs[1].tokens)
+    np.testing.assert_allclose(runs[0].logp_model, runs[1].logp_model, atol=1e-5)
     assert sampler._free_bytes() is None  # CPU: no memory_stats, so sample makes one pass
     sp = SamplingParams(**UNTRUNCATED)
     with pytest.raises(ValueError, match="sub_batch must be >= 0"):
