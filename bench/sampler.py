@@ -76,6 +76,13 @@ def device_bandwidth(flag: float | None) -> tuple[float, str]:
     raise SystemExit(f"no default bandwidth for device {kind!r}: pass --bandwidth B/s")
 
 
+def sampler_slots(prompt: int, new: int) -> int:
+    """Cache slots of a full-length sample: the bucketed prompt and generation budget."""
+    from redjax.shapes import sampler_bucket
+
+    return sampler_bucket(prompt) + sampler_bucket(new)
+
+
 def floor_step_seconds(cfg, batch: int, context: float, bandwidth: float) -> float:
     """Seconds to read the weights once and the KV cache of `context` tokens per row."""
     size = np.dtype(cfg.param_dtype).itemsize
@@ -98,6 +105,30 @@ def ragged_floor_seconds(cfg, lengths: np.ndarray, prompt: int, bandwidth: float
     steps = np.arange(1, int(lengths.max()))
     live = (lengths[None, :] > steps[:, None]).sum(axis=1)
     return float((len(steps) * weights + per_token * (live * (prompt + steps)).sum()) / bandwidth)
+
+
+def decode_bytes(params, cfg, batch: int, prompt: int, new: int) -> float:
+    """Bytes one compiled greedy decode step accesses, by XLA's cost analysis of the sampler's
+    decode program at this shape (the loop body counted once; compiled, not run): a
+    device-independent check that a step reads each weight and cache entry about once."""
+    import jax
+    import jax.numpy as jnp
+
+    from redjax import sampler
+
+    sp = sampler.SamplingParams(temperature=0, top_k=0, top_p=1.0, max_new_tokens=new)
+    mode, knobs = sampler._split(sp, cfg.vocab_size)
+    params = sampler.decode_params(params, cfg)
+    slots = sampler_slots(prompt, new)
+    ids = jax.ShapeDtypeStruct((batch, prompt), jnp.int32)
+    prefill = lambda p, i: sampler._prefill(
+        p, i, jnp.ones(i.shape, bool), 0, 0, knobs, cfg=cfg, mode=mode, group=1, rows=batch,
+        live=batch, slots=slots, width=sampler.bucket(new), mesh=None,
+    )  # fmt: skip
+    state = jax.eval_shape(prefill, params, ids)
+    step = sampler._decode.lower(params, state, 2, knobs, cfg=cfg, mode=mode, mesh=None)
+    cost = step.compile().cost_analysis()
+    return float((cost[0] if isinstance(cost, list) else cost)["bytes accessed"])
 
 
 def stop_ids(vocab: int, new_tokens: int) -> tuple[int, ...]:
@@ -273,6 +304,11 @@ def main() -> None:
             f"| {100 * decode / floor:.1f} |"
         )
     print(f"| bandwidth floor | | | {floor:,.0f} | | 100 |")
+    whole = floor_step_seconds(cfg, b, sampler_slots(args.prompt_len, n), bandwidth) * bandwidth
+    used = decode_bytes(model.params, cfg, b, args.prompt_len, n)
+    print(f"\ncompiled decode step (XLA cost analysis): {used / 1e9:.3f} GB accessed per step; "
+          f"the weights and the whole cache ({sampler_slots(args.prompt_len, n)} slots) are "
+          f"{whole / 1e9:.3f} GB: {used / whole:.2f}x")  # fmt: skip
     if len(rows) == 2:
         (_, f0, t0), (_, f1, t1_) = rows
         ratio = (b * (n - 1) / (t0 - f0)) / (b * (n - 1) / (t1_ - f1))

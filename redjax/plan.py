@@ -165,7 +165,7 @@ def attention_kernel(mc: Any, seq: int, platform: str | None) -> str:
     backend this process sees), by the model's own rule (attention.resolve)."""
     from redjax.models import attention
 
-    return attention.resolve(mc.attention, mc.dtype, seq, seq, self_attn=True, backend=platform)
+    return attention.resolve(mc.attention, mc.dtype, seq, seq, backend=platform)
 
 
 def attention_bytes(kind: str, dtype: str, heads: int, head_dim: int, seq: int) -> int:

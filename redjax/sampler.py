@@ -158,7 +158,7 @@ class DecodeState:
     """What the decode loop carries. Arrays with a rows axis have it first (split over the mesh's
     data axes); `index` and `step` are scalars. Its shardings derive from it (`_shardings`)."""
 
-    k: tuple  # per layer [rows, slots, kv_heads, head_dim]: keys of the prompt and tokens so far
+    k: tuple  # per layer [rows, kv_heads, slots, head_dim]: keys of the prompt and tokens so far
     v: tuple  # per layer, same layout: the values
     kv_mask: jax.Array  # bool [rows, slots]: the slot holds a token (not padding, not unwritten)
     index: jax.Array  # int32 []: the next cache slot to write, the same for every row
@@ -198,7 +198,7 @@ def _record(state: DecodeState, token, logp, logp_model, eos) -> DecodeState:
 # ----------------------------------------------------------------------------- sharding
 def _shardings(state: DecodeState, mesh: Mesh, cfg: ModelConfig) -> DecodeState:
     """NamedShardings of a decode state, from each array's rank: scalars replicated, the rows
-    axis (first) over (data, fsdp), and the kv-heads axis of the 4-d cache over tensor."""
+    axis (first) over (data, fsdp), and the kv-heads axis (second) of the 4-d cache over tensor."""
     rows = batch_axes(mesh)
     t = mesh.shape.get("tensor", 1)
     heads = "tensor" if t > 1 and cfg.num_kv_heads % t == 0 else None
@@ -207,7 +207,7 @@ def _shardings(state: DecodeState, mesh: Mesh, cfg: ModelConfig) -> DecodeState:
         if x.ndim == 0:
             return NamedSharding(mesh, P())
         if x.ndim == 4:
-            return NamedSharding(mesh, P(rows, None, heads, None))
+            return NamedSharding(mesh, P(rows, heads, None, None))
         return NamedSharding(mesh, P(rows, *(None,) * (x.ndim - 1)))
 
     return jax.tree.map(spec, state)
@@ -246,7 +246,7 @@ def _prefill(
         return jnp.take(x, jnp.minimum(jnp.arange(rows) // group, b - 1), axis=axis)
 
     kv = lambda xs: tuple(
-        jnp.pad(expand(x, 0), ((0, 0), (0, slots - p), (0, 0), (0, 0))) for x in xs
+        jnp.pad(expand(x, 0), ((0, 0), (0, 0), (0, slots - p), (0, 0))) for x in xs
     )
     base = jax.random.key(seed)
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(base, row0 + jnp.arange(rows))
@@ -296,10 +296,9 @@ def _reshape(state, take, pad, *, slots, cfg, mesh):
         state = jax.tree.map(lambda x: x if x.ndim == 0 else x[take], state)
         state = state.replace(done=state.done | pad)
     extra = slots - state.kv_mask.shape[1]
-    grow = lambda x: jnp.pad(x, ((0, 0), (0, extra)) + ((0, 0),) * (x.ndim - 2))
-    state = state.replace(
-        k=tuple(map(grow, state.k)), v=tuple(map(grow, state.v)), kv_mask=grow(state.kv_mask)
-    )
+    grow = lambda x, axis: jnp.pad(x, [(0, extra if i == axis else 0) for i in range(x.ndim)])
+    kv = lambda xs: tuple(grow(x, 2) for x in xs)  # [rows, kv_heads, slots, head_dim]
+    state = state.replace(k=kv(state.k), v=kv(state.v), kv_mask=grow(state.kv_mask, 1))
     return _constrain(state, mesh, cfg)
 
 
@@ -568,7 +567,7 @@ def pass_row_bytes(cfg: ModelConfig, slots: int, prompt_len: int) -> int:
     buffers = 3 * 4 * (slots - prompt_len)
     logits = 4 * 4 * cfg.vocab_size  # logits, log-softmax, sampling distribution, sort
     d, f, h = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads
-    impl = attention.resolve(cfg.attention, cfg.dtype, prompt_len, prompt_len, self_attn=True)
+    impl = attention.resolve(cfg.attention, cfg.dtype, prompt_len, prompt_len)
     scores = 4 * h * prompt_len**2 if impl == "xla" else 4 * h * prompt_len
     prefill = prompt_len * (4 * d + 3 * f * item) + scores
     return 2 * kv + buffers + logits + prefill

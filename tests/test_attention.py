@@ -56,15 +56,20 @@ def test_matches_reference(name):
         np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
 
 
-def test_chunked_with_cache_offset():
-    """Queries at slots offset..offset+t of a longer cache (the sampler's decode layout)."""
+def test_queries_at_a_cache_offset():
+    """Queries at slots offset..offset+t of a longer cache: the blockwise kernel, and the decode
+    step's `cached` over the heads-major cache [B, K, S, D], equal the reference."""
     q, k, v = qkv(1)
     mask = span_mask()
     slots = 20 + jnp.arange(5)
+    want = jax.jit(lambda q: attention.reference(q, k, v, mask, slots))(q[:, :5])
     got = jax.jit(lambda q: attention.chunked(q, k, v, mask, slots, block_q=2, block_kv=8))
-    want = jax.jit(lambda q: attention.reference(q, k, v, mask, slots))
-    got, want = got(q[:, :5]), want(q[:, :5])
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(got(q[:, :5]), want, atol=1e-5)
+    heads = lambda x: x.transpose(0, 2, 1, 3)
+    got = jax.jit(lambda q: attention.cached(q, heads(k), heads(v), mask, jnp.int32(20)))
+    np.testing.assert_allclose(got(q[:, :5]), want, atol=1e-5)
+    one = jax.jit(lambda q: attention.cached(q, heads(k), heads(v), mask, jnp.int32(24)))
+    np.testing.assert_allclose(one(q[:, 4:5]), want[:, 4:5], atol=1e-5)  # a decode step
 
 
 def temp_bytes(impl, t):
@@ -206,6 +211,6 @@ def test_cudnn_off_gpu_is_a_clear_error():
         attention.check("cudnn", "bfloat16")
     with pytest.raises(ValueError, match="must be one of"):
         attention.check("flash", "float32")
-    assert attention.resolve("auto", jnp.float32, 64, 64, self_attn=True) == "xla"  # one block
-    assert attention.resolve("auto", jnp.bfloat16, 4096, 4096, self_attn=True) == "chunked"
-    assert attention.resolve("splash", jnp.float32, 4096, 4096, self_attn=False) == "chunked"
+    assert attention.resolve("auto", jnp.float32, 64, 64) == "xla"  # one block
+    assert attention.resolve("auto", jnp.bfloat16, 4096, 4096) == "chunked"
+    assert attention.resolve("splash", jnp.float32, 4096, 4096) == "splash"  # interpret mode

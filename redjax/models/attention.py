@@ -9,7 +9,7 @@
              [T, S] block is no larger than one chunk, where both are the same computation).
 
 Layout: q [B, T, H, D], k and v [B, S, K, D] (grouped-query: H a multiple of K), `kv_mask`
-[B, S] marks the valid keys. Each row's valid tokens are one contiguous span (left and/or
+[B, S] marks the valid keys; a KV cache is heads-major, [B, K, S, D] (`cached`). Each row's valid tokens are one contiguous span (left and/or
 right padding, as the trainer's rows and the sampler's prompts are); every kernel masks by
 that span and causality, never by a [T, S] mask array. Padded queries give finite garbage that
 callers mask out.
@@ -32,23 +32,20 @@ BLOCK_KV = 512  # chunked: key positions per block
 MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite, so a fully masked row stays finite
 
 
-def resolve(
-    impl: str, dtype, q_len: int, kv_len: int, self_attn: bool, backend: str | None = None
-) -> str:
-    """The implementation `impl` runs as on `backend` (default: this one): fused kernels serve
-    self-attention (the train step, the scorer, the prefill); cached decoding and refused
-    shapes take xla or chunked. The planner asks it for the backend it plans for."""
+def resolve(impl: str, dtype, q_len: int, kv_len: int, backend: str | None = None) -> str:
+    """The implementation `impl` runs as on `backend` (default: this one) for causal
+    self-attention (the train step, the scorer, the prefill): fused kernels where they fit, else
+    xla or chunked. A decode step's attention over the cache is `cached` on every backend. The
+    planner asks it for the backend it plans for."""
     backend = backend or jax.default_backend()
     check(impl, dtype, backend)
     fits_cudnn = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
-    if self_attn and impl == "auto" and backend == "gpu" and fits_cudnn:
+    if impl == "auto" and backend == "gpu" and fits_cudnn:
         return "cudnn"
-    if self_attn and impl == "auto" and backend == "tpu":
+    if impl == "auto" and backend == "tpu":
         return "splash"
-    if impl in ("cudnn", "splash") and self_attn and (impl == "splash" or fits_cudnn):
+    if impl in ("cudnn", "splash", "chunked"):
         return impl
-    if impl == "chunked":
-        return "chunked"
     if impl == "xla" or q_len * kv_len <= BLOCK_Q * BLOCK_KV:
         return "xla"
     return "chunked"
@@ -70,20 +67,11 @@ def check(impl: str, dtype, backend: str | None = None) -> None:
 
 
 def attend(
-    q: Array,
-    k: Array,
-    v: Array,
-    kv_mask: Array,
-    *,
-    impl: str = "auto",
-    q_offset: Array | None = None,
-    mesh: Mesh | None = None,
+    q: Array, k: Array, v: Array, kv_mask: Array, *, impl: str = "auto", mesh: Mesh | None = None
 ) -> Array:
-    """Causal attention [B, T, H, D]. q_offset None: self-attention (q and k at the same slots
-    0..T-1). Else query i sits at slot q_offset + i of the S key slots (a KV cache)."""
-    self_attn = q_offset is None
-    kind = resolve(impl, q.dtype, q.shape[1], k.shape[1], self_attn)
-    q_slots = jnp.arange(q.shape[1]) + (0 if self_attn else q_offset)
+    """Causal self-attention [B, T, H, D]: q and k at the same slots 0..T-1."""
+    kind = resolve(impl, q.dtype, q.shape[1], k.shape[1])
+    q_slots = jnp.arange(q.shape[1])
     if kind == "xla":
         return reference(q, k, v, kv_mask, q_slots)
     if kind == "chunked":
@@ -91,6 +79,23 @@ def attend(
     if kind == "cudnn":
         return cudnn(q, k, v, kv_mask)
     return splash(q, k, v, kv_mask, mesh=mesh)
+
+
+def cached(q: Array, k: Array, v: Array, kv_mask: Array, q_offset: Array) -> Array:
+    """Queries q [B, T, H, D] at slots q_offset .. q_offset + T - 1 over a KV cache stored
+    heads-major, k and v [B, K, S, D] (a decode step, T = 1). Each (row, kv head)'s keys are one
+    contiguous [S, D] block, so both matmuls read the cache in place: over a [B, S, K, D] cache
+    XLA first transposes (copies) all of it, at every step. Scores in float32, masked as
+    `reference` masks (causality and `kv_mask`)."""
+    b, t, h, d = q.shape
+    kh, s = k.shape[1], k.shape[2]
+    qg = q.reshape(b, t, kh, h // kh, d)
+    scores = jnp.einsum("btkgd,bksd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * jnp.float32(1 / math.sqrt(d))
+    causal = jnp.arange(s)[None, :] <= (q_offset + jnp.arange(t))[:, None]  # [T, S]
+    scores = jnp.where(causal & kv_mask[:, None, None, None, :], scores, MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bksd->btkgd", probs, v).reshape(b, t, h, d)
 
 
 def matmul_precision(dtype) -> jax.lax.Precision | None:

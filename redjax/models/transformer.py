@@ -26,7 +26,8 @@ from redjax import sharding
 from redjax.models import attention
 
 Array = jax.Array
-# k, v: one [batch, slots, kv_heads, head_dim] array per layer; mask: [batch, slots]; index: []
+# k, v: one [batch, kv_heads, slots, head_dim] array per layer (heads-major: see
+# attention.cached); mask: [batch, slots]; index: [], the next slot to write
 Cache = dict[str, Any]
 
 
@@ -173,18 +174,18 @@ class Attention(nn.Module):
         inv_freq = rope_frequencies(cfg)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
 
-        if cache is not None:  # write the new keys at [index, index + t) in place
-            ck, cv = cache
-            keys = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
-            values = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
-            cache = (keys, values)
+        if cache is not None:  # write the new keys at slots [index, index + t), in place
+            put = lambda c, x: jax.lax.dynamic_update_slice(
+                c, x.transpose(0, 2, 1, 3).astype(c.dtype), (0, 0, index, 0)
+            )
+            cache = (put(cache[0], k), put(cache[1], v))
         # Self-attention for a full sequence, and for new tokens that fill the whole cache (a
         # prefill); otherwise the new tokens attend over the cache, from slot `index` on.
-        if cache is None or t == cache[0].shape[1]:
+        if cache is None or t == cache[0].shape[2]:
             out = attention.attend(q, k, v, kv_mask, impl=cfg.attention, mesh=self.mesh)
         else:
-            keys, values = keys.astype(dtype), values.astype(dtype)
-            out = attention.attend(q, keys, values, kv_mask, impl=cfg.attention, q_offset=index)
+            keys, values = (c.astype(dtype) for c in cache)
+            out = attention.cached(q, keys, values, kv_mask, index)
         out = dense(cfg.hidden_size, cfg.o_bias, "o")(out.reshape(b, t, h * hd))
         return out, cache
 
@@ -349,7 +350,7 @@ def unembedding(params: dict, cfg: ModelConfig) -> Array:
 def init_cache(cfg: ModelConfig, batch: int, slots: int, dtype: Any = None) -> Cache:
     """An empty KV cache with `slots` positions per row: one k and one v array per layer."""
     dtype = jnp.dtype(dtype or cfg.dtype)
-    shape = (batch, slots, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.num_kv_heads, slots, cfg.head_dim)
     zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
     return {
         "k": zeros(),
