@@ -4,13 +4,14 @@
 # a hang costs one part, never the run; the timeouts add up to 470 s, under 8 minutes on one
 # H100 (each part's compiles included).
 #
-#   1. device.txt, versions.txt (30 s): GPU, driver; python, jax, flax, optax, torch,
+#   1. device.txt, versions.txt (20 s): GPU, driver; python, jax, flax, optax, torch,
 #      transformers versions.
 #   2. tests.txt (40 s): the sampler's correctness tests on the device (greedy == transformers
 #      and == recompute, log-probs == forward, seeds, distributions).
-#   3. sampler.txt (50 s): the sampler target shape, Qwen2.5-0.5B, batch 64, prompt 256, 512
+#   3. sampler.txt (60 s): the sampler target shape, Qwen2.5-0.5B, batch 64, prompt 256, 512
 #      new tokens, bfloat16: decode tokens/s and % of the bandwidth floor (redjax only:
-#      transformers generate is ~55x slower there and would not fit the budget).
+#      transformers generate is ~55x slower there and would not fit the budget), and the bytes
+#      the compiled decode step accesses (XLA cost analysis) against the weights + whole cache.
 #      ragged.txt (70 s): the trainer's shape, 512 rows (64 prompts x 8), prompt 256, up to
 #      1024 new tokens with spread lengths: useful tokens/s with cache growth + compaction,
 #      growth only, and the code before both, in one run (the tokens must be identical).
@@ -55,7 +56,7 @@ part() {
   date -u +%Y-%m-%dT%H:%MZ
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 } 2>&1 | tee "$out/device.txt"
-part versions 30 python3 -c "import sys, jax, flax, optax, torch, transformers as t
+part versions 20 python3 -c "import sys, jax, flax, optax, torch, transformers as t
 print('python', sys.version.split()[0], '| jax', jax.__version__, jax.devices(), '| flax',
       flax.__version__, '| optax', optax.__version__, '| torch', torch.__version__,
       '| transformers', t.__version__)"
@@ -63,7 +64,7 @@ print('python', sys.version.split()[0], '| jax', jax.__version__, jax.devices(),
 part tests 40 env JAX_PLATFORMS=cuda python3 -m pytest -q -p no:cacheprovider \
   tests/test_sampler.py -k "not sharded and not cli and not bad_inputs"
 
-part sampler 50 python3 bench/sampler.py "${shape[@]}" --batch 64 --prompt-len 256 \
+part sampler 60 python3 bench/sampler.py "${shape[@]}" --batch 64 --prompt-len 256 \
   --new-tokens 512 --skip-torch
 
 part ragged 70 python3 bench/sampler.py "${shape[@]}" --only-ragged --ragged 64x8x256x1024 \

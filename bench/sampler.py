@@ -181,6 +181,43 @@ def ragged(model, shape: str, repeats: int, bandwidth: float) -> None:
     print(f"compaction + cache growth / before, useful tok/s: {now / before:.2f}x")
 
 
+def layouts(size: str, repeats: int, bandwidth: float) -> None:
+    """GB/s at which XLA's matmul reads each decode weight of `size` at 4 rows a step, stored
+    [in, out] or [out, in] (`transformer.transpose_kernels`), beside a plain read (a sum) of
+    the same bytes. Each weight is cycled over copies of ~800 MB, so none stays in cache; CPU
+    seconds per wall second show how many threads the matmuls used."""
+    import jax
+    import jax.numpy as jnp
+
+    c = SIZES[size]
+    d, f, h, kv = (c[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                  "num_key_value_heads"))  # fmt: skip
+    shapes = {"qkv": (d, (h + 2 * kv) * d // h), "o": (d, d), "gate_up": (d, 2 * f),
+              "down": (f, d), "lm_head": (d, c["vocab_size"])}  # fmt: skip
+    print(f"\n## matmul layouts: {size} weights, float32, 4 rows; memcpy {bandwidth / 1e9:.1f} "
+          "GB/s\n\n| weight | [in, out] | copies | [in, out] GB/s | [out, in] GB/s | sum GB/s "
+          "| CPU-s per s |\n|---|---|---:|---:|---:|---:|---:|")  # fmt: skip
+    for name, (k, n) in shapes.items():
+        copies = max(2, int(8e8 // (4 * k * n)))
+        key = jax.random.key(0)
+        ws = [jax.random.normal(jax.random.fold_in(key, i), (k, n)) for i in range(copies)]
+        wts = [w.T.copy() for w in ws]
+        x, nbytes = jnp.ones((4, k)), 4 * k * n * copies
+        rate = lambda fn, arg, x=x, nbytes=nbytes: (
+            nbytes / timed(lambda: jax.block_until_ready(fn(x, arg)), repeats)
+        )
+        matmul = jax.jit(lambda x, ws: [x @ w for w in ws])
+        jax.block_until_ready(matmul(x, ws))  # compiled outside the CPU-time window
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        a = rate(matmul, ws)
+        cpu = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+        b = rate(jax.jit(lambda x, ws: [x @ w.T for w in ws]), wts)
+        read = rate(jax.jit(lambda x, ws: [w.sum() for w in ws]), ws)
+        print(f"| {name} | {k} x {n} | {copies} | {a / 1e9:.1f} | {b / 1e9:.1f} | {read / 1e9:.1f} "
+              f"| {cpu:.2f} |")  # fmt: skip
+        del ws, wts
+
+
 def timed(fn, repeats: int) -> float:
     """Best wall time of fn() over `repeats` calls after one warm-up call: the machine's best, as
     the memcpy floor is (on a shared host a slow call measures the neighbours, not the code)."""
@@ -206,6 +243,7 @@ def main() -> None:
     p.add_argument("--cpu-threads", type=int, default=1, help="on CPU: cores the process runs on")
     p.add_argument("--ragged", default=None, help="also PROMPTSxGROUPxPROMPT_LENxNEW_TOKENS")
     p.add_argument("--only-ragged", action="store_true", help="skip the greedy table")
+    p.add_argument("--layouts", action="store_true", help="only the matmul layout table (CPU)")
     args = p.parse_args()
 
     import torch
@@ -218,6 +256,9 @@ def main() -> None:
         torch.set_num_threads(len(cores))
     import jax
     import transformers
+
+    if args.layouts:
+        return layouts(args.size, args.repeats, device_bandwidth(args.bandwidth)[0])
 
     from redjax.models import from_pretrained
     from redjax.sampler import SamplingParams, sample
