@@ -9,10 +9,10 @@
              [T, S] block is no larger than one chunk, where both are the same computation).
 
 Layout: q [B, T, H, D], k and v [B, S, K, D] (grouped-query: H a multiple of K), `kv_mask`
-[B, S] marks the valid keys; a KV cache is heads-major, [B, K, S, D] (`cached`). Each row's valid tokens are one contiguous span (left and/or
-right padding, as the trainer's rows and the sampler's prompts are); every kernel masks by
-that span and causality, never by a [T, S] mask array. Padded queries give finite garbage that
-callers mask out.
+[B, S] marks the valid keys; a KV cache is heads-major, [B, K, S, D] (`cached`). Each row's
+valid tokens are one contiguous span (left and/or right padding, as the trainer's rows and the
+sampler's prompts are); every kernel masks by that span and causality, never by a [T, S] mask
+array. Padded queries give finite garbage that callers mask out.
 """
 
 from __future__ import annotations
