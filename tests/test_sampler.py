@@ -421,6 +421,36 @@ def test_rows_per_pass_from_memory():
     assert sampler.rows_per_pass(cfg, 512, 96, 1, prompt_len=32) == 1
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="bounds from XLA CPU's cost model")
+def test_decode_step_reads_the_cache_in_place():
+    """The bytes a compiled decode step accesses (XLA's cost analysis) grow by under 3 per byte
+    of KV cache: the attention reads the heads-major cache in place (2.3 here), where the
+    [rows, slots, kv_heads, head_dim] layout had XLA copy it at every step first (4.3)."""
+    from redjax.models import init_params
+
+    cfg = sampler.ModelConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=4,
+        num_kv_heads=2, head_dim=8,
+    )  # fmt: skip
+    params = jax.eval_shape(lambda: sampler.decode_params(init_params(cfg), cfg))  # compiled only
+    mode, knobs = sampler._split(SamplingParams(**GREEDY, max_new_tokens=8), cfg.vocab_size)
+    ids = np.ones((3, 5), np.int32)
+
+    def step_bytes(slots):
+        prefill = lambda p: sampler._prefill(
+            p, ids, np.ones(ids.shape, bool), np.uint32(0), np.int32(0), knobs, cfg=cfg,
+            mode=mode, group=1, rows=3, live=3, slots=slots, width=8, mesh=None,
+        )  # fmt: skip
+        state = jax.eval_shape(prefill, params)
+        step = sampler._decode.lower(params, state, 4, knobs, cfg=cfg, mode=mode, mesh=None)
+        cost = step.compile().cost_analysis()
+        return (cost[0] if isinstance(cost, list) else cost)["bytes accessed"]
+
+    cache = lambda slots: 2 * cfg.num_layers * 3 * slots * cfg.num_kv_heads * cfg.head_dim * 4
+    slope = (step_bytes(1024) - step_bytes(256)) / (cache(1024) - cache(256))
+    assert 1 <= slope < 3, slope
+
+
 def test_decode_layouts_match_the_trained_layout(tmp_path):
     """The sampler's layouts (q/k/v and gate/up fused; kernels stored [out, in]) give the logits
     of the trained one, over a prefill into the cache and at the next step, and the same greedy
