@@ -131,6 +131,16 @@ def decode_bytes(params, cfg, batch: int, prompt: int, new: int) -> float:
     return float((cost[0] if isinstance(cost, list) else cost)["bytes accessed"])
 
 
+def print_bytes(model, batch: int, prompt: int, new: int, bandwidth: float) -> None:
+    """The compiled decode step's bytes (`decode_bytes`) against the weights and whole cache."""
+    slots = sampler_slots(prompt, new)
+    whole = floor_step_seconds(model.cfg, batch, slots, bandwidth) * bandwidth
+    used = decode_bytes(model.params, model.cfg, batch, prompt, new)
+    print(f"\ncompiled decode step (XLA cost analysis), batch {batch}: {used / 1e9:.3f} GB "
+          f"accessed per step; the weights and the whole cache ({slots} slots) are "
+          f"{whole / 1e9:.3f} GB: {used / whole:.2f}x")  # fmt: skip
+
+
 def stop_ids(vocab: int, new_tokens: int) -> tuple[int, ...]:
     """Token ids that end a rollout: vocab * 3 / new_tokens of them (fixed seed), so that at
     near-uniform sampling a row ends after new_tokens / 3 tokens on average (5% run full)."""
@@ -244,6 +254,7 @@ def main() -> None:
     p.add_argument("--ragged", default=None, help="also PROMPTSxGROUPxPROMPT_LENxNEW_TOKENS")
     p.add_argument("--only-ragged", action="store_true", help="skip the greedy table")
     p.add_argument("--layouts", action="store_true", help="only the matmul layout table (CPU)")
+    p.add_argument("--only-bytes", action="store_true", help="only the compiled step's bytes")
     args = p.parse_args()
 
     import torch
@@ -285,6 +296,8 @@ def main() -> None:
         return sample(model.params, cfg, ids, mask, num_samples=1, sp=sp, seed=0)
 
     bandwidth, source = device_bandwidth(args.bandwidth)
+    if args.only_bytes:
+        return print_bytes(model, b, args.prompt_len, n, bandwidth)
     if args.only_ragged:
         print(f"# sampler, ragged rollouts, {datetime.date.today()}: {args.size} "
               f"({cfg.num_params / 1e6:.1f}M params, {args.dtype}), jax {jax.__version__} on "
@@ -345,11 +358,7 @@ def main() -> None:
             f"| {100 * decode / floor:.1f} |"
         )
     print(f"| bandwidth floor | | | {floor:,.0f} | | 100 |")
-    whole = floor_step_seconds(cfg, b, sampler_slots(args.prompt_len, n), bandwidth) * bandwidth
-    used = decode_bytes(model.params, cfg, b, args.prompt_len, n)
-    print(f"\ncompiled decode step (XLA cost analysis): {used / 1e9:.3f} GB accessed per step; "
-          f"the weights and the whole cache ({sampler_slots(args.prompt_len, n)} slots) are "
-          f"{whole / 1e9:.3f} GB: {used / whole:.2f}x")  # fmt: skip
+    print_bytes(model, b, args.prompt_len, n, bandwidth)
     if len(rows) == 2:
         (_, f0, t0), (_, f1, t1_) = rows
         ratio = (b * (n - 1) / (t0 - f0)) / (b * (n - 1) / (t1_ - f1))
