@@ -76,13 +76,6 @@ def device_bandwidth(flag: float | None) -> tuple[float, str]:
     raise SystemExit(f"no default bandwidth for device {kind!r}: pass --bandwidth B/s")
 
 
-def sampler_slots(prompt: int, new: int) -> int:
-    """Cache slots of a full-length sample: the bucketed prompt and generation budget."""
-    from redjax.shapes import sampler_bucket
-
-    return sampler_bucket(prompt) + sampler_bucket(new)
-
-
 def floor_step_seconds(cfg, batch: int, context: float, bandwidth: float) -> float:
     """Seconds to read the weights once and the KV cache of `context` tokens per row."""
     size = np.dtype(cfg.param_dtype).itemsize
@@ -107,23 +100,23 @@ def ragged_floor_seconds(cfg, lengths: np.ndarray, prompt: int, bandwidth: float
     return float((len(steps) * weights + per_token * (live * (prompt + steps)).sum()) / bandwidth)
 
 
-def decode_bytes(params, cfg, batch: int, prompt: int, new: int) -> float:
+def decode_bytes(params, cfg, batch: int, prompt: int, slots: int, width: int) -> float:
     """Bytes one compiled greedy decode step accesses, by XLA's cost analysis of the sampler's
-    decode program at this shape (the loop body counted once; compiled, not run): a
+    decode program for `batch` rows of `prompt` tokens, a cache of `slots` and token buffers of
+    `width` (the loop body counted once; compiled from the shapes, nothing runs): a
     device-independent check that a step reads each weight and cache entry about once."""
     import jax
     import jax.numpy as jnp
 
     from redjax import sampler
 
-    sp = sampler.SamplingParams(temperature=0, top_k=0, top_p=1.0, max_new_tokens=new)
+    sp = sampler.SamplingParams(temperature=0, top_k=0, top_p=1.0, max_new_tokens=width)
     mode, knobs = sampler._split(sp, cfg.vocab_size)
-    params = sampler.decode_params(params, cfg)
-    slots = sampler_slots(prompt, new)
+    params = jax.eval_shape(lambda p: sampler.decode_params(p, cfg), params)
     ids = jax.ShapeDtypeStruct((batch, prompt), jnp.int32)
     prefill = lambda p, i: sampler._prefill(
         p, i, jnp.ones(i.shape, bool), 0, 0, knobs, cfg=cfg, mode=mode, group=1, rows=batch,
-        live=batch, slots=slots, width=sampler.bucket(new), mesh=None,
+        live=batch, slots=slots, width=width, mesh=None,
     )  # fmt: skip
     state = jax.eval_shape(prefill, params, ids)
     step = sampler._decode.lower(params, state, 2, knobs, cfg=cfg, mode=mode, mesh=None)
@@ -133,9 +126,11 @@ def decode_bytes(params, cfg, batch: int, prompt: int, new: int) -> float:
 
 def print_bytes(model, batch: int, prompt: int, new: int, bandwidth: float) -> None:
     """The compiled decode step's bytes (`decode_bytes`) against the weights and whole cache."""
-    slots = sampler_slots(prompt, new)
+    from redjax.shapes import sampler_bucket
+
+    slots = sampler_bucket(prompt) + sampler_bucket(new)  # a full-length sample's cache
     whole = floor_step_seconds(model.cfg, batch, slots, bandwidth) * bandwidth
-    used = decode_bytes(model.params, model.cfg, batch, prompt, new)
+    used = decode_bytes(model.params, model.cfg, batch, prompt, slots, sampler_bucket(new))
     print(f"\ncompiled decode step (XLA cost analysis), batch {batch}: {used / 1e9:.3f} GB "
           f"accessed per step; the weights and the whole cache ({slots} slots) are "
           f"{whole / 1e9:.3f} GB: {used / whole:.2f}x")  # fmt: skip

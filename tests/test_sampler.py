@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_hf_checkpoint
+from helpers import bench_module
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -432,20 +433,8 @@ def test_decode_step_reads_the_cache_in_place():
         vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=4,
         num_kv_heads=2, head_dim=8,
     )  # fmt: skip
-    params = jax.eval_shape(lambda: sampler.decode_params(init_params(cfg), cfg))  # compiled only
-    mode, knobs = sampler._split(SamplingParams(**GREEDY, max_new_tokens=8), cfg.vocab_size)
-    ids = np.ones((3, 5), np.int32)
-
-    def step_bytes(slots):
-        prefill = lambda p: sampler._prefill(
-            p, ids, np.ones(ids.shape, bool), np.uint32(0), np.int32(0), knobs, cfg=cfg,
-            mode=mode, group=1, rows=3, live=3, slots=slots, width=8, mesh=None,
-        )  # fmt: skip
-        state = jax.eval_shape(prefill, params)
-        step = sampler._decode.lower(params, state, 4, knobs, cfg=cfg, mode=mode, mesh=None)
-        cost = step.compile().cost_analysis()
-        return (cost[0] if isinstance(cost, list) else cost)["bytes accessed"]
-
+    params = jax.eval_shape(lambda: init_params(cfg))  # compiled only
+    step_bytes = lambda slots: bench_module("sampler").decode_bytes(params, cfg, 3, 5, slots, 8)
     cache = lambda slots: 2 * cfg.num_layers * 3 * slots * cfg.num_kv_heads * cfg.head_dim * 4
     slope = (step_bytes(1024) - step_bytes(256)) / (cache(1024) - cache(256))
     assert 1 <= slope < 3, slope
