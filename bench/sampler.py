@@ -186,8 +186,8 @@ def ragged(model, shape: str, repeats: int, bandwidth: float) -> None:
     print(f"compaction + cache growth / before, useful tok/s: {now / before:.2f}x")
 
 
-def layouts(size: str, repeats: int, bandwidth: float) -> None:
-    """GB/s at which XLA's matmul reads each decode weight of `size` at 4 rows a step, stored
+def layouts(size: str, repeats: int, bandwidth: float, rows: int = 4) -> None:
+    """GB/s at which XLA's matmul reads each decode weight of `size` at `rows` rows, stored
     [in, out] or [out, in] (`transformer.transpose_kernels`; as a plain dot and as the sampler's
     `matmul_t`), beside a plain read (a sum) of the same bytes. Each weight is cycled over
     copies of ~800 MB, so none stays in cache; CPU seconds per wall second show how many threads
@@ -202,7 +202,7 @@ def layouts(size: str, repeats: int, bandwidth: float) -> None:
                                   "num_key_value_heads"))  # fmt: skip
     shapes = {"qkv": (d, (h + 2 * kv) * d // h), "o": (d, d), "gate_up": (d, 2 * f),
               "down": (f, d), "lm_head": (d, c["vocab_size"])}  # fmt: skip
-    print(f"\n## matmul layouts: {size} weights, float32, 4 rows; memcpy {bandwidth / 1e9:.1f} "
+    print(f"\n## matmul layouts: {size} weights, float32, {rows} rows; memcpy {bandwidth / 1e9:.1f} "
           "GB/s\n\n| weight | [in, out] | copies | [in, out] GB/s | [out, in] GB/s | [out, in] "
           "matmul_t GB/s | sum GB/s | CPU-s per s |\n|---|---|---:|---:|---:|---:|---:|---:|")  # fmt: skip
     for name, (k, n) in shapes.items():
@@ -210,7 +210,7 @@ def layouts(size: str, repeats: int, bandwidth: float) -> None:
         key = jax.random.key(0)
         ws = [jax.random.normal(jax.random.fold_in(key, i), (k, n)) for i in range(copies)]
         wts = [w.T.copy() for w in ws]
-        x, nbytes = jnp.ones((4, k)), 4 * k * n * copies
+        x, nbytes = jnp.ones((rows, k)), 4 * k * n * copies
         rate = lambda fn, arg, x=x, nbytes=nbytes: (
             nbytes / timed(lambda: jax.block_until_ready(fn(x, arg)), repeats)
         )
@@ -253,6 +253,7 @@ def main() -> None:
     p.add_argument("--ragged", default=None, help="also PROMPTSxGROUPxPROMPT_LENxNEW_TOKENS")
     p.add_argument("--only-ragged", action="store_true", help="skip the greedy table")
     p.add_argument("--layouts", action="store_true", help="only the matmul layout table (CPU)")
+    p.add_argument("--layout-rows", type=int, default=4, help="rows of the --layouts matmuls")
     p.add_argument("--only-bytes", action="store_true", help="only the compiled step's bytes")
     args = p.parse_args()
 
@@ -271,7 +272,7 @@ def main() -> None:
     # pinned core a memcpy then shares it with them (half the rate, measured).
     bandwidth, source = device_bandwidth(args.bandwidth)
     if args.layouts:
-        return layouts(args.size, args.repeats, bandwidth)
+        return layouts(args.size, args.repeats, bandwidth, args.layout_rows)
 
     from redjax.models import from_pretrained
     from redjax.sampler import SamplingParams, sample
