@@ -110,10 +110,10 @@ def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
 
 
 def matmul_t(x: Array, w_t: Array) -> Array:
-    """x [..., in] @ w_t.T for a weight stored [out, in]. At a decode step's few rows it runs as
-    (w_t @ x.T).T, the small transpose kept apart by an optimization barrier (XLA folds it back
-    into the dot otherwise): XLA's CPU matmul streams the weight 1.1 to 1.9x faster that way
-    round (bench/RESULTS.md); at a prefill's many rows, the plain dot is faster."""
+    """x [..., in] @ w_t.T for a weight stored [out, in]. At a decode step's few rows (<= 32) it
+    runs as (w_t @ x.T).T, the small transpose kept apart by an optimization barrier (XLA folds
+    it back into the dot otherwise): XLA's CPU matmul streams the weight 1.1 to 1.9x faster that
+    way round (bench/RESULTS.md); at a prefill's many rows, the plain dot stays."""
     rows = math.prod(x.shape[:-1])
     if rows > 32:
         return jnp.einsum("...i,oi->...o", x, w_t)
