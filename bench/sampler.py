@@ -202,9 +202,10 @@ def layouts(size: str, repeats: int, bandwidth: float, rows: int = 4) -> None:
                                   "num_key_value_heads"))  # fmt: skip
     shapes = {"qkv": (d, (h + 2 * kv) * d // h), "o": (d, d), "gate_up": (d, 2 * f),
               "down": (f, d), "lm_head": (d, c["vocab_size"])}  # fmt: skip
-    print(f"\n## matmul layouts: {size} weights, float32, {rows} rows; memcpy {bandwidth / 1e9:.1f} "
-          "GB/s\n\n| weight | [in, out] | copies | [in, out] GB/s | [out, in] GB/s | [out, in] "
-          "matmul_t GB/s | sum GB/s | CPU-s per s |\n|---|---|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+    print(f"\n## matmul layouts: {size} weights, float32, {rows} rows; memcpy "
+          f"{bandwidth / 1e9:.1f} GB/s\n\n| weight | [in, out] | copies | [in, out] GB/s "
+          "| [out, in] GB/s | [out, in] matmul_t GB/s | sum GB/s | CPU-s per s |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|")  # fmt: skip
     for name, (k, n) in shapes.items():
         copies = max(2, int(8e8 // (4 * k * n)))
         key = jax.random.key(0)
