@@ -269,8 +269,8 @@ def main() -> None:
     import jax
     import transformers
 
-    # Before any JAX work: after it, XLA's idle worker threads spin for a while, and on one
-    # pinned core a memcpy then shares it with them (half the rate, measured).
+    # Read before any JAX work (XLA's worker threads may still be busy after it, on the same
+    # pinned cores), and again after the timed runs: the higher of the two counts.
     bandwidth, source = device_bandwidth(args.bandwidth)
     if args.layouts:
         return layouts(args.size, args.repeats, bandwidth, args.layout_rows)
