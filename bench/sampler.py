@@ -76,6 +76,13 @@ def device_bandwidth(flag: float | None) -> tuple[float, str]:
     raise SystemExit(f"no default bandwidth for device {kind!r}: pass --bandwidth B/s")
 
 
+def reread(bandwidth: float, source: str) -> float:
+    """After the timed runs: the higher of `bandwidth` and a fresh reading, when the floor is a
+    measured memcpy (on a shared host a neighbour's burst can halve one reading, which would
+    flatter the % of floor)."""
+    return max(bandwidth, memcpy_bandwidth()) if source == "numpy memcpy" else bandwidth
+
+
 def floor_step_seconds(cfg, batch: int, context: float, bandwidth: float) -> float:
     """Seconds to read the weights once and the KV cache of `context` tokens per row."""
     size = np.dtype(cfg.param_dtype).itemsize
@@ -143,7 +150,7 @@ def stop_ids(vocab: int, new_tokens: int) -> tuple[int, ...]:
     return tuple(int(i) for i in np.random.default_rng(1).choice(np.arange(1, vocab), k, False))
 
 
-def ragged(model, shape: str, repeats: int, bandwidth: float) -> None:
+def ragged(model, shape: str, repeats: int, bandwidth: float, source: str) -> None:
     """The trainer's case: useful tokens per second with and without compaction, one run."""
     from redjax import sampler
 
@@ -164,22 +171,23 @@ def ragged(model, shape: str, repeats: int, bandwidth: float) -> None:
     }
     print(f"\n## ragged rollouts: {prompts} prompts x {group} = {prompts * group} rows, prompt "
           f"{plen}, up to {new} new tokens, temperature 1, {len(sp.eos_ids)} stop ids")  # fmt: skip
-    print("\n| implementation | total (s) | useful tokens | useful tok/s | % of floor |")
-    print("|---|---:|---:|---:|---:|")
     results = {}
     for name, (seg, compact) in variants.items():
         sampler.SEGMENTED, sampler.COMPACT = seg, compact
         run = lambda: sampler.sample(model.params, cfg, ids, None, num_samples=group, sp=sp, seed=0)
         total = timed(run, repeats)
         out = run()
+        results[name] = (out.lengths.sum() / total, total, out)
+    sampler.SEGMENTED = sampler.COMPACT = True
+    bandwidth = reread(bandwidth, source)
+    print("\n| implementation | total (s) | useful tokens | useful tok/s | % of floor |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (useful, total, out) in results.items():
         floor = out.lengths.sum() / ragged_floor_seconds(cfg, out.lengths, plen, bandwidth)
-        useful = out.lengths.sum() / total
-        results[name] = (useful, out)
         print(f"| {name} | {total:.3f} | {out.lengths.sum():,} | {useful:,.0f} "
               f"| {100 * useful / floor:.1f} |")  # fmt: skip
-    sampler.SEGMENTED = sampler.COMPACT = True
-    (now, a), _, (before, b) = results.values()
-    same = all(np.array_equal(o.tokens, a.tokens) for _, o in results.values())
+    (now, _, a), _, (before, _, b) = results.values()
+    same = all(np.array_equal(o.tokens, a.tokens) for _, _, o in results.values())
     lengths = a.lengths
     print(f"\nlengths: min {lengths.min()}, median {int(np.median(lengths))}, max {lengths.max()}"
           f"; tokens identical across the three: {'yes' if same else 'NO'}")  # fmt: skip
@@ -270,7 +278,7 @@ def main() -> None:
     import transformers
 
     # Read before any JAX work (XLA's worker threads may still be busy after it, on the same
-    # pinned cores), and again after the timed runs: the higher of the two counts.
+    # pinned cores), and again after the timed runs (`reread`).
     bandwidth, source = device_bandwidth(args.bandwidth)
     if args.layouts:
         return layouts(args.size, args.repeats, bandwidth, args.layout_rows)
@@ -305,7 +313,7 @@ def main() -> None:
         print(f"# sampler, ragged rollouts, {datetime.date.today()}: {args.size} "
               f"({cfg.num_params / 1e6:.1f}M params, {args.dtype}), jax {jax.__version__} on "
               f"{jax.devices()[0].device_kind}; bandwidth {bandwidth / 1e9:.1f} GB/s ({source})")  # fmt: skip
-        return ragged(model, args.ragged, args.repeats, bandwidth)
+        return ragged(model, args.ragged, args.repeats, bandwidth, source)
     rows = []
     t1, tn = timed(lambda: jax_run(1), args.repeats), timed(lambda: jax_run(n), args.repeats)
     ours = jax_run(n).tokens
@@ -333,9 +341,7 @@ def main() -> None:
         theirs = torch_run(n)[:, ids.shape[1] :].cpu().numpy()
         match = float((theirs == ours).mean())
 
-    if source == "numpy memcpy":  # the higher of two readings, before and after the runs: on
-        # a shared host a neighbour's burst can halve one, which would flatter the % of floor
-        bandwidth = max(bandwidth, memcpy_bandwidth())
+    bandwidth = reread(bandwidth, source)
     step = floor_step_seconds(cfg, b, args.prompt_len + n / 2, bandwidth)
     floor = b / step
     dev = jax.devices()[0]
@@ -370,7 +376,7 @@ def main() -> None:
         ratio = (b * (n - 1) / (t0 - f0)) / (b * (n - 1) / (t1_ - f1))
         print(f"\nredjax / transformers decode throughput: {ratio:.2f}x")
     if args.ragged:
-        ragged(model, args.ragged, args.repeats, bandwidth)
+        ragged(model, args.ragged, args.repeats, bandwidth, source)
 
 
 if __name__ == "__main__":
