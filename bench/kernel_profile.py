@@ -491,6 +491,8 @@ def parse_args(argv=None):
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--remat", default="none", choices=["none", "full", "dots"])
     ap.add_argument("--attention", default="auto", help="ModelConfig.attention")
+    ap.add_argument("--decode-attention", default="xla", choices=["xla", "pallas"],
+                    help="ModelConfig.decode_attention")  # fmt: skip
     ap.add_argument("--steps", type=int, default=2, help="train steps profiled")
     ap.add_argument("--chunk", type=int, default=1024)
     ap.add_argument("--top", type=int, default=25)
@@ -519,10 +521,11 @@ def main(argv=None) -> None:
     if args.size not in bs.SIZES:
         raise SystemExit(f"--size: unknown {args.size!r}; one of {sorted(bs.SIZES)}")
     cfg = ModelConfig(**bs.SIZES[args.size], dtype=args.dtype, remat=args.remat)
-    cfg = cfg.replace(attention=args.attention)
+    cfg = cfg.replace(attention=args.attention, decode_attention=args.decode_attention)
     dev = jax.devices()[0]
     print(f"# kernel profile: {args.size} ({cfg.num_params / 1e6:.1f}M params), {args.dtype}, "
-          f"attention {args.attention}, {jax.device_count()} x {dev.device_kind}, "
+          f"attention {args.attention} (decode {args.decode_attention}), {jax.device_count()} x "
+          f"{dev.device_kind}, "
           f"jax {jax.__version__}" + (f"; traces under {work}" if args.out else ""))  # fmt: skip
     try:
         if args.program in ("both", "train"):

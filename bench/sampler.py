@@ -37,6 +37,7 @@ SIZES = {
         num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True,
     ),
 }  # fmt: skip
+KERNEL_NAMES = {"xla": "", "pallas": ", Pallas decode attention"}  # --decode-attention rows
 BANDWIDTH = {  # bytes/s of device memory, by substring of jax's device_kind
     "H200": 4.8e12,
     "H100": 3.35e12,
@@ -236,6 +237,48 @@ def layouts(size: str, repeats: int, bandwidth: float, rows: int = 4) -> None:
         del ws, wts
 
 
+def attention_table(size: str, dtype: str, batch: int, prompt: int, new: int, repeats: int,
+                    bandwidth: float, kernels: list[str]) -> None:  # fmt: skip
+    """A decode step's attention alone: every layer's `attention.cached` (one query per row over
+    a per-layer heads-major cache of a full-length sample's slots) with each of `kernels`, at a
+    quarter, half and all of the generation filled: time per step and GB/s of the filled cache
+    read. Off a GPU the Pallas kernel runs in interpret mode (its time means nothing there)."""
+    import jax
+    import jax.numpy as jnp
+
+    from redjax.models import attention
+    from redjax.shapes import sampler_bucket
+
+    c = SIZES[size]
+    h, kv, layers = c["num_attention_heads"], c["num_key_value_heads"], c["num_hidden_layers"]
+    d = c["hidden_size"] // h
+    slots = sampler_bucket(prompt) + sampler_bucket(new)
+    keys = iter(jax.random.split(jax.random.key(0), 2 * layers + 1))
+    rand = lambda *shape: jax.random.normal(next(keys), shape, dtype)
+    q = rand(batch, 1, h, d)
+    ks, vs = ([rand(batch, kv, slots, d) for _ in range(layers)] for _ in range(2))
+    item = jnp.dtype(dtype).itemsize
+    interpret = "" if jax.default_backend() == "gpu" else " (interpret mode)"
+    print(f"\n## decode attention: {layers} layers x [{batch} rows, {kv} kv heads, {slots} slots, "
+          f"{d}], {h} query heads, {dtype}; bandwidth {bandwidth / 1e9:.0f} GB/s\n\n| kernel "
+          "| filled slots | ms per step | GB/s of the filled cache | % of bandwidth |\n"
+          "|---|---:|---:|---:|---:|")  # fmt: skip
+    for kernel in kernels:
+
+        @jax.jit
+        def step(q, ks, vs, mask, at, kernel=kernel):
+            layer = lambda k, v: attention.cached(q, k, v, mask, at, kernel=kernel)
+            return sum(layer(k, v) for k, v in zip(ks, vs, strict=True))
+
+        for fill in (prompt + new // 4, prompt + new // 2, prompt + new):
+            mask = jnp.broadcast_to(jnp.arange(slots) < fill, (batch, slots))
+            args = (q, ks, vs, mask, jnp.int32(fill - 1))
+            secs = timed(lambda args=args: jax.block_until_ready(step(*args)), repeats)
+            read = 2 * layers * batch * kv * fill * d * item / secs
+            print(f"| {kernel}{interpret if kernel == 'pallas' else ''} | {fill} | "
+                  f"{1e3 * secs:.3f} | {read / 1e9:.1f} | {100 * read / bandwidth:.1f} |")  # fmt: skip
+
+
 def timed(fn, repeats: int) -> float:
     """Best wall time of fn() over `repeats` calls after one warm-up call: the machine's best, as
     the memcpy floor is (on a shared host a slow call measures the neighbours, not the code)."""
@@ -264,7 +307,14 @@ def main() -> None:
     p.add_argument("--layouts", action="store_true", help="only the matmul layout table (CPU)")
     p.add_argument("--layout-rows", type=int, default=4, help="rows of the --layouts matmuls")
     p.add_argument("--only-bytes", action="store_true", help="only the compiled step's bytes")
+    p.add_argument("--decode-attention", default="xla",
+                   help="comma-separated decode-step attention kernels to time (xla, pallas)")  # fmt: skip
+    p.add_argument("--attention-table", action="store_true",
+                   help="only a decode step's attention, per --decode-attention kernel")  # fmt: skip
     args = p.parse_args()
+    kernels = args.decode_attention.split(",")
+    if not set(kernels) <= set(KERNEL_NAMES):
+        p.error(f"--decode-attention takes {', '.join(KERNEL_NAMES)}, got {args.decode_attention}")
 
     import torch
 
@@ -280,6 +330,9 @@ def main() -> None:
     # Read before any JAX work (XLA's worker threads may still be busy after it, on the same
     # pinned cores), and again after the timed runs (`reread`).
     bandwidth, source = device_bandwidth(args.bandwidth)
+    if args.attention_table:
+        return attention_table(args.size, args.dtype, args.batch, args.prompt_len,
+                               args.new_tokens, args.repeats, bandwidth, kernels)  # fmt: skip
     if args.layouts:
         return layouts(args.size, args.repeats, bandwidth, args.layout_rows)
 
@@ -303,9 +356,10 @@ def main() -> None:
     ids = rng.integers(1, cfg.vocab_size, (b, args.prompt_len)).astype(np.int32)
     mask = np.ones(ids.shape, bool)
 
-    def jax_run(new):
+    def jax_run(new, kernel="xla"):
         sp = SamplingParams(temperature=0, top_k=0, top_p=1.0, max_new_tokens=new)
-        return sample(model.params, cfg, ids, mask, num_samples=1, sp=sp, seed=0)
+        c = cfg.replace(decode_attention=kernel)
+        return sample(model.params, c, ids, mask, num_samples=1, sp=sp, seed=0)
 
     if args.only_bytes:
         return print_bytes(model, b, args.prompt_len, n, bandwidth)
@@ -314,10 +368,15 @@ def main() -> None:
               f"({cfg.num_params / 1e6:.1f}M params, {args.dtype}), jax {jax.__version__} on "
               f"{jax.devices()[0].device_kind}; bandwidth {bandwidth / 1e9:.1f} GB/s ({source})")  # fmt: skip
         return ragged(model, args.ragged, args.repeats, bandwidth, source)
-    rows = []
-    t1, tn = timed(lambda: jax_run(1), args.repeats), timed(lambda: jax_run(n), args.repeats)
-    ours = jax_run(n).tokens
-    rows.append(("redjax sample", t1, tn))
+    rows, tokens = [], {}
+    for kernel in kernels:
+        t1 = timed(lambda k=kernel: jax_run(1, k), args.repeats)
+        tn = timed(lambda k=kernel: jax_run(n, k), args.repeats)
+        tokens[kernel] = jax_run(n, kernel).tokens
+        interpret = kernel == "pallas" and jax.default_backend() != "gpu"
+        rows.append(("redjax sample" + KERNEL_NAMES[kernel] + interpret * " (interpret mode)",
+                     t1, tn))  # fmt: skip
+    ours = tokens[kernels[0]]
     match = None
     if not args.skip_torch:
         x = torch.tensor(ids, dtype=torch.long, device=torch_device)
@@ -359,6 +418,9 @@ def main() -> None:
     )
     if match is not None:
         print(f"greedy tokens equal to transformers: {100 * match:.1f}%")
+    for kernel in kernels[1:]:
+        print(f"greedy tokens with {kernel} decode attention equal to {kernels[0]}'s: "
+              f"{100 * (tokens[kernel] == ours).mean():.1f}%")  # fmt: skip
     print()
     print("| implementation | prefill + 1 token (s) | total (s) | decode tok/s | end-to-end tok/s "
           "| % of floor |")  # fmt: skip
@@ -371,8 +433,8 @@ def main() -> None:
         )
     print(f"| bandwidth floor | | | {floor:,.0f} | | 100 |")
     print_bytes(model, b, args.prompt_len, n, bandwidth)
-    if len(rows) == 2:
-        (_, f0, t0), (_, f1, t1_) = rows
+    if match is not None:
+        (_, f0, t0), (_, f1, t1_) = rows[0], rows[-1]
         ratio = (b * (n - 1) / (t0 - f0)) / (b * (n - 1) / (t1_ - f1))
         print(f"\nredjax / transformers decode throughput: {ratio:.2f}x")
     if args.ragged:

@@ -622,6 +622,8 @@ def sample(
         params = _on_mesh(params, mesh)
     params = decode_params(params, cfg, fuse=fuse_on(mesh))
     cfg = cfg.replace(param_dtype=cfg.dtype)
+    if mesh is not None and mesh.size > 1:  # the Pallas kernel takes whole arrays: on a mesh
+        cfg = cfg.replace(decode_attention="xla")  # it would gather every layer's cache
     if not sub_batch:
         free = _free_bytes()
         sub_batch = rows_per_pass(

@@ -72,6 +72,39 @@ def test_queries_at_a_cache_offset():
     np.testing.assert_allclose(one(q[:, 4:5]), want[:, 4:5], atol=1e-5)  # a decode step
 
 
+def test_decode_kernel_matches_reference():
+    """The Pallas decode kernel (interpret mode) equals the reference for one query over the
+    heads-major cache: left-padded rows, a query mid-cache (blocks past it hold unwritten
+    slots) and at the last slot, and a row whose first block is all padding."""
+    s = 48  # three blocks of 16
+    q, k, v = qkv(2, t=s)
+    start = np.array([0, 6, 20])
+    heads = lambda x: x.transpose(0, 2, 1, 3)
+    step = jax.jit(lambda q, m, at: attention.cached(q, heads(k), heads(v), m, at, kernel="pallas"))
+    for at in (29, s - 1):
+        mask = jnp.asarray((np.arange(s) >= start[:, None]) & (np.arange(s) <= at))
+        with jax.default_matmul_precision("highest"):  # float32 on a GPU too (not TF32)
+            want = attention.reference(q, k, v, mask, jnp.arange(s))[:, at : at + 1]
+        got = step(q[:, at : at + 1], mask, jnp.int32(at))
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_decode_kernel_lowers_to_one_triton_kernel():
+    """For an NVIDIA GPU the decode step's attention is one Triton kernel (lowered here,
+    without a GPU), for float32 and bfloat16 caches; shapes it does not take stay on XLA."""
+    q, k, v = qkv(3, t=32)
+    heads = lambda x: x.transpose(0, 2, 1, 3)
+    mask = jnp.ones((B, 32), bool)
+    for dtype in (jnp.float32, jnp.bfloat16):
+        kernel = lambda q, k, v: attention.decode_kernel(q, k, v, mask, 31, interpret=False)
+        args = (q[:, :1].astype(dtype), heads(k).astype(dtype), heads(v).astype(dtype))
+        text = jax.jit(kernel).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+        assert text.count("custom_call") == text.count("__gpu$xla.gpu.triton") == 1
+    assert not attention.fits_decode_kernel((B, 2, H, 16), (B, K, 32, 16))  # two queries
+    assert not attention.fits_decode_kernel((B, 1, H, 24), (B, K, 32, 24))  # head_dim 24
+    assert not attention.fits_decode_kernel((B, 1, H, 16), (B, K, 24, 16))  # 24 slots
+
+
 def temp_bytes(impl, t):
     q, k, v = (jax.ShapeDtypeStruct(x.shape, x.dtype) for x in qkv(t=t))
     mask = jnp.ones((B, t), bool)
@@ -155,19 +188,25 @@ def test_step_on_mesh_matches_xla(impl, xla_step, small_blocks):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, xla_step)
 
 
-@pytest.mark.parametrize("impl", ["chunked", "splash"])
-def test_sampler_prefill_matches_xla(params, impl, small_blocks):
-    """Greedy rollouts: a prefill with `impl` gives the same tokens and log-probs as xla."""
+@pytest.mark.parametrize(
+    "change",
+    [{"attention": "chunked"}, {"attention": "splash"}, {"decode_attention": "pallas"}],
+    ids=["chunked", "splash", "pallas-decode"],
+)
+def test_sampler_matches_xla(params, change, small_blocks):
+    """Greedy rollouts: a prefill with another kernel, or decode steps with the Pallas decode
+    kernel (interpret mode), give the same tokens and log-probs as xla."""
     lens = np.array([11, 2, 9])
     mask = np.arange(11)[None] >= (11 - lens)[:, None]  # left padded
     ids = np.where(mask, np.arange(1, 12)[None] % CFG.vocab_size, 0).astype(np.int32)
     sp = sampler.SamplingParams(temperature=0.0, top_k=0, top_p=1.0, max_new_tokens=6)
-    out = {}
-    for name in ("xla", impl):
-        cfg = CFG.replace(attention=name)
-        out[name] = sampler.sample(params, cfg, ids, mask, num_samples=2, sp=sp, seed=0)
-    np.testing.assert_array_equal(out["xla"].tokens, out[impl].tokens)
-    np.testing.assert_allclose(out["xla"].logp_model, out[impl].logp_model, atol=1e-5)
+    xla = CFG.replace(attention="xla")
+    want, got = (
+        sampler.sample(params, cfg, ids, mask, num_samples=2, sp=sp, seed=0)
+        for cfg in (xla, xla.replace(**change))
+    )
+    np.testing.assert_array_equal(want.tokens, got.tokens)
+    np.testing.assert_allclose(want.logp_model, got.logp_model, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- precision

@@ -7,6 +7,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -74,6 +75,18 @@ print("ok", "grain" in sys.modules and sys.modules["grain"] is None)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ok True")
     assert "--attention" in out.stdout and "--new-tokens" in out.stdout  # both helps printed
+
+
+def test_gpu_script_fits_eight_minutes():
+    """bench/gpu.sh's part timeouts (the step part once per shape of its loop) add up to at
+    most 8 minutes, and to the figure its header states."""
+    with open(os.path.join(ROOT, "bench", "gpu.sh")) as f:
+        text = f.read()
+    shapes = len(re.findall(r'"\d+ \d+ \d+ \d+"', text))  # for lens in "rows prompt resp total"
+    parts = re.findall(r"^\s*part (\S+) (\d+) ", text, re.M)
+    total = sum(int(secs) * (shapes if "$" in name else 1) for name, secs in parts)
+    assert len(parts) == 7 and shapes == 2, parts
+    assert total <= 480 and f"add up to {total} s" in text, total
 
 
 def test_no_bench_script_shadows_a_module():

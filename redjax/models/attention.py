@@ -8,6 +8,10 @@
     auto     cudnn on NVIDIA GPUs, splash on TPUs, chunked elsewhere (xla when the whole
              [T, S] block is no larger than one chunk, where both are the same computation).
 
+A decode step's attention over the KV cache is `cached`: XLA einsums, or with kernel="pallas" a
+Pallas (Triton) kernel that reads only the cache blocks holding keys the query may see
+(`decode_kernel`; NVIDIA GPUs, Pallas interpret mode elsewhere, for tests).
+
 Layout: q [B, T, H, D], k and v [B, S, K, D] (grouped-query: H a multiple of K), `kv_mask`
 [B, S] marks the valid keys; a KV cache is heads-major, [B, K, S, D] (`cached`). Each row's
 valid tokens are one contiguous span (left and/or right padding, as the trainer's rows and the
@@ -81,12 +85,17 @@ def attend(
     return splash(q, k, v, kv_mask, mesh=mesh)
 
 
-def cached(q: Array, k: Array, v: Array, kv_mask: Array, q_offset: Array) -> Array:
+def cached(
+    q: Array, k: Array, v: Array, kv_mask: Array, q_offset: Array, *, kernel: str = "xla"
+) -> Array:
     """Queries q [B, T, H, D] at slots q_offset .. q_offset + T - 1 over a KV cache stored
     heads-major, k and v [B, K, S, D] (a decode step, T = 1). Each (row, kv head)'s keys are one
     contiguous [S, D] block, so both matmuls read the cache in place: over a [B, S, K, D] cache
     XLA first transposes (copies) all of it, at every step. Scores in float32, masked as
-    `reference` masks (causality and `kv_mask`)."""
+    `reference` masks (causality and `kv_mask`). kernel="pallas": `decode_kernel` where it
+    fits (one query, head_dim a power of two >= 16, slots a multiple of 16), else these einsums."""
+    if kernel == "pallas" and fits_decode_kernel(q.shape, k.shape):
+        return decode_kernel(q, k, v, kv_mask, q_offset)
     b, t, h, d = q.shape
     kh, s = k.shape[1], k.shape[2]
     qg = q.reshape(b, t, kh, h // kh, d)
@@ -325,3 +334,86 @@ def splash(q: Array, k: Array, v: Array, kv_mask: Array, *, mesh: Mesh | None = 
         )
     out = local(qh, kh, vh, seg)
     return out.transpose(0, 2, 1, 3)[:, :t]
+
+
+DECODE_KERNELS = ("xla", "pallas")  # ModelConfig.decode_attention: a decode step's `cached`
+
+
+def fits_decode_kernel(q_shape: tuple, cache_shape: tuple) -> bool:
+    """Whether `decode_kernel` takes these shapes (its Triton blocks are powers of two)."""
+    t, d, s = q_shape[1], q_shape[3], cache_shape[2]
+    return t == 1 and d >= 16 and d & (d - 1) == 0 and s % 16 == 0
+
+
+def decode_kernel(
+    q: Array, k: Array, v: Array, kv_mask: Array, q_offset: Array, *, interpret: bool | None = None
+) -> Array:
+    """A decode step's attention as one Pallas (Triton) kernel over the heads-major cache: a
+    program per (row, kv head, block of slots) scores the block's keys against the kv head's
+    G query heads; a block without a key the query may see (padding, unwritten slots) loads
+    nothing. The blocks' softmax partials (max, sum, weighted values) combine in float32, as
+    in split-K flash decoding. NVIDIA GPUs; Pallas interpret mode elsewhere (interpret=None)."""
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    b, _, h, d = q.shape
+    kh, s = k.shape[1], k.shape[2]
+    g = h // kh
+    gp = max(16, pl.next_power_of_2(g))  # query rows per program: Triton dots take >= 16
+    block = max(x for x in (256, 128, 64, 32, 16) if s % x == 0)
+    n = s // block
+    qg = jnp.pad(q.reshape(b, kh, g, d), ((0, 0), (0, 0), (0, gp - g), (0, 0)))
+    keep = (kv_mask & (jnp.arange(s) <= q_offset)[None]).astype(jnp.int32)  # [B, S]
+    part = lambda *shape: jax.ShapeDtypeStruct((b, kh, n, *shape), jnp.float32)
+    spec = lambda *shape: pl.BlockSpec(
+        (None, None, None, *shape), lambda i, j, c: (i, j, c) + (0,) * len(shape)
+    )
+    o, m, total = pl.pallas_call(
+        functools.partial(_decode_block, scale=1 / math.sqrt(d)),
+        grid=(b, kh, n),
+        in_specs=[
+            pl.BlockSpec((None, block), lambda i, j, c: (i, c)),
+            pl.BlockSpec((None, None, gp, d), lambda i, j, c: (i, j, 0, 0)),
+            pl.BlockSpec((None, None, block, d), lambda i, j, c: (i, j, c, 0)),
+            pl.BlockSpec((None, None, block, d), lambda i, j, c: (i, j, c, 0)),
+        ],
+        out_specs=[spec(gp, d), spec(gp), spec(gp)],
+        out_shape=[part(gp, d), part(gp), part(gp)],
+        compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2),
+        interpret=jax.default_backend() != "gpu" if interpret is None else interpret,
+        name="decode_attention",
+    )(keep, qg, k, v)
+    weight = jnp.exp(m - jnp.max(m, axis=2, keepdims=True))  # [B, K, n, gp]
+    out = jnp.sum(weight[..., None] * o, axis=2) / jnp.sum(weight * total, axis=2)[..., None]
+    return out[:, :, :g].reshape(b, 1, h, d).astype(q.dtype)
+
+
+def _decode_block(keep_ref, q_ref, k_ref, v_ref, o_ref, m_ref, total_ref, *, scale):
+    """One (row, kv head, block): q [gp, D] against k, v [block, D] where keep [block] is set;
+    out: unnormalised values [gp, D], score max [gp], exp-sum [gp] (max MASKED, rest 0, when no
+    key is kept)."""
+    keep = keep_ref[...] != 0
+    dims = lambda a, b: (((a,), (b,)), ((), ()))
+
+    dot = functools.partial(
+        jax.lax.dot_general,
+        precision=matmul_precision(q_ref.dtype),
+        preferred_element_type=jnp.float32,
+    )
+
+    def scores():
+        s = dot(q_ref[...], k_ref[...], dims(1, 1))
+        s = jnp.where(keep[None, :], s * scale, MASKED)
+        m = jnp.max(s, axis=1)
+        p = jnp.exp(s - m[:, None])
+        v = v_ref[...]
+        o = dot(p.astype(v.dtype), v, dims(1, 0))
+        return o, m, jnp.sum(p, axis=1)
+
+    def nothing():
+        rows = q_ref.shape[0]
+        return (jnp.zeros(q_ref.shape, jnp.float32), jnp.full((rows,), MASKED, jnp.float32),
+                jnp.zeros((rows,), jnp.float32))  # fmt: skip
+
+    o, m, total = jax.lax.cond(jnp.max(keep_ref[...]) > 0, scores, nothing)
+    o_ref[...], m_ref[...], total_ref[...] = o, m, total

@@ -56,6 +56,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: str = "none"  # none | full | dots: activation rematerialisation in the train step
     attention: str = "auto"  # auto | xla | cudnn | splash | chunked (see models/attention.py)
+    decode_attention: str = "xla"  # xla | pallas: a decode step's attention.cached kernel
     extra: tuple[tuple[str, Any], ...] = ()  # HF config fields kept for the round trip
 
     def replace(self, **kw: Any) -> ModelConfig:
@@ -197,7 +198,7 @@ class Attention(nn.Module):
             out = attention.attend(q, k, v, kv_mask, impl=cfg.attention, mesh=self.mesh)
         else:
             keys, values = (c.astype(dtype) for c in cache)
-            out = attention.cached(q, keys, values, kv_mask, index)
+            out = attention.cached(q, keys, values, kv_mask, index, kernel=cfg.decode_attention)
         out = dense(cfg.hidden_size, cfg.o_bias, "o")(out.reshape(b, t, h * hd))
         return out, cache
 
