@@ -253,3 +253,7 @@ def test_cudnn_off_gpu_is_a_clear_error():
     assert attention.resolve("auto", jnp.float32, 64, 64) == "xla"  # one block
     assert attention.resolve("auto", jnp.bfloat16, 4096, 4096) == "chunked"
     assert attention.resolve("splash", jnp.float32, 4096, 4096) == "splash"  # interpret mode
+    q, k, v = qkv(t=16)
+    heads = lambda x: x.transpose(0, 2, 1, 3)
+    with pytest.raises(ValueError, match="decode_attention must be one of"):
+        attention.cached(q[:, :1], heads(k), heads(v), jnp.ones((B, 16), bool), 0, kernel="flash")

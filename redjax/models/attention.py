@@ -31,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 Array = jax.Array
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash", "chunked")
+DECODE_KERNELS = ("xla", "pallas")  # ModelConfig.decode_attention: a decode step's `cached`
 BLOCK_Q = 256  # chunked: query positions per block
 BLOCK_KV = 512  # chunked: key positions per block
 MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite, so a fully masked row stays finite
@@ -94,6 +95,8 @@ def cached(
     XLA first transposes (copies) all of it, at every step. Scores in float32, masked as
     `reference` masks (causality and `kv_mask`). kernel="pallas": `decode_kernel` where it
     fits (one query, head_dim a power of two >= 16, slots a multiple of 16), else these einsums."""
+    if kernel not in DECODE_KERNELS:
+        raise ValueError(f"decode_attention must be one of {DECODE_KERNELS}, got {kernel!r}")
     if kernel == "pallas" and fits_decode_kernel(q.shape, k.shape):
         return decode_kernel(q, k, v, kv_mask, q_offset)
     b, t, h, d = q.shape
@@ -336,9 +339,6 @@ def splash(q: Array, k: Array, v: Array, kv_mask: Array, *, mesh: Mesh | None = 
     return out.transpose(0, 2, 1, 3)[:, :t]
 
 
-DECODE_KERNELS = ("xla", "pallas")  # ModelConfig.decode_attention: a decode step's `cached`
-
-
 def fits_decode_kernel(q_shape: tuple, cache_shape: tuple) -> bool:
     """Whether `decode_kernel` takes these shapes (its Triton blocks are powers of two)."""
     t, d, s = q_shape[1], q_shape[3], cache_shape[2]
@@ -384,7 +384,8 @@ def decode_kernel(
         name="decode_attention",
     )(keep, qg, k, v)
     weight = jnp.exp(m - jnp.max(m, axis=2, keepdims=True))  # [B, K, n, gp]
-    out = jnp.sum(weight[..., None] * o, axis=2) / jnp.sum(weight * total, axis=2)[..., None]
+    den = jnp.maximum(jnp.sum(weight * total, axis=2), jnp.finfo(jnp.float32).tiny)
+    out = jnp.sum(weight[..., None] * o, axis=2) / den[..., None]  # a row with no key: 0
     return out[:, :, :g].reshape(b, 1, h, d).astype(q.dtype)
 
 
