@@ -393,9 +393,8 @@ def _decode_block(keep_ref, q_ref, k_ref, v_ref, o_ref, m_ref, total_ref, *, sca
     """One (row, kv head, block): q [gp, D] against k, v [block, D] where keep [block] is set;
     out: unnormalised values [gp, D], score max [gp], exp-sum [gp] (max MASKED, rest 0, when no
     key is kept)."""
-    keep = keep_ref[...] != 0
+    keep = keep_ref[...]
     dims = lambda a, b: (((a,), (b,)), ((), ()))
-
     dot = functools.partial(
         jax.lax.dot_general,
         precision=matmul_precision(q_ref.dtype),
@@ -404,7 +403,7 @@ def _decode_block(keep_ref, q_ref, k_ref, v_ref, o_ref, m_ref, total_ref, *, sca
 
     def scores():
         s = dot(q_ref[...], k_ref[...], dims(1, 1))
-        s = jnp.where(keep[None, :], s * scale, MASKED)
+        s = jnp.where(keep[None, :] != 0, s * scale, MASKED)
         m = jnp.max(s, axis=1)
         p = jnp.exp(s - m[:, None])
         v = v_ref[...]
@@ -416,5 +415,5 @@ def _decode_block(keep_ref, q_ref, k_ref, v_ref, o_ref, m_ref, total_ref, *, sca
         return (jnp.zeros(q_ref.shape, jnp.float32), jnp.full((rows,), MASKED, jnp.float32),
                 jnp.zeros((rows,), jnp.float32))  # fmt: skip
 
-    o, m, total = jax.lax.cond(jnp.max(keep_ref[...]) > 0, scores, nothing)
+    o, m, total = jax.lax.cond(jnp.max(keep) > 0, scores, nothing)
     o_ref[...], m_ref[...], total_ref[...] = o, m, total
