@@ -14,6 +14,10 @@ memcpy).
 rollouts): sampled at temperature 1 with lengths that spread, reported as useful (generated)
 tokens per second, for the sampler as it is and with its cache growth and row compaction
 switched off (the decode of before), in the same run.
+
+--decode-attention xla,pallas times the greedy rollouts once per decode-step attention kernel
+(XLA's einsums, the Pallas kernel that skips unfilled cache blocks); --attention-table times
+only a decode step's attention with each, at a quarter, half and all of the generation filled.
 """
 
 from __future__ import annotations
