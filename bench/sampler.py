@@ -41,7 +41,7 @@ SIZES = {
         num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True,
     ),
 }  # fmt: skip
-KERNEL_NAMES = {"xla": "", "pallas": ", Pallas decode attention"}  # --decode-attention rows
+KERNELS = ("xla", "pallas")  # --decode-attention: ModelConfig.decode_attention values
 BANDWIDTH = {  # bytes/s of device memory, by substring of jax's device_kind
     "H200": 4.8e12,
     "H100": 3.35e12,
@@ -262,7 +262,6 @@ def attention_table(size: str, dtype: str, batch: int, prompt: int, new: int, re
     q = rand(batch, 1, h, d)
     ks, vs = ([rand(batch, kv, slots, d) for _ in range(layers)] for _ in range(2))
     item = jnp.dtype(dtype).itemsize
-    interpret = "" if jax.default_backend() == "gpu" else " (interpret mode)"
     print(f"\n## decode attention: {layers} layers x [{batch} rows, {kv} kv heads, {slots} slots, "
           f"{d}], {h} query heads, {dtype}; bandwidth {bandwidth / 1e9:.0f} GB/s\n\n| kernel "
           "| filled slots | ms per step | GB/s of the filled cache | % of bandwidth |\n"
@@ -279,8 +278,15 @@ def attention_table(size: str, dtype: str, batch: int, prompt: int, new: int, re
             args = (q, ks, vs, mask, jnp.int32(fill - 1))
             secs = timed(lambda args=args: jax.block_until_ready(step(*args)), repeats)
             read = 2 * layers * batch * kv * fill * d * item / secs
-            print(f"| {kernel}{interpret if kernel == 'pallas' else ''} | {fill} | "
+            print(f"| {kernel_label(kernel)} | {fill} | "
                   f"{1e3 * secs:.3f} | {read / 1e9:.1f} | {100 * read / bandwidth:.1f} |")  # fmt: skip
+
+
+def kernel_label(kernel: str) -> str:
+    """A --decode-attention kernel as a table row names it (off a GPU, Pallas interprets)."""
+    import jax
+
+    return kernel + " (interpret mode)" * (kernel == "pallas" and jax.default_backend() != "gpu")
 
 
 def timed(fn, repeats: int) -> float:
@@ -317,8 +323,8 @@ def main() -> None:
                    help="only a decode step's attention, per --decode-attention kernel")  # fmt: skip
     args = p.parse_args()
     kernels = args.decode_attention.split(",")
-    if not set(kernels) <= set(KERNEL_NAMES):
-        p.error(f"--decode-attention takes {', '.join(KERNEL_NAMES)}, got {args.decode_attention}")
+    if not set(kernels) <= set(KERNELS):
+        p.error(f"--decode-attention takes {', '.join(KERNELS)}, got {args.decode_attention}")
 
     import torch
 
@@ -377,9 +383,8 @@ def main() -> None:
         t1 = timed(lambda k=kernel: jax_run(1, k), args.repeats)
         tn = timed(lambda k=kernel: jax_run(n, k), args.repeats)
         tokens[kernel] = jax_run(n, kernel).tokens
-        interpret = kernel == "pallas" and jax.default_backend() != "gpu"
-        rows.append(("redjax sample" + KERNEL_NAMES[kernel] + interpret * " (interpret mode)",
-                     t1, tn))  # fmt: skip
+        name = "" if kernel == "xla" else f", decode attention: {kernel_label(kernel)}"
+        rows.append(("redjax sample" + name, t1, tn))
     ours = tokens[kernels[0]]
     match = None
     if not args.skip_torch:

@@ -24,6 +24,11 @@ def qkv(seed=0, t=T):
     )
 
 
+def heads_major(x):
+    """[B, S, K, D] keys or values as the KV cache stores them, [B, K, S, D]."""
+    return x.transpose(0, 2, 1, 3)
+
+
 def span_mask(t=T):
     """Row 0 full, row 1 left-padded (a prompt), row 2 left- and right-padded (a train row)."""
     start, end = np.array([0, 6, 4]), np.array([t, t, t - 9])
@@ -65,10 +70,13 @@ def test_queries_at_a_cache_offset():
     want = jax.jit(lambda q: attention.reference(q, k, v, mask, slots))(q[:, :5])
     got = jax.jit(lambda q: attention.chunked(q, k, v, mask, slots, block_q=2, block_kv=8))
     np.testing.assert_allclose(got(q[:, :5]), want, atol=1e-5)
-    heads = lambda x: x.transpose(0, 2, 1, 3)
-    got = jax.jit(lambda q: attention.cached(q, heads(k), heads(v), mask, jnp.int32(20)))
+    got = jax.jit(
+        lambda q: attention.cached(q, heads_major(k), heads_major(v), mask, jnp.int32(20))
+    )
     np.testing.assert_allclose(got(q[:, :5]), want, atol=1e-5)
-    one = jax.jit(lambda q: attention.cached(q, heads(k), heads(v), mask, jnp.int32(24)))
+    one = jax.jit(
+        lambda q: attention.cached(q, heads_major(k), heads_major(v), mask, jnp.int32(24))
+    )
     np.testing.assert_allclose(one(q[:, 4:5]), want[:, 4:5], atol=1e-5)  # a decode step
 
 
@@ -79,8 +87,9 @@ def test_decode_kernel_matches_reference():
     s = 48  # three blocks of 16
     q, k, v = qkv(2, t=s)
     start = np.array([0, 6, 20])
-    heads = lambda x: x.transpose(0, 2, 1, 3)
-    step = jax.jit(lambda q, m, at: attention.cached(q, heads(k), heads(v), m, at, kernel="pallas"))
+    step = jax.jit(
+        lambda q, m, at: attention.cached(q, heads_major(k), heads_major(v), m, at, kernel="pallas")
+    )
     for at in (29, s - 1):
         mask = jnp.asarray((np.arange(s) >= start[:, None]) & (np.arange(s) <= at))
         with jax.default_matmul_precision("highest"):  # float32 on a GPU too (not TF32)
@@ -93,11 +102,10 @@ def test_decode_kernel_lowers_to_one_triton_kernel():
     """For an NVIDIA GPU the decode step's attention is one Triton kernel (lowered here,
     without a GPU), for float32 and bfloat16 caches; shapes it does not take stay on XLA."""
     q, k, v = qkv(3, t=32)
-    heads = lambda x: x.transpose(0, 2, 1, 3)
     mask = jnp.ones((B, 32), bool)
     for dtype in (jnp.float32, jnp.bfloat16):
         kernel = lambda q, k, v: attention.decode_kernel(q, k, v, mask, 31, interpret=False)
-        args = (q[:, :1].astype(dtype), heads(k).astype(dtype), heads(v).astype(dtype))
+        args = (q[:, :1].astype(dtype), heads_major(k).astype(dtype), heads_major(v).astype(dtype))
         text = jax.jit(kernel).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
         assert text.count("custom_call") == text.count("__gpu$xla.gpu.triton") == 1
     assert not attention.fits_decode_kernel((B, 2, H, 16), (B, K, 32, 16))  # two queries
@@ -254,6 +262,7 @@ def test_cudnn_off_gpu_is_a_clear_error():
     assert attention.resolve("auto", jnp.bfloat16, 4096, 4096) == "chunked"
     assert attention.resolve("splash", jnp.float32, 4096, 4096) == "splash"  # interpret mode
     q, k, v = qkv(t=16)
-    heads = lambda x: x.transpose(0, 2, 1, 3)
     with pytest.raises(ValueError, match="decode_attention must be one of"):
-        attention.cached(q[:, :1], heads(k), heads(v), jnp.ones((B, 16), bool), 0, kernel="flash")
+        attention.cached(
+            q[:, :1], heads_major(k), heads_major(v), jnp.ones((B, 16), bool), 0, kernel="flash"
+        )
