@@ -119,6 +119,17 @@ class Checkpoints:
         then = f"falling back to step {max(older)}" if older else "starting from step 0"
         log.warning("checkpoint %s is corrupt (%s); moved to %s; %s", path, why, dest, then)
 
+    def saved_host(self) -> dict | None:
+        """The host state (config, step, controller...) of the newest checkpoint whose host part
+        reads, without its arrays; None when the folder has no checkpoint."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                args = ocp.args.Composite(host=ocp.args.JsonRestore())
+                return dict(self.manager.restore(step, args=args)["host"], step=step)
+            except Exception:  # noqa: BLE001 - unreadable: restore_latest sets it aside later
+                continue
+        return None
+
     def restore_params(self, shapes: Any, step: int | None = None) -> Any:
         """Only the parameters of a checkpoint (latest by default) onto this process's first
         device, whatever topology saved it: for export and evaluation. `shapes` gives the

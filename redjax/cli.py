@@ -66,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train with RED (no arguments: the embedded default)")
     t.add_argument("config", nargs="?", default=None, help="YAML config (default: built-in)")
-    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rl.group_size=8")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rollout.group_size=8")
     t.add_argument("--coordinator", default=None, help="multi-host: coordinator host:port")
     t.add_argument("--num-processes", type=int, default=None)
     t.add_argument("--process-id", type=int, default=None)

@@ -40,7 +40,8 @@ class ModelCfg:
 class DataCfg:
     train: str = "builtin"  # JSONL/Parquet file(s), comma separated, or "builtin"
     test: str = "builtin"  # held-out file(s) for evaluation, or "builtin"
-    fields: str = "auto"  # auto | default | openr1 | gsm8k | math
+    # auto | default | openr1 | gsm8k | math, or a map {prompt: ..., answer: ..., solution: ...}
+    fields: str | dict[str, str] = "auto"
     on_error: Literal["raise", "skip"] = "raise"
     prompt_suffix: str = ""
     system: str | None = None
@@ -142,6 +143,9 @@ class TrainCfg:
     seed: int = 0
     run_dir: str = "runs/default"
     save_every: int = 50
+    # Resume a finished run past its steps: the lr and lambda schedules keep the length they
+    # were built for (the lr stays at its final value); without it, a changed train.steps refuses.
+    extend: bool = False
     keep: int = 3
     log_every: int = 1  # steps between metrics.jsonl / TensorBoard rows (the last step always)
     chunk: int = 1024  # tokens per chunk of the log-prob / entropy computation
@@ -231,6 +235,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             pass
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+        kt, vt = typing.get_args(tp)
+        return {_coerce(key, k, kt): _coerce(f"{key}.{k}", v, vt) for k, v in value.items()}
     if tp is bool and isinstance(value, bool):
         return value
     if tp is str and isinstance(value, str):
@@ -342,6 +351,18 @@ def validate(cfg: Config) -> None:
         (0 < cfg.red.alpha <= 1, "red.alpha must be in (0, 1]"),
         (cfg.red.lambda_min <= cfg.red.lambda_max, "red.lambda_min must be <= red.lambda_max"),
         (cfg.optim.micro_batches >= 1, "optim.micro_batches must be >= 1"),
+        (cfg.optim.minibatches >= 1, "optim.minibatches must be >= 1"),
+        (
+            0 <= cfg.rl.eps_low < 1,
+            "rl.eps_low must be in [0, 1) (the ratio's lower clip 1 - eps_low)",
+        ),
+        (cfg.rl.eps_high >= 0, "rl.eps_high must be >= 0 (the ratio's upper clip 1 + eps_high)"),
+        (cfg.train.save_every >= 1, "train.save_every must be >= 1 (steps between checkpoints)"),
+        (cfg.train.keep >= 1, "train.keep must be >= 1 (checkpoints kept)"),
+        (cfg.train.chunk >= 1, "train.chunk must be >= 1 (tokens per log-prob chunk)"),
+        (cfg.eval.every >= 0, "eval.every must be >= 0 (0 = only at the end)"),
+        (cfg.eval.samples_every >= 0, "eval.samples_every must be >= 0 (0 = never)"),
+        (cfg.eval.k >= 1, "eval.k must be >= 1"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.train.steps >= 1, "train.steps must be >= 1"),
         (cfg.train.log_every >= 1, "train.log_every must be >= 1"),
@@ -359,6 +380,12 @@ def validate(cfg: Config) -> None:
     for ok, msg in checks:
         if not ok:
             raise ValueError(msg)
+    from redjax.data.sources import check_fields
+
+    try:
+        check_fields(cfg.data.fields)
+    except ValueError as e:
+        raise ValueError(f"data.fields: {e}") from None
 
 
 def to_dict(cfg: Config) -> dict:

@@ -82,9 +82,10 @@ def evaluate(
             mesh=mesh,
         )
         golds = [a for a in batch["answer"] for _ in range(k)]
-        scores = verifier.score(ro.text, golds).reshape(-1, k)
+        judged = verifier.judge(ro.text, golds)
+        right, rewards = judged.correct.reshape(-1, k), judged.reward.reshape(-1, k)
         for j in np.flatnonzero(batch["valid"]):
-            correct.append(scores[j] >= 0.5)
+            correct.append(right[j])
             lengths.append(ro.lengths[j * k : (j + 1) * k])
             sources.append(batch["source"][j])
             if len(samples) < keep_samples:
@@ -93,7 +94,7 @@ def evaluate(
                         "prompt": batch["prompt_text"][j],
                         "completion": ro.text[j * k],
                         "answer": batch["answer"][j],
-                        "reward": float(scores[j, 0]),
+                        "reward": float(rewards[j, 0]),
                     }
                 )
     return _results(correct, lengths, sources, samples, k)

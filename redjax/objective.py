@@ -42,13 +42,19 @@ def masked_quantile(x: jax.Array, mask: jax.Array, q: float) -> jax.Array:
     return jnp.nanquantile(vals.reshape(-1), q)
 
 
-def token_stats(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Float32 log-prob of each target token and entropy of the full next-token distribution.
+def token_stats(
+    logits: jax.Array, targets: jax.Array, temperature: float = 1.0
+) -> tuple[jax.Array, jax.Array]:
+    """Float32 log-prob of each target token and entropy of the full next-token distribution
+    at `temperature` (static; the sampler's, so the scored policy is the sampled one).
 
     logits [..., V] (any float dtype), targets [...] int. Targets outside [0, V) are clipped
     (padding ids give finite values; mask them downstream).
     """
-    logq = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    logits = logits.astype(jnp.float32)
+    if temperature != 1.0:
+        logits = logits / temperature
+    logq = jax.nn.log_softmax(logits, axis=-1)
     idx = targets.astype(jnp.int32)[..., None]
     logp = jnp.take_along_axis(logq, idx, axis=-1, mode="clip")[..., 0]
     p = jnp.exp(logq)
@@ -58,9 +64,15 @@ def token_stats(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.A
 
 
 def token_stats_chunked(
-    hidden: jax.Array, unembed: jax.Array, targets: jax.Array, *, chunk: int = 1024
+    hidden: jax.Array,
+    unembed: jax.Array,
+    targets: jax.Array,
+    *,
+    chunk: int = 1024,
+    temperature: float = 1.0,
 ) -> tuple[jax.Array, jax.Array]:
-    """token_stats(hidden @ unembed, targets) without ever holding a [B*T, V] float32 array.
+    """token_stats(hidden @ unembed, targets, temperature) without ever holding a [B*T, V]
+    float32 array.
 
     hidden [B, T, D], unembed [D, V], targets [B, T]. The B*T tokens are cut into chunks of
     B rows x max(1, chunk // B) positions (T padded to a multiple), mapped over with `lax.map`;
@@ -97,8 +109,8 @@ def token_stats_chunked(
         # float32 compute: autodiff's own matmuls (their precision is the caller's scope,
         # transformer.precision); 16-bit compute: logits_f32 keeps the gradient GEMMs 16-bit.
         if h_c.dtype == jnp.float32:
-            return token_stats(jnp.matmul(h_c, w), y_c)
-        return token_stats(logits_f32(h_c, w), y_c)
+            return token_stats(jnp.matmul(h_c, w), y_c, temperature)
+        return token_stats(logits_f32(h_c, w), y_c, temperature)
 
     logp, entropy = jax.lax.map(lambda xs: stats(unembed, *xs), (h, y))
     logp = logp.swapaxes(0, 1).reshape(b, -1)[:, :t]
@@ -194,6 +206,7 @@ def rl_loss(
     entropy_coef: float = 0.0,
     gate_frac: float = 1.0,
     gate_threshold: jax.Array | float | None = None,
+    gate: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Recall term: clipped-ratio GRPO loss on online tokens, plus optional k3 KL and entropy bonus.
 
@@ -208,7 +221,9 @@ def rl_loss(
     Token gate (80/20 rule): gate_frac < 1 keeps, in the policy-gradient term only, the tokens
     whose stop-gradient entropy is >= the (1 - gate_frac)-quantile of entropy over this call's
     masked tokens (or >= `gate_threshold` if given, e.g. a global threshold from
-    `masked_quantile`). Gated-out tokens still count in the normaliser.
+    `masked_quantile`). `gate`: the kept tokens given directly (bool [N, T]; the trainer picks
+    them once a step, so micro-batches gate as the whole batch). Gated-out tokens still count
+    in the normaliser.
 
     Metrics: "pg", "kl_ref", "entropy_bonus" (normalised terms), "n_tokens", "n_seqs" (local
     counts), "clip_sum" (tokens whose clipped branch is active, i.e. gradient zeroed),
@@ -217,6 +232,7 @@ def rl_loss(
     """
     gated = gate_frac < 1.0 or gate_threshold is not None
     _check_rl_options(agg, norm_const, gate_frac, gated, entropy, entropy_coef, ref_logp, beta_kl)
+    gated = gated or gate is not None
 
     logp, old_logp, mask, adv = _f32(logp), _f32(old_logp), _f32(mask), _f32(adv)
     if adv.ndim == 1:
@@ -231,11 +247,14 @@ def rl_loss(
     surrogate = jnp.minimum(rho * adv, jnp.clip(rho, 1.0 - eps_low, 1.0 + eps_high) * adv)
     pg_tok = -surrogate
     metrics = {}
-    if gated:
+    if gate is not None:
+        keep = jnp.asarray(gate, bool) & on
+    elif gated:
         ent_sg = jax.lax.stop_gradient(_f32(entropy))
         if gate_threshold is None:
             gate_threshold = masked_quantile(ent_sg, mask, 1.0 - gate_frac)
         keep = (ent_sg >= gate_threshold) & on
+    if gated:
         pg_tok = jnp.where(keep, pg_tok, 0.0)
         metrics["gate_sum"] = jnp.sum(keep.astype(jnp.float32))
     pg = aggregate(pg_tok)

@@ -249,7 +249,7 @@ def estimate(
     memory known, rollouts are planned in as many passes as the sampler will make; `platform`
     (tpu, gpu, or None: unknown) says which kernel `model.attention=auto` runs."""
     from redjax.algos import Plan
-    from redjax.shapes import data_bucket, default_buckets
+    from redjax.shapes import response_width
 
     mc, mesh, o = model_cfg, dict(mesh_shape), cfg.optim
     state = _state_bytes(mc, cfg, mesh)
@@ -264,7 +264,7 @@ def estimate(
     rows_micro = -(-rows_step // o.micro_batches)
     rows_dev = -(-rows_micro // shards)
     response = max(r.max_new_tokens if algo.online else 1, cfg.data.max_offline_len)
-    seq = cfg.data.max_prompt_len + data_bucket(response, default_buckets(max(4096, response)))
+    seq = cfg.data.max_prompt_len + response_width(response, response)  # the widest batch
     d, hd, i = mc.hidden_size, mc.head_dim, _split(mc.intermediate_size, tensor)
     h, kv = _split(mc.num_heads, tensor), _split(mc.num_kv_heads, tensor)
     kind = attention_kernel(mc, seq, platform)

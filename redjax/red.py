@@ -188,9 +188,12 @@ class RedController:
         rewards: np.ndarray,
         off_rewards: np.ndarray | None = None,
         has_off: np.ndarray | None = None,
+        correct: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(adv [B, G], adv_off [B], acc [B], shift [B]) with this controller's options."""
-        adv, adv_off, acc = group_advantages(
+        """(adv [B, G], adv_off [B], acc [B], shift [B]) with this controller's options; the
+        shift follows the group accuracy acc, the share of `correct` rollouts (bool [B, G];
+        None: rewards >= 0.5)."""
+        adv, adv_off, _ = group_advantages(
             rewards,
             off_rewards,
             has_off,
@@ -198,6 +201,8 @@ class RedController:
             std_norm=self.std_norm,
             eps=self.eps,
         )
+        correct = np.asarray(rewards) >= 0.5 if correct is None else np.asarray(correct, bool)
+        acc = correct.mean(axis=1).astype(np.float32)
         return adv, adv_off, acc, policy_shift(acc, self.shift, self.tau)
 
     def update(self, dH_on: float, dH_off: float) -> float:

@@ -28,6 +28,7 @@ class Rows:
     shift: Any = None  # float32 [N], policy shift s in [0, 1] (offline rows)
     old_logp: Any = None  # float32 [N, C], log-probs under the sampling policy (ratio)
     ref_logp: Any = None  # float32 [N, C], log-probs under the reference policy (KL)
+    gate: Any = None  # bool [N, C], online tokens the entropy gate keeps (rl.gate_frac < 1)
     in_probe: Any = None  # bool [N], row is in the probe subset
     probe: Rows | None = None  # the probe subset's tokens and `online`, re-scored after the update
 

@@ -11,6 +11,60 @@ from typing import Any
 
 from redjax import config
 
+# Keys that say how a run is looked after (where and how often it saves, logs, samples, how
+# its work is laid out), not what it trains: resuming may change them.
+RESUMABLE = (
+    "train.run_dir", "train.save_every", "train.keep", "train.log_every",
+    "train.max_skipped_steps", "train.extend", "eval.every", "eval.samples_every",
+    "eval.num_samples", "rollout.sub_batch", "reward.workers", "reward.timeout",
+    "mesh.data", "mesh.fsdp", "mesh.tensor",
+)  # fmt: skip
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    """A nested config dict as {"section.key": value}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and not (prefix and k == "fields"):  # data.fields is a value
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume(cfg: config.Config, saved: dict | None) -> int:
+    """The length the run's schedules were built for, checking that `cfg` may resume the run a
+    checkpoint's host state `saved` describes (None: a new run). A config that differs in a key
+    that changes training is refused in one line naming the keys; a changed train.steps needs
+    train.extend (the schedules keep their length)."""
+    if saved is None:
+        return cfg.train.steps
+    step, where = int(saved["step"]), cfg.train.run_dir
+    if "config" not in saved:  # a checkpoint written before configs were saved with it
+        return cfg.train.steps
+    old, new = flat(saved["config"]), flat(config.to_dict(cfg))
+    differ = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    changed = [k for k in differ if k not in RESUMABLE and k != "train.steps"]
+    if changed:
+        shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+        raise ValueError(
+            f"{where} holds a run at step {step} made with another config ({shown}): set "
+            "train.run_dir to a new folder for a new run, or resume with the saved values"
+        )
+    length = int(saved.get("schedule_steps", old["train.steps"]))
+    if cfg.train.steps == old["train.steps"]:
+        return length
+    if cfg.train.steps < step:
+        raise ValueError(f"train.steps={cfg.train.steps} is below {where}'s step {step}")
+    if not cfg.train.extend:
+        raise ValueError(
+            f"train.steps: {old['train.steps']} -> {cfg.train.steps} for {where} (at step "
+            f"{step}): add train.extend=true to continue this run (the lr and lambda schedules "
+            f"keep their {length}-step length, the lr stays at its final value), or set "
+            "train.run_dir to a new folder for a new run"
+        )
+    return length
+
 
 def is_run_folder(path: str) -> bool:
     """Whether `path` is a redjax run folder (model/ and checkpoints/ beside config.yaml)."""

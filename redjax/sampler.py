@@ -76,7 +76,7 @@ class SamplingParams:
 class Rollouts:
     """Sampled completions, rows prompt-major (row b * G + g is sample g of prompt b)."""
 
-    tokens: np.ndarray  # int32 [R, N], 0 after the end
+    tokens: np.ndarray  # int32 [R, N], 0 after the end; N = the longest completion
     mask: np.ndarray  # bool [R, N], generated tokens up to and including the stop token
     logp: np.ndarray  # float32 [R, N], log-prob under the sampling distribution (0 if greedy)
     logp_model: np.ndarray  # float32 [R, N], log-prob under the model at temperature 1
@@ -640,11 +640,13 @@ def sample(
 
 
 def _rollouts(outs: list[_Out], n: int, stops: tuple[str, ...], tokenizer) -> Rollouts:
-    """The passes' host results as Rollouts, cut at stop strings."""
+    """The passes' host results as Rollouts, cut at stop strings and to the longest completion
+    (a batch of short answers is as wide as its answers, not the budget)."""
     cat = lambda name: np.concatenate([getattr(o, name) for o in outs])
-    tokens, logp, logp_model = cat("tokens")[:, :n], cat("logp")[:, :n], cat("logp_model")[:, :n]
     lengths, done, cut = cat("length"), cat("done"), cat("stop_len")
     lengths = np.where(cut >= 0, np.minimum(lengths, cut), lengths).astype(np.int32)
+    n = max(1, min(n, int(lengths.max(initial=0))))
+    tokens, logp, logp_model = cat("tokens")[:, :n], cat("logp")[:, :n], cat("logp_model")[:, :n]
     keep = np.arange(n)[None, :] < lengths[:, None]
     text = None
     if tokenizer is not None:

@@ -3,7 +3,8 @@ trainer, so that every jitted program compiles for a bounded number of shapes.
 
 Two bucket rules, for two purposes:
   data_bucket     the width of a data batch: the smallest of an explicit list of widths
-                  (`default_buckets`: powers of two, then the configured maximum)
+                  (`default_buckets`: powers of two, then the configured maximum);
+                  `response_width` is it for the train step's responses
   sampler_bucket  a length the sampler compiles for: 2^k or 3 * 2^(k-1), unbounded
 """
 
@@ -35,6 +36,12 @@ def data_bucket(n: int, buckets: Sequence[int]) -> int:
         if size >= n:
             return int(size)
     raise ValueError(f"length {n} exceeds the largest bucket {max(buckets)}")
+
+
+def response_width(longest: int, max_len: int) -> int:
+    """The width of a train batch's responses (rollouts and traces): the longest one, bucketed
+    in default_buckets(max_len), the configured maximum; the trainer and `redjax plan` use it."""
+    return data_bucket(max(longest, 1), default_buckets(max(max_len, longest, 1)))
 
 
 def sampler_bucket(n: int, minimum: int = 16) -> int:

@@ -45,6 +45,8 @@ class StepConfig:
     chunk: int  # tokens per chunk of the log-prob / entropy computation
     micro_batches: int
     probe: bool  # re-score probe rows after the update (the controller's entropy deltas)
+    temperature: float  # log-probs and entropies at the sampling temperature
+    seed: int  # train.seed: the stochastic rounding's keys
 
     @classmethod
     def from_config(cls, cfg: Config, **replace: Any) -> StepConfig:
@@ -62,20 +64,33 @@ class StepConfig:
             chunk=cfg.train.chunk,
             micro_batches=cfg.optim.micro_batches,
             probe=Plan.from_config(cfg).probe,  # entropy deltas drive lambda
+            temperature=scoring_temperature(cfg),
+            seed=cfg.train.seed,
         )
         return dataclasses.replace(out, **replace)
 
 
-def make_optimizer(o: OptimCfg, total_steps: int) -> optax.GradientTransformation:
-    """AdamW with linear warm-up then cosine decay to lr * min_lr_ratio at `total_steps`
-    updates, after global-norm clipping (clip_norm 0: none)."""
-    schedule = optax.warmup_cosine_decay_schedule(
+def scoring_temperature(cfg: Config) -> float:
+    """The temperature the step scores tokens at: the rollouts' (1 for greedy rollouts)."""
+    return cfg.rollout.temperature or 1.0
+
+
+def learning_rate(o: OptimCfg, total_steps: int) -> optax.Schedule:
+    """Linear warm-up then cosine decay to lr * min_lr_ratio at `total_steps` updates (and that
+    value after them)."""
+    return optax.warmup_cosine_decay_schedule(
         0.0,
         o.lr,
         max(o.warmup_steps, 0),
         max(total_steps, o.warmup_steps + 1),
         o.lr * o.min_lr_ratio,
     )
+
+
+def make_optimizer(o: OptimCfg, total_steps: int) -> optax.GradientTransformation:
+    """AdamW at `learning_rate(o, total_steps)`, after global-norm clipping (clip_norm 0:
+    none)."""
+    schedule = learning_rate(o, total_steps)
     adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
     if o.clip_norm:
         return optax.chain(optax.clip_by_global_norm(o.clip_norm), adamw)
@@ -83,10 +98,15 @@ def make_optimizer(o: OptimCfg, total_steps: int) -> optax.GradientTransformatio
 
 
 def score(
-    params: Any, cfg: ModelConfig, rows: Rows, chunk: int, mesh: Mesh | None = None
+    params: Any,
+    cfg: ModelConfig,
+    rows: Rows,
+    chunk: int,
+    mesh: Mesh | None = None,
+    temperature: float = 1.0,
 ) -> tuple[jax.Array, jax.Array]:
-    """Log-probs and entropies [N, C] of the response tokens, in float32 chunks of `chunk`
-    tokens (over all devices: chunk / data shards rows x positions on each)."""
+    """Log-probs and entropies [N, C] of the response tokens at `temperature`, in float32
+    chunks of `chunk` tokens (over all devices: chunk / data shards rows x positions on each)."""
     tokens = jnp.concatenate([rows.prompt_ids, rows.resp_ids], axis=1)
     mask = jnp.concatenate([rows.prompt_mask, rows.resp_mask], axis=1)
     hidden, _ = forward(params, cfg, tokens, mask=mask, hidden=True, mesh=mesh)
@@ -96,14 +116,19 @@ def score(
     w, shards = unembedding(params, cfg), sharding.data_shards(mesh)
     if shards == 1:
         with precision(cfg.dtype):
-            return objective.token_stats_chunked(h, w, rows.resp_ids, chunk=chunk)
+            return objective.token_stats_chunked(
+                h, w, rows.resp_ids, chunk=chunk, temperature=temperature
+            )
     # Each device scores its own rows, so the unembedding's gradient sums over the chunks on
     # the device and is reduced over devices once, not once per chunk. "tensor" stays automatic.
     axes = sharding.batch_axes(mesh)
 
     def local(h, w, targets):  # w marked per-device up front: its cotangent is summed here...
         w = jax.lax.pcast(w, axes, to="varying")  # ...and reduced once, where this is transposed
-        return objective.token_stats_chunked(h, w, targets, chunk=max(1, chunk // shards))
+        per_device = max(1, chunk // shards)
+        return objective.token_stats_chunked(
+            h, w, targets, chunk=per_device, temperature=temperature
+        )
 
     spec = P(axes)
     with precision(cfg.dtype):
@@ -130,7 +155,7 @@ def _sum_stats(ent, mask, rows):
 
 def loss_fn(params, cfg: ModelConfig, sc: StepConfig, mb: Rows, lam, counts: dict, mesh=None):
     """L_rl + lam * L_ext on one micro-batch, normalised by the global counts."""
-    logp, ent = score(params, cfg, mb, sc.chunk, mesh)
+    logp, ent = score(params, cfg, mb, sc.chunk, mesh, sc.temperature)
     resp_mask = mb.resp_mask.astype(jnp.float32)
     online = mb.online
     on_mask = resp_mask * online[:, None]
@@ -151,6 +176,7 @@ def loss_fn(params, cfg: ModelConfig, sc: StepConfig, mb: Rows, lam, counts: dic
         entropy=ent,
         entropy_coef=sc.entropy_coef,
         gate_frac=sc.gate_frac,
+        gate=mb.gate,  # chosen once a step by the trainer (else per call, from gate_frac)
     )
     l_ext, m_ext = objective.ext_loss(
         logp,
@@ -207,7 +233,7 @@ def train_step(
     (loss, aux), grads = _accumulate(one, batch.without_probe(), sc.micro_batches)
 
     updates, opt_state = tx.update(grads, state["opt_state"], params)
-    new_params = apply_updates(params, updates, state["step"])
+    new_params = apply_updates(params, updates, state["step"], sc.seed)
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)  # [faults] non-finite guard
     new_params, opt_state = keep_if_finite(
@@ -217,9 +243,11 @@ def train_step(
     # Entropy probe: the same response tokens, re-scored with the updated parameters.
     before_on, before_off = _ratio(aux["probe_on"]), _ratio(aux["probe_off"])
     after_on = after_off = jnp.float32(jnp.nan)
-    if sc.probe:
+    if sc.probe:  # in micro-batches, as the update
         probe = batch.probe
-        _, ent_after = score(new_params, cfg, probe, sc.chunk, mesh)
+        _, ent_after = score_micro(
+            new_params, cfg, probe, sc.chunk, sc.micro_batches, mesh, sc.temperature
+        )
         p_mask = probe.resp_mask.astype(jnp.float32)
         after_on = _ratio(_sum_stats(ent_after, p_mask, probe.online))
         after_off = _ratio(_sum_stats(ent_after, p_mask, ~probe.online))
@@ -261,11 +289,12 @@ def stochastic_round(x: jax.Array, key: jax.Array) -> jax.Array:
     return jnp.where(jnp.isfinite(x), rounded, x.astype(jnp.bfloat16))
 
 
-def apply_updates(params: Any, updates: Any, step: jax.Array) -> Any:
-    """params + updates; bfloat16 parameters are rounded stochastically (keys from the step,
-    so a resumed run draws the same bits), float32 ones as usual."""
+def apply_updates(params: Any, updates: Any, step: jax.Array, seed: int = 0) -> Any:
+    """params + updates; bfloat16 parameters are rounded stochastically (keys from the run's
+    seed and the step, so a resumed run draws the same bits), float32 ones as usual."""
     leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.fold_in(jax.random.key(0x5EED), step), len(leaves))
+    key = jax.random.fold_in(jax.random.key(seed), step)
+    keys = jax.random.split(key, len(leaves))
 
     def add(p, u, key):
         total = p.astype(jnp.float32) + u.astype(jnp.float32)
@@ -377,17 +406,32 @@ def jit_train_step(
     return jax.jit(fn, out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
 
 
-def jit_score(cfg: ModelConfig, chunk: int, micro_batches: int, mesh: Mesh):
-    """score() over rows in micro-batches, jitted: (params, rows) -> (logp, entropy) [N, C]."""
+def score_micro(
+    params: Any,
+    cfg: ModelConfig,
+    rows: Rows,
+    chunk: int,
+    micro_batches: int,
+    mesh: Mesh | None = None,
+    temperature: float = 1.0,
+) -> tuple[jax.Array, jax.Array]:
+    """score() over rows in `micro_batches` sequential parts (each as large as the update's),
+    the results in row order."""
+    if micro_batches == 1:
+        return score(params, cfg, rows, chunk, mesh, temperature)
+    micro = jax.tree.map(lambda x: _micro(x, micro_batches), rows)
+    logp, ent = jax.lax.map(lambda mb: score(params, cfg, mb, chunk, mesh, temperature), micro)
+    unmicro = lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, x.shape[-1])
+    return unmicro(logp), unmicro(ent)
 
-    def fn(params, rows: Rows):
-        if micro_batches == 1:
-            return score(params, cfg, rows, chunk, mesh)
-        micro = jax.tree.map(lambda x: _micro(x, micro_batches), rows)
-        logp, ent = jax.lax.map(lambda mb: score(params, cfg, mb, chunk, mesh), micro)
-        unmicro = lambda x: jnp.swapaxes(x, 0, 1).reshape(-1, x.shape[-1])
-        return unmicro(logp), unmicro(ent)
 
+def jit_score(
+    cfg: ModelConfig, chunk: int, micro_batches: int, mesh: Mesh, temperature: float = 1.0
+):
+    """score_micro jitted: (params, rows) -> (logp, entropy) [N, C] at `temperature`."""
+    fn = lambda params, rows: score_micro(
+        params, cfg, rows, chunk, micro_batches, mesh, temperature
+    )
     return jax.jit(fn, out_shardings=sharding.batch_sharding(mesh))
 
 

@@ -25,7 +25,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from redjax import checkpoint, config, distributed, evaluate, logs, red, rewards, sharding, step
+from redjax import (
+    checkpoint,
+    config,
+    distributed,
+    evaluate,
+    logs,
+    red,
+    rewards,
+    runs,
+    sharding,
+    step,
+)
 from redjax import sampler as sampling
 from redjax.algos import Phase, Plan
 from redjax.data.pipeline import make_loader
@@ -46,7 +57,7 @@ from redjax.models import (
 )
 from redjax.models.hf import config_to_hf
 from redjax.rows import Rows, concat, make_rows
-from redjax.shapes import data_bucket, default_buckets, pad_cols
+from redjax.shapes import pad_cols, response_width
 from redjax.tokenizer import eos_ids
 
 log = logging.getLogger("redjax")
@@ -71,8 +82,8 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
             scores = score(r, got, phase)
             clock.mark("reward")
             targets = advantages(r, got, scores, phase)
-            rows = train_rows(r, got, targets, phase)
-            metrics = update(r, rows, targets.lam, it)
+            rows, checks = train_rows(r, got, targets, phase)
+            metrics = {**update(r, rows, targets.lam, it), **checks}
             adjust_lambda(r, metrics, targets)
             clock.mark("train")
             report(r, it + 1, {**metrics, **summary(r, got, scores, targets, clock)}, targets)
@@ -111,6 +122,7 @@ class Run:
     sp: sampling.SamplingParams
     verifier: Any
     ckpts: checkpoint.Checkpoints
+    schedule_steps: int  # the run length the lr and lambda schedules were built for
     guard: step.SkipGuard  # counts updates skipped for a non-finite loss or gradient
     logger: logs.Logger
     bar: Any  # the progress bar
@@ -146,6 +158,10 @@ def setup(cfg: config.Config) -> Run:
     tokenized = tokenize_train(cfg, train_records, tokenizer)  # once, for the fit and loader
     cfg = fit_lengths(cfg, tokenized)  # limits left at 0, from the data
     scratch_note(cfg, train_records)
+    ckpts = checkpoint.Checkpoints(
+        os.path.join(os.path.abspath(cfg.train.run_dir), "checkpoints"), keep=cfg.train.keep
+    )
+    schedule_steps = runs.check_resume(cfg, ckpts.saved_host())  # refuses another run's folder
     run_dir, model_dir = _run_folder(cfg)
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     model_cfg, params = load_model(cfg, tokenizer, mesh)
@@ -153,12 +169,11 @@ def setup(cfg: config.Config) -> Run:
         config_to_hf(model_cfg).save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
     loader = make_train_loader(cfg, train_records, tokenizer, tokenized)
-    tx = step.make_optimizer(cfg.optim, cfg.train.steps * cfg.optim.minibatches)
+    tx = step.make_optimizer(cfg.optim, schedule_steps * cfg.optim.minibatches)
     state, state_sh = step.init_state(params, tx, mesh)
     ref_params = jax.tree.map(jnp.copy, params) if cfg.rl.beta_kl else None
     del params
-    ctrl = red.RedController.from_config(cfg.red, cfg.rl, cfg.train.steps)
-    ckpts = checkpoint.Checkpoints(os.path.join(run_dir, "checkpoints"), keep=cfg.train.keep)
+    ctrl = red.RedController.from_config(cfg.red, cfg.rl, schedule_steps)
     ckpts.check_space(state)  # fail now if one checkpoint cannot fit
     guard = step.SkipGuard(cfg.train.max_skipped_steps)  # updates skipped as non-finite
     start, state, host = ckpts.restore_latest(state)  # the newest readable checkpoint
@@ -167,6 +182,9 @@ def setup(cfg: config.Config) -> Run:
         loader.set_state(host["loader"])
         guard.load_state_dict(host.get("skips", {"total": 0, "run": 0}))
         log.info("resumed %s from step %d", run_dir, start)
+        if start >= cfg.train.steps:
+            log.info("the run is finished (train.steps=%d); to train on, raise train.steps "
+                     "with train.extend=true", cfg.train.steps)  # fmt: skip
     main = jax.process_index() == 0
     return Run(
         cfg=cfg,
@@ -182,11 +200,18 @@ def setup(cfg: config.Config) -> Run:
         train_step=step.jit_train_step(
             model_cfg, step.StepConfig.from_config(cfg), tx, state_sh, mesh
         ),
-        score_fn=step.jit_score(model_cfg, cfg.train.chunk, cfg.optim.micro_batches, mesh),
+        score_fn=step.jit_score(
+            model_cfg,
+            cfg.train.chunk,
+            cfg.optim.micro_batches,
+            mesh,
+            step.scoring_temperature(cfg),
+        ),  # fmt: skip
         ctrl=ctrl,
         sp=sampling_params(cfg.rollout, tokenizer),
         verifier=rewards.Verifier.from_config(cfg.reward),
         ckpts=ckpts,
+        schedule_steps=schedule_steps,
         guard=guard,
         logger=logs.Logger(run_dir, start, enabled=main),
         bar=_progress(cfg.train.steps, start, main),
@@ -269,9 +294,10 @@ class Collected:
 
 @dataclasses.dataclass
 class Scores:
-    """Rewards of the rollouts and of the teacher traces."""
+    """Rewards and correctness of the rollouts and of the teacher traces."""
 
-    rew: np.ndarray  # [B, G] (G = 0 in an SFT phase)
+    rew: np.ndarray  # [B, G] (G = 0 in an SFT phase): what the advantages are made of
+    correct: np.ndarray  # bool [B, G]: the answer is right (the format bonus aside)
     off_rew: np.ndarray  # [B]
     has_off: np.ndarray  # bool [B]: a teacher trace this phase trains on
 
@@ -330,22 +356,24 @@ def rollouts(r: Run, batch: dict, *, group: int, seed: int) -> sampling.Rollouts
 
 
 def score(r: Run, got: Collected, phase: Phase) -> Scores:
-    """2. Rewards for every rollout and every teacher trace this phase trains on."""
+    """2. Rewards and correctness of every rollout, rewards of the teacher traces this phase
+    trains on."""
     golds, b, g = got.batch["answer"], len(got.batch["answer"]), got.group
     if got.ro is not None:
-        rew = r.verifier.score(got.ro.text, [a for a in golds for _ in range(g)]).reshape(b, g)
+        judged = r.verifier.judge(got.ro.text, [a for a in golds for _ in range(g)])
+        rew, correct = judged.reward.reshape(b, g), judged.correct.reshape(b, g)
     else:
-        rew = np.zeros((b, 0), np.float32)
+        rew, correct = np.zeros((b, 0), np.float32), np.zeros((b, 0), bool)
     has_off = np.asarray(got.batch["has_offline"]) & phase.offline
     off_rew = r.verifier.score(got.batch["solution"], golds) if has_off.any() else np.zeros(b)
-    return Scores(rew, off_rew, has_off)
+    return Scores(rew, correct, off_rew, has_off)
 
 
 def advantages(r: Run, got: Collected, s: Scores, phase: Phase) -> Targets:
     """3. Group advantages, the per-prompt policy shift and lambda (the controller); without
     rollouts, SFT: teacher traces with unit advantage and no shift."""
     if phase.online:
-        adv, adv_off, _acc, shift = r.ctrl.advantages(s.rew, s.off_rew, s.has_off)
+        adv, adv_off, _acc, shift = r.ctrl.advantages(s.rew, s.off_rew, s.has_off, s.correct)
     else:
         adv = s.rew
         adv_off, shift = s.has_off.astype(np.float32), np.zeros(len(s.has_off), np.float32)
@@ -353,23 +381,58 @@ def advantages(r: Run, got: Collected, s: Scores, phase: Phase) -> Targets:
     return Targets(adv, adv_off, shift, r.ctrl.lam if any_off else 0.0, any_off)
 
 
-def train_rows(r: Run, got: Collected, t: Targets, phase: Phase) -> Rows:
+def train_rows(r: Run, got: Collected, t: Targets, phase: Phase) -> tuple[Rows, dict]:
     """4a. This host's rows: B*G rollouts and the B teacher traces, each after its prompt, with
-    the old (and reference) log-probs of their response tokens."""
+    the old (and reference) log-probs of their response tokens and the entropy gate; and how far
+    the sampler's log-probs are from the old ones."""
     mb = r.cfg.optim.micro_batches * r.cfg.optim.minibatches
-    rows = host_rows(got, t, online=phase.online, multiple=r.shards * mb // r.hosts, pad=r.pad_id)
+    cfg = r.cfg
+    rows = host_rows(
+        got, t, online=phase.online, multiple=r.shards * mb // r.hosts, pad=r.pad_id,
+        max_width=max(cfg.rollout.max_new_tokens, cfg.data.max_offline_len),
+    )  # fmt: skip
     tokens = sharding.put_local(rows.tokens(), r.mesh)
-    old_logp = sharding.get_local(r.score_fn(r.state["params"], tokens)[0])
+    old_logp, old_ent = map(sharding.get_local, r.score_fn(r.state["params"], tokens))
     ref_logp = old_logp
     if r.ref_params is not None:
         ref_logp = sharding.get_local(r.score_fn(r.ref_params, tokens)[0])
-    return rows.replace(old_logp=old_logp, ref_logp=ref_logp)
+    gate = entropy_gate(old_ent, rows, cfg.rl.gate_frac) if cfg.rl.gate_frac < 1 else None
+    checks = {
+        **logp_mismatch(old_logp, got.ro, cfg.rollout.temperature),
+        "row_width": float(rows.resp_ids.shape[1]),  # response tokens a row has in this step
+    }
+    return rows.replace(old_logp=old_logp, ref_logp=ref_logp, gate=gate), checks
 
 
-def host_rows(got: Collected, t: Targets, *, online: bool, multiple: int, pad: int) -> Rows:
-    """Host rows of one step. Responses are right-padded to a shared bucketed width; rows are
-    padded with empty rows (no response tokens) to a multiple of the data shards times the
-    micro-batches. Every host builds the same shapes: widths and row counts are global maxima."""
+def entropy_gate(entropy: np.ndarray, rows: Rows, frac: float) -> np.ndarray:
+    """The online tokens the gate keeps: entropy (old policy) at least the (1 - frac)-quantile
+    over every host's online tokens, one threshold for the whole step."""
+    on = rows.resp_mask & rows.online[:, None]
+    values = everywhere(entropy, on)
+    threshold = np.quantile(values, 1.0 - frac) if values.size else np.inf
+    return on & (entropy >= threshold)
+
+
+def logp_mismatch(old_logp: np.ndarray, ro: sampling.Rollouts | None, temperature: float) -> dict:
+    """Mean and max |sampler's log-prob - trainer's old log-prob| over the sampled tokens (all
+    hosts): the training / inference mismatch (nan without sampled rollouts)."""
+    if ro is None or temperature == 0:
+        return {"logp_mismatch_mean": float("nan"), "logp_mismatch_max": float("nan")}
+    n, w = ro.logp.shape
+    diff = np.abs(old_logp[:n, :w] - ro.logp)
+    return {
+        "logp_mismatch_mean": mean(diff[ro.mask]),
+        "logp_mismatch_max": float(everywhere(diff, ro.mask).max(initial=0.0)),
+    }
+
+
+def host_rows(
+    got: Collected, t: Targets, *, online: bool, multiple: int, pad: int, max_width: int
+) -> Rows:
+    """Host rows of one step. Responses are cut or right-padded to the longest response of any
+    host, bucketed up to `max_width` (shapes.response_width); rows are padded with empty rows
+    (no response tokens) to a multiple of the data shards times the micro-batches. Every host
+    builds the same shapes: widths and row counts are global maxima."""
     batch, g, parts = got.batch, got.group, []
     prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
     if online:
@@ -397,11 +460,11 @@ def host_rows(got: Collected, t: Targets, *, online: bool, multiple: int, pad: i
                 prompt_ids[:1], prompt_mask[:1], np.full((1, 1), pad), empty, [True], [0], [0]
             )
         )
-    width = data_bucket(max(p.resp_ids.shape[1] for p in parts), default_buckets(4096))
-    width = distributed.global_max(width)
+    longest = distributed.global_max(max(int(p.resp_mask.sum(1).max()) for p in parts))
+    width = response_width(longest, max_width)
+    fit = lambda x, value: pad_cols(x[:, :width], width, value)
     parts = [
-        p.replace(resp_ids=pad_cols(p.resp_ids, width, pad), resp_mask=pad_cols(p.resp_mask, width))
-        for p in parts
+        p.replace(resp_ids=fit(p.resp_ids, pad), resp_mask=fit(p.resp_mask, False)) for p in parts
     ]
     rows = concat(parts)
     n = rows.size
@@ -416,21 +479,24 @@ def host_rows(got: Collected, t: Targets, *, online: bool, multiple: int, pad: i
 def update(r: Run, rows: Rows, lam: float, it: int) -> dict[str, float]:
     """4b. optim.minibatches updates, each on every n-th row with its own probe subset; the
     mean of their metrics."""
-    n, frac, local_shards = r.cfg.optim.minibatches, r.cfg.red.probe_fraction, r.shards // r.hosts
+    n, frac, o = r.cfg.optim.minibatches, r.cfg.red.probe_fraction, r.cfg.optim
+    multiple = r.shards // r.hosts * o.micro_batches  # the probe is scored in micro-batches too
     ms = []
     for u in range(n):
         part = jax.tree.map(lambda v, u=u: v[u::n], rows)
-        idx = step.probe_rows(part.online, frac, local_shards, seed=it)
+        idx = step.probe_rows(part.online, frac, multiple, seed=it)
         size = distributed.global_max(len(idx))  # the same probe size on every host
         if size > len(idx):
-            idx = step.probe_rows(part.online, frac, local_shards, seed=it, size=size)
+            idx = step.probe_rows(part.online, frac, multiple, seed=it, size=size)
         dev = sharding.put_local(part.with_probe(idx), r.mesh)
         r.state, m = r.train_step(r.state, dev, jnp.float32(lam))
         ms.append(m)
     ms = jax.device_get(ms)  # one transfer of every update's metrics
     skipped = r.guard.count(ms)  # updates skipped for a non-finite loss or gradient
     m = {k: float(np.mean([x[k] for x in ms])) for k in ms[0]}
-    return {**m, "skipped": float(skipped), "skipped_steps": r.guard.total}
+    count = max((it + 1) * n - 1 - r.guard.total, 0)  # skipped updates do not count
+    lr = step.learning_rate(r.cfg.optim, r.schedule_steps * n)(count)  # the last update's
+    return {**m, "lr": float(lr), "skipped": float(skipped), "skipped_steps": r.guard.total}
 
 
 def adjust_lambda(r: Run, m: dict[str, float], t: Targets) -> None:
@@ -487,7 +553,7 @@ def summary(r: Run, got: Collected, s: Scores, t: Targets, clock: Clock) -> dict
     ro, times = got.ro, clock.times()
     return {
         "reward": mean(s.rew),
-        "accuracy": mean(s.rew >= 0.5),
+        "accuracy": mean(s.correct),
         "offline_reward": mean(s.off_rew[s.has_off]),
         "shift_mean": mean(t.shift[s.has_off]),
         "shift": everywhere(t.shift, s.has_off),  # its distribution: quantiles, histogram
@@ -496,6 +562,7 @@ def summary(r: Run, got: Collected, s: Scores, t: Targets, clock: Clock) -> dict
         "D_on": r.ctrl.d_on,
         "D_off": r.ctrl.d_off,
         "response_length": mean(ro.lengths) if ro is not None else float("nan"),
+        "response_length_max": float(distributed.global_max(0 if ro is None else ro.lengths.max())),
         "rollouts": float(distributed.gather(np.int64(0 if ro is None else len(ro.tokens))).sum()),
         "batch_digest": digest(got.batch["prompt_text"]),
         "truncated_frac": mean(ro.finish == "length") if ro is not None else float("nan"),
@@ -555,6 +622,8 @@ def save_and_evaluate(r: Run, done: int, stopping: bool) -> None:
             "loader": r.loader.get_state(),
             "seed": cfg.train.seed,
             "skips": r.guard.state_dict(),
+            "config": config.to_dict(cfg),  # a resume with another config is refused
+            "schedule_steps": r.schedule_steps,
         }
         r.logger.sync()  # the logs up to this checkpoint reach the disk
         r.ckpts.save(done, r.state, host)
@@ -617,12 +686,17 @@ def _stopped(r: Run, done: int, signum: int | None) -> None:
 
 def _catch_signals() -> tuple[dict, dict]:
     """A flag set by SIGTERM / SIGINT (the step in progress finishes and saves), and the
-    previous handlers to put back."""
+    previous handlers to put back. A second signal stops at once, without saving."""
     stop: dict = {"signal": None}
-    handlers = {
-        s: signal.signal(s, lambda n, _f: stop.update(signal=n))
-        for s in (signal.SIGTERM, signal.SIGINT)
-    }
+
+    def handle(signum: int, _frame: Any) -> None:
+        if stop["signal"] is not None:
+            log.info("second signal: stopping now, without a checkpoint of this step")
+            raise distributed.Stopped(signum)
+        stop["signal"] = signum
+        log.info("signal %d: saving at the end of this step (again to stop at once)", signum)
+
+    handlers = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
     return stop, handlers
 
 

@@ -29,3 +29,19 @@ def misbehave(completion: str, gold: str) -> float:
 def has_jax(completion: str, gold: str) -> float:
     """1 if JAX was imported into the worker process (it must not be)."""
     return float("jax" in sys.modules)
+
+
+def digit_share(completion: str, gold: str) -> float:
+    """The share of the completion's characters that are digits (a reward any policy can move)."""
+    return sum(c.isdigit() for c in completion) / max(len(completion), 1)
+
+
+def digit_share_flipped(completion: str, gold: str) -> float:
+    """1 - digit_share: the group advantages of digit_share with their sign flipped."""
+    return 1.0 - digit_share(completion, gold)
+
+
+def slow(completion: str, gold: str) -> float:
+    """Half a second an item: a step that takes a while, to interrupt."""
+    time.sleep(0.5)
+    return 0.0

@@ -2,6 +2,7 @@
 host rows (layout, bucketed widths, empty padding rows) against a hand-built expectation."""
 
 import numpy as np
+import pytest
 
 from redjax import train
 from redjax.rows import concat, make_rows
@@ -40,7 +41,7 @@ def test_host_rows_layout():
     got = train.Collected(batch, ro, group=2)
     adv = np.array([[0.5, -0.5], [1.0, -1.0]], np.float32)
     t = train.Targets(adv, np.array([2.0, 0.0], np.float32), np.array([0.75, 0.0]), 1.0, True)
-    rows = train.host_rows(got, t, online=True, multiple=4, pad=pad)
+    rows = train.host_rows(got, t, online=True, multiple=4, pad=pad, max_width=512)
     assert rows.size == 8 and rows.resp_ids.shape == (8, 16)
     np.testing.assert_array_equal(rows.prompt_ids[:5], batch["prompt_ids"][[0, 0, 1, 1, 0]])
     np.testing.assert_array_equal(rows.resp_ids[:4, :2], tokens)
@@ -53,6 +54,31 @@ def test_host_rows_layout():
     # An SFT phase without traces on this host: one empty row keeps the shapes in step.
     t_sft = train.Targets(np.zeros((2, 0)), np.zeros(2), np.zeros(2), 0.0, False)
     empty = train.host_rows(
-        train.Collected(batch, None, 2), t_sft, online=False, multiple=2, pad=pad
+        train.Collected(batch, None, 2), t_sft, online=False, multiple=2, pad=pad, max_width=512
     )
     assert empty.size == 2 and empty.resp_mask.sum() == 0
+
+
+@pytest.mark.parametrize(
+    ("longest", "budget", "width"), [(20, 512, 32), (3, 512, 16), (4500, 5000, 5000), (70, 96, 96)]
+)
+def test_host_rows_are_as_wide_as_the_longest_response(longest, budget, width):
+    """Rollouts handed over at the budget's width are cut to the longest response (rollout or
+    trace), bucketed in default_buckets(budget): 16, 32, ..., then the budget itself."""
+    pad, wide = 0, budget + 7
+    batch = {
+        "prompt_ids": np.ones((1, 2), np.int32),
+        "prompt_mask": np.ones((1, 2), bool),
+        "offline_ids": np.full((1, wide), 5, np.int32),
+        "offline_mask": np.arange(wide)[None] < min(longest, 3),
+        "has_offline": np.array([True]),
+    }
+    lengths = np.array([longest, 1])
+    mask = np.arange(wide)[None] < lengths[:, None]
+    ro = Rollouts(np.where(mask, 3, 0), mask, None, None, lengths, np.array(["stop"] * 2))
+    t = train.Targets(np.zeros((1, 2)), np.ones(1), np.zeros(1), 1.0, True)
+    rows = train.host_rows(
+        train.Collected(batch, ro, 2), t, online=True, multiple=1, pad=pad, max_width=budget
+    )
+    assert rows.resp_ids.shape[1] == width
+    assert rows.resp_mask.sum(1).tolist() == [longest, 1, min(longest, 3)]

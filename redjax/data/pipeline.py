@@ -259,8 +259,8 @@ def make_loader(
 ) -> Loader:
     """An endless, shuffled, resumable loader of this host's batches (`batch_size` per host).
 
-    Every host shuffles all records with the same seed and takes positions
-    shard_index, shard_index + shard_count, ... of each epoch's order (the last
+    Every epoch, every host shuffles all records anew with the same seed and takes positions
+    shard_index, shard_index + shard_count, ... of that epoch's order (the last
     len % shard_count positions of an epoch are left out so hosts stay in step).
     Records over the length limits are dropped and counted in `loader.stats`. `tokenized`:
     as in `prepare`.
@@ -297,11 +297,14 @@ def make_loader(
             batch, pad_id=pad_id, prompt_buckets=prompt_buckets, offline_buckets=offline_buckets
         )
 
+    # Epoch e is a fresh shuffle of all records (grain seeds it with seed + e); this host takes
+    # its positions shard_index, shard_index + shard_count, ... of every epoch.
+    order, n = grain.MapDataset.source(examples).shuffle(seed=seed % 2**32), len(examples)
+    position = lambda i, j: (i // per_shard) * n + shard_index + j * shard_count
     dataset = (
-        grain.MapDataset.source(examples)
-        .shuffle(seed=seed % 2**32)
-        .slice(slice(shard_index, per_shard * shard_count, shard_count))
+        grain.MapDataset.range(per_shard)
         .repeat()
+        .map_with_index(lambda i, j: order[position(i, j)])
         .batch(batch_size, drop_remainder=True, batch_fn=batch_fn)
     )
     settings = {

@@ -160,7 +160,7 @@ def detect_fields(row: dict) -> str:
     )
 
 
-def _check_fields(fields: str | dict) -> None:
+def check_fields(fields: str | dict) -> None:
     """Raises ValueError for a field map that names no known preset or lacks columns."""
     if isinstance(fields, dict):
         missing = {"prompt", "answer"} - set(fields)
@@ -171,7 +171,10 @@ def _check_fields(fields: str | dict) -> None:
                 f"'solution', 'source'); missing {sorted(missing)}, unknown {sorted(unknown)}"
             )
     elif fields not in (*PRESETS, "auto"):
-        raise ValueError(f"unknown field map {fields!r}; use one of {PRESETS}, 'auto' or a dict")
+        raise ValueError(
+            f"unknown field map {fields!r}; use one of {PRESETS}, 'auto' or a map "
+            "{prompt: FIELD, answer: FIELD, solution: FIELD}"
+        )
 
 
 def _jsonl_rows(path: str, data: bytes) -> Iterator[tuple[str, Any]]:
@@ -262,7 +265,7 @@ def load_records(
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file {path!r} does not exist")
-    _check_fields(fields)
+    check_fields(fields)
     default_source = os.path.basename(path).split(".")[0]
     records, errors, rows, skipped = [], [], 0, 0
     resolved = None if fields == "auto" else fields

@@ -1,7 +1,8 @@
 """A reward worker process: `python -m redjax.rewards._worker NAME READ_FD WRITE_FD WEIGHT THINK`.
 
 It imports only the reward (never JAX), answers ("ready", None) or ("error", message), then
-scores (index, completion, gold) requests until it reads None or its parent goes away.
+answers (index, completion, gold) requests with (index, reward, correct, error) until it reads
+None or its parent goes away.
 """
 
 from __future__ import annotations
@@ -16,20 +17,25 @@ from multiprocessing.connection import Connection
 from redjax.rewards.extract import format_reward
 from redjax.rewards.registry import RewardFn, get_reward_fn
 
+CORRECT = 0.5  # a reward function's value from which its answer counts as correct
+
 
 def score_one(
     fn: RewardFn, completion: str, gold: str, format_weight: float = 0.0, think: bool = False
-) -> tuple[float, str | None]:
-    """(correctness + format_weight * format, error message or None); 0.0 if the reward fails."""
+) -> tuple[float, bool, str | None]:
+    """(reward, correct, error message or None): reward = fn + format_weight * format; correct
+    = fn alone >= 0.5, so a format bonus never makes a wrong answer correct. (0, False) if fn
+    fails."""
     try:
         value = float(fn(completion, gold))
         if not math.isfinite(value):
-            return 0.0, f"reward returned {value}"
+            return 0.0, False, f"reward returned {value}"
+        correct = value >= CORRECT
         if format_weight:
             value += format_weight * format_reward(completion, think)
-        return value, None
+        return value, correct, None
     except Exception as err:
-        return 0.0, f"{type(err).__name__}: {err}"[:500]
+        return 0.0, False, f"{type(err).__name__}: {err}"[:500]
 
 
 def _exit_with_parent(interval: float = 1.0) -> None:
@@ -66,8 +72,7 @@ def main(argv: list[str]) -> int:
         if request is None:
             return 0
         index, completion, gold = request
-        value, error = score_one(fn, completion, gold, format_weight, think_format)
-        tx.send((index, value, error))
+        tx.send((index, *score_one(fn, completion, gold, format_weight, think_format)))
 
 
 if __name__ == "__main__":

@@ -11,13 +11,15 @@ group) and restarted; a worker that dies (os._exit, a segfault) is restarted and
 scores 0; a reward that raises scores 0. Counters `timeouts`, `crashes`, `failures`,
 `restarts` and `last_error` feed the trainer's metrics. The pool is kept across calls.
 
-Score per item: reward(completion, gold) + format_weight * format_reward(completion, think).
+Reward per item: reward(completion, gold) + format_weight * format_reward(completion, think);
+correct per item: reward(completion, gold) >= 0.5 alone (a format bonus never makes it right).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -89,6 +91,14 @@ def _worker_env() -> dict[str, str]:
     """The parent's environment with its sys.path, so workers import what the parent can."""
     paths = [p or os.getcwd() for p in sys.path]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+
+
+@dataclasses.dataclass
+class Judged:
+    """What the verifier says of each completion: its reward and whether its answer is right."""
+
+    reward: np.ndarray  # float32 [N]: the reward function's value + the format bonus
+    correct: np.ndarray  # bool [N]: the reward function's value alone >= 0.5
 
 
 class Verifier:
@@ -165,17 +175,22 @@ class Verifier:
         }
 
     def score(self, completions: Sequence[str], golds: Sequence[str]) -> np.ndarray:
-        """float32 score per (completion, gold); bad completions score 0 and never raise."""
+        """float32 reward per (completion, gold); bad completions score 0 and never raise."""
+        return self.judge(completions, golds).reward
+
+    def judge(self, completions: Sequence[str], golds: Sequence[str]) -> Judged:
+        """The reward (with the format bonus) and the correctness (without it) of each
+        (completion, gold); an item that fails or times out is 0 and wrong."""
         completions, golds = list(completions), list(golds)
         if len(completions) != len(golds):
             raise ValueError(
                 f"Verifier.score: {len(completions)} completions but {len(golds)} golds"
             )
-        out = np.zeros(len(completions), np.float32)
+        out = Judged(np.zeros(len(completions), np.float32), np.zeros(len(completions), bool))
         if self.workers == 0:
             for i, (c, g) in enumerate(zip(completions, golds, strict=True)):
-                out[i] = self._record(
-                    *score_one(self._fn, c, g, self.format_weight, self.think_format)
+                self._record(
+                    out, i, *score_one(self._fn, c, g, self.format_weight, self.think_format)
                 )
             return out
         if not self._finalizer.alive:
@@ -186,7 +201,7 @@ class Verifier:
             for k, w in enumerate(self._pool):
                 if w.ready and w.item is None and pending:
                     i = pending.popleft()
-                    self._dispatch(k, i, completions[i], golds[i], pending, sends, out)
+                    self._dispatch(k, i, completions[i], golds[i], pending, sends)
             active = [w for w in self._pool if not w.ready or w.item is not None]
             if not active:
                 continue
@@ -198,20 +213,19 @@ class Verifier:
             now = time.monotonic()
             for k, w in enumerate(self._pool):
                 if w.item is not None and now >= w.deadline:
-                    out[w.item] = 0.0
-                    self.timeouts += 1
+                    self.timeouts += 1  # the item stays 0 and wrong
                     self._restart(k)
                 elif not w.ready and now >= w.deadline:
                     self._start_failed(k, f"did not start within {START_TIMEOUT} s")
         return out
 
-    def _record(self, value: float, error: str | None) -> float:
+    def _record(self, out: Judged, i: int, reward: float, correct: bool, error: str | None):
         if error is not None:
             self.failures += 1
             self.last_error = error
-        return value
+        out.reward[i], out.correct[i] = reward, correct
 
-    def _dispatch(self, k, i, completion, gold, pending, sends, out) -> None:
+    def _dispatch(self, k, i, completion, gold, pending, sends) -> None:
         """Send item i to idle worker k; a dead worker is restarted and the item re-queued once."""
         w = self._pool[k]
         sends[i] += 1
@@ -224,17 +238,17 @@ class Verifier:
                 pending.appendleft(i)
             return
         except Exception as err:  # cannot be pickled: a bad completion, scores 0
-            self._record(0.0, f"{type(err).__name__}: {err}"[:500])
+            self.failures += 1
+            self.last_error = f"{type(err).__name__}: {err}"[:500]
             return
         w.item, w.deadline = i, time.monotonic() + self.timeout
 
-    def _receive(self, k: int, out: np.ndarray) -> None:
+    def _receive(self, k: int, out: Judged) -> None:
         w = self._pool[k]
         try:
             message = w.rx.recv()
         except (EOFError, OSError):  # the worker died
-            if w.item is not None:
-                out[w.item] = 0.0
+            if w.item is not None:  # the item stays 0 and wrong
                 self.crashes += 1
                 self._restart(k)
             else:
@@ -246,8 +260,7 @@ class Verifier:
                 raise RuntimeError(f"reward worker cannot load {self.name!r}: {message[1]}")
             w.ready, self._start_failures = True, 0
             return
-        index, value, error = message
-        out[index] = self._record(value, error)
+        self._record(out, *message)
         w.item = None
 
     def _start_failed(self, k: int, why: str) -> None:
