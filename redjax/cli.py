@@ -1,4 +1,4 @@
-"""The `redjax` command line: train, generate, eval, export, plan, info.
+"""The `redjax` command line: train, generate, eval, export, import, plan, info.
 
 Each sub-command parses its arguments here and calls one function of the module that does the
 work. A user mistake (bad key, missing file) prints one line `redjax: error: ...` and exits 2;
@@ -42,6 +42,12 @@ def _export(args: argparse.Namespace) -> None:
     from redjax import runs
 
     runs.export(args.run_dir, args.out, step=args.step)
+
+
+def _import(args: argparse.Namespace) -> None:
+    from redjax.models import gguf
+
+    print(gguf.import_gguf(args.file, args.out))
 
 
 def _plan(args: argparse.Namespace) -> None:
@@ -107,6 +113,11 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("out")
     x.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     x.set_defaults(fn=_export)
+
+    im = sub.add_parser("import", help="write a GGUF file as a Hugging Face folder (float32)")
+    im.add_argument("file", help="a .gguf file of a Llama, Qwen2 or Qwen3 model")
+    im.add_argument("out", help="the folder to write (new or empty)")
+    im.set_defaults(fn=_import)
 
     m = sub.add_parser("plan", help="memory per device for a config and mesh")
     m.add_argument("config", nargs="?", default=None)
