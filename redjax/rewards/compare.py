@@ -1,7 +1,8 @@
 """Comparison: gold-led equality of two cleaned answers (see redjax.rewards.math).
 
-Scalars by string, then text, then sympy (numbers within `rtol` of the gold, expressions
-by fixed irrational points and simplify); structures item by item, led by the gold's kind.
+Scalars by string, then text, then sympy (numbers within `rtol` of the gold, or a decimal
+answer rounded from it, expressions by fixed irrational points and simplify); structures item
+by item, led by the gold's kind.
 Before that, chains are cut to their last side, labels matched, decimal commas read, and an
 inequality meets an interval as an interval.
 """

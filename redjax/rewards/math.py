@@ -4,8 +4,9 @@ Pipeline for one (gold, answer) pair, gold first, one module per job:
   1. redjax.rewards.extract: the completion's final answer: with extract="boxed" (the
      default) the last \\boxed{}, else an "answer is" / "answer:" / "####" line; with
      extract="any" also a "Final Answer" heading, a short answer-only text, the last math
-     span or the last number (one standing alone: a digit glued to a letter, digit, "_" or
-     "^" is no answer, so "AZYUK2A" and "x^2" give none). With extract="any" an answer line
+     span or the last number (one standing alone: not touching a letter, "_", "^" or "."
+     and not cut from a longer number, so "AZYUK2A", "x^2" and "1,234,5" give none; "1,22"
+     is one number). With extract="any" an answer line
      after the last box takes it back ("\\boxed{3}. Wait, the answer is 4." is 4) when that
      line's answer has a digit and no prose (a number and a unit word, "4 apples", counts).
      A run of boxes ("\\boxed{1}, \\boxed{2}", each keeping a "k =" written just before it)
@@ -134,7 +135,8 @@ def math_reward(completion: str, gold: str, *, rtol: float = RTOL, extract: str 
 
     extract: "boxed" reads the last \\boxed{} (else an "answer is" line); "any" reads the
     final answer wherever the model put it (see redjax.rewards.extract). When the gold is a
-    set or list, a run of boxes "\\boxed{1}, \\boxed{2}" is compared as that list.
+    set or list, a run of boxes "\\boxed{1}, \\boxed{2}" (with "any" and no box, a run of $
+    spans) is compared as that list.
     """
     if extract not in EXTRACT_MODES:
         raise ValueError(f"math_reward: extract must be one of {EXTRACT_MODES}, got {extract!r}")
