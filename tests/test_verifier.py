@@ -263,6 +263,8 @@ ANY_RULES = [
     ("retraction", "3", "So $\\boxed{3}$. The answer is correct.", 1),
     ("retraction", "3", "So $\\boxed{3}$. So the answer is in the box, see step 2.", 1),
     ("retraction", "3", "The answer is $\\boxed{3}$.", 1),
+    ("retraction", "2", "So $\\boxed{12}$. Note the answer is 2 times bigger.", 0),
+    ("retraction", "12", "So $\\boxed{12}$. Note the answer is 2 times bigger.", 1),
     ("retraction", "4", "The answer is 4, so $\\boxed{3}$.", 0),
     ("spans", "(8,5),(5,8)", "The pairs are $(5, 8)$ and $(8, 5)$.", 1),
     ("spans", "(8,5),(5,8)", "The pairs are $(5, 8)$ and $(8, 6)$.", 0),

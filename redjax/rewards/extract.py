@@ -227,7 +227,7 @@ def _retraction(text: str) -> str | None:
     return None if re.search(r"[a-zA-Z]{4,}|[a-zA-Z]\s+[a-zA-Z]", bare) else found
 
 
-_NUMBER_UNIT = re.compile(r"\\?\$?-?\d[\d.,]*\s*[a-zA-Z]+(?: [a-zA-Z]+)?")
+_NUMBER_UNIT = re.compile(r"\\?\$?-?\d[\d.,]*\s*[a-zA-Z]+")  # one word: "4 apples"
 
 
 def _any_answer(text: str) -> str | None:
