@@ -196,8 +196,8 @@ _ROUNDED = re.compile(r"-?(\d*)\.(\d+)")  # a decimal answer: "0.3333", "-1.41"
 
 
 def _rounded(g: sympy.Expr, a: str) -> bool:
-    """Whether a decimal answer is the gold rounded (half away from zero) to the answer's own
-    decimals, with >= MIN_ROUNDED_DIGITS significant digits, for a real gold that no decimal writes exactly."""
+    """Whether a decimal answer is the gold rounded (half away from zero) to its own decimals,
+    with >= MIN_ROUNDED_DIGITS significant digits, for a real gold no decimal writes exactly."""
     m = _ROUNDED.fullmatch(a)
     if m is None or len(a) > 100 or g.free_symbols or g.is_real is not True:
         return False
@@ -333,8 +333,8 @@ _DECIMAL = re.compile(r"-?\d*\.\d+")
 
 
 def _decimal_comma(g: str, a: str) -> tuple[str, str]:
-    """Read an answer "1000,99" as 1000.99 when the gold is a decimal number, and a gold
-    "1000,99" likewise when the answer is (not a gold "2,3": that is the list 2, 3)."""
+    """Read an answer "1,22" as 1.22 when the gold has no comma (a thousands "1,234" is gone
+    by now), and a gold "1000,99" when the answer is a decimal (a gold "2,3" is a list)."""
     if _DECIMAL_COMMA.fullmatch(a) and "," not in g:  # a list "1,22" never equals such a gold
         return g, a.replace(",", ".")
     if _GOLD_DECIMAL_COMMA.fullmatch(g) and _DECIMAL.fullmatch(a):

@@ -167,9 +167,6 @@ def _last_span(text: str) -> tuple[str | None, int]:
     return (best.strip() or None) if best is not None else None, best_end
 
 
-# A number standing alone: not glued to a letter, digit, "_", "^" or "." on either side
-# ("AZYUK2A", "x^2", "v2" hold no answer), and not cut out of a longer number ("1,234,5").
-# "1,22" (a comma not followed by exactly three digits) is kept whole for the decimal rule.
 _SPAN_CONNECTOR = re.compile(r"\s*[,;]?\s*(?:(?:and|or)\s+)?")
 
 
@@ -191,6 +188,9 @@ def span_group(text: str) -> list[str]:
     return group[::-1]
 
 
+# A number standing alone: not glued to a letter, digit, "_", "^" or "." on either side
+# ("AZYUK2A", "x^2", "v2" hold no answer), and not cut out of a longer number ("1,234,5").
+# "1,22" (a comma not followed by exactly three digits) is kept whole for the decimal rule.
 _LAST_NUMBER = re.compile(
     r"(?<![\w.^])(?<!\d,)"
     r"(?:(?<![\w)\]}])-)?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+,\d+|\d+(?:\.\d+)?(?:/\d+)?|\.\d+)"
@@ -213,8 +213,8 @@ def _whole(text: str) -> str | None:
 
 
 def _retraction(text: str) -> str | None:
-    """Mode "any": the answer of an "the answer is" / "Answer:" line after the last box, when
-    it is a short answer with a digit ("\\boxed{3}. Wait, the answer is 4." -> "4")."""
+    """Mode "any": the answer on a "the answer is" / "Answer:" line after the last box, when it
+    is a short answer with a digit ("\\boxed{3}. Wait, the answer is 4." -> "4"), else None."""
     start = max(text.rfind(cmd) for cmd in BOX_COMMANDS)
     _, end = _box_at(text, start, len(text))
     after = text[end:] if end >= 0 else ""
