@@ -298,6 +298,7 @@ ADDED = [  # (category, gold, completion, label, style)
     ("garbage", "2", "So the vector is v2", 0, "adversarial"),
     ("garbage", "2", "so we end with x^2", 0, "adversarial"),
     ("garbage", "7", "ID7X9", 0, "adversarial"),
+    ("garbage", "2", P[3] + " So the probability is \\frac{1}{2}.", 0, "adversarial"),
     ("equation_rhs", "7 = 11a + c", B("11a + c"), 0, "adversarial"),
     ("equation_rhs", "7 = 11a + c", P[1] + " So $11a + c$.", 0, "adversarial"),
     ("equation_rhs", "2x + 3y = 12", B("12"), 0, "adversarial"),

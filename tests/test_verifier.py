@@ -250,6 +250,10 @@ ANY_RULES = [
     ("garbage", "1234", "the total is 1,234.", 1),
     ("garbage", "234", "the total is 1,234.", 0),
     ("garbage", "5", "the total is 1,234,5", 0),
+    ("garbage", "2", "so the probability is \\frac{1}{2}.", 0),
+    ("garbage", "\\frac{1}{2}", "so the probability is \\frac{1}{2}.", 1),
+    ("garbage", "-\\frac{7}{3}", "so the slope is -\\dfrac{7}{3}", 1),
+    ("garbage", "2", "so we end with \\sqrt{2}", 0),
     ("partial", "123", "so the answer is 12", 0),
     ("partial", "123", "so it is 123", 1),
     ("partial", "1/30", "so it is 1/3", 0),
@@ -404,6 +408,7 @@ def test_span_group(text, expected):
         "$1$, " * 200_000,
         "\\boxed{1}" + " the answer is 2" * 60_000,
         "$k=\\boxed{1}$ and " * 50_000,
+        "\\frac{1}{2} \\frac{" * 100_000,
     ],
     ids=[
         "parens",
@@ -420,6 +425,7 @@ def test_span_group(text, expected):
         "span_run",
         "retraction",
         "labelled_boxes",
+        "fractions",
     ],  # fmt: skip
 )
 def test_any_extraction_is_fast_on_megabytes(text):

@@ -188,11 +188,13 @@ def span_group(text: str) -> list[str]:
     return group[::-1]
 
 
-# A number standing alone: not glued to a letter, digit, "_", "^" or "." on either side
-# ("AZYUK2A", "x^2", "v2" hold no answer), and not cut out of a longer number ("1,234,5").
-# "1,22" (a comma not followed by exactly three digits) is kept whole for the decimal rule.
+# A number standing alone: not glued to a letter, digit, "_", "^" or "." on either side, not
+# a brace group ("AZYUK2A", "x^2", "v2", the 2 of "\\sqrt{2}" hold no answer), not cut out of a
+# longer number ("1,234,5"); "1,22" (a comma not followed by exactly three digits) is kept
+# whole for the decimal rule, and "\\frac{3}{5}" is one number.
 _LAST_NUMBER = re.compile(
-    r"(?<![\w.^])(?<!\d,)"
+    r"(?:(?<![\w)\]}])-)?\\[dt]?frac\{\d+\}\{\d+\}"
+    r"|(?<![\w.^])(?<!\d,)(?!(?<=\{)[\d.,/]+\})"
     r"(?:(?<![\w)\]}])-)?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+,\d+|\d+(?:\.\d+)?(?:/\d+)?|\.\d+)"
     r"(?![\w^]|[.,/]\d)"
 )
