@@ -7,9 +7,8 @@ Pipeline for one (gold, answer) pair, gold first, one module per job:
      span or the last number (one standing alone: not touching a letter, "_", "^" or ".",
      not a brace group and not cut from a longer number, so "AZYUK2A", "x^2", "\\sqrt{2}"
      and "1,234,5" give none; "1,22" and "\\frac{3}{5}" are one number). With extract="any"
-     an answer line
-     after the last box takes it back ("\\boxed{3}. Wait, the answer is 4." is 4) when that
-     line's answer has a digit and no prose (a number and a unit word, "4 apples", counts).
+     an answer line after the last box takes it back ("\\boxed{3}. Wait, the answer is 4."
+     is 4) when its answer has a digit and no prose (a number and one word, "4 apples", counts).
      A run of boxes ("\\boxed{1}, \\boxed{2}", each keeping a "k =" written just before it)
      answers a gold set or list as that list, and with extract="any" and no box so does a
      run of $ spans ("$(5,8)$ and $(8,5)$"); otherwise the last box counts;
