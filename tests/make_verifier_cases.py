@@ -251,10 +251,10 @@ WRITTEN = [  # (category, gold, completion, label): wrong boxes, several boxes, 
 HUGE = "10^{10^{10}}"
 NEST = "\\frac{1}{" * 61 + "2" + "}" * 61  # 61 reciprocals of 2: 1/2
 ADVERSARIAL = [  # near-misses, substrings, huge values, deep nesting, injections
-    ("near_miss", "\\frac{1}{3}", P[0] + " $\\boxed{0.3333}$", 0),
+    ("near_miss", "\\frac{1}{3}", P[0] + " $\\boxed{0.3333}$", 1),  # rounded (see ADDED)
     ("near_miss", "\\frac{2}{3}", P[0] + " $\\boxed{0.67}$", 0),
     ("near_miss", "123456789", P[0] + " $\\boxed{123456790}$", 0),
-    ("near_miss", "\\sqrt{2}", P[0] + " $\\boxed{1.414}$", 0),
+    ("near_miss", "\\sqrt{2}", P[0] + " $\\boxed{1.414}$", 1),  # rounded
     ("near_miss", "\\pi", P[0] + " $\\boxed{3.14}$", 0),
     ("near_miss", "x^2+1", P[1] + " $\\boxed{x^2-1}$", 0),
     ("near_miss", "2^{10}", P[1] + " $\\boxed{1024}$", 1),
@@ -287,6 +287,88 @@ ADVERSARIAL = [  # near-misses, substrings, huge values, deep nesting, injection
     ("long", "2", "x" * 20000 + " so $\\boxed{3}$", 0),
 ]
 
+B = "So the final answer is $\\boxed{{{}}}$.".format
+RETRACTED = P[0] + " So $\\boxed{3}$. Wait, that's wrong; the answer is 4."
+# Added after the rules of rounding, decimal commas, "!=", labelled boxes and spans, a retraction
+# after the box, and the false-positive classes they guard (a digit in a garbage token, an
+# equation's right side, a partial number); appended last so earlier ids stay as they were.
+ADDED = [  # (category, gold, completion, label, style)
+    ("garbage", "2", "AZYUK2A", 0, "adversarial"),
+    ("garbage", "2", P[0] + " The code is AZYUK2A.", 0, "adversarial"),
+    ("garbage", "2", "So the vector is v2", 0, "adversarial"),
+    ("garbage", "2", "so we end with x^2", 0, "adversarial"),
+    ("garbage", "7", "ID7X9", 0, "adversarial"),
+    ("garbage", "2", P[3] + " So the probability is \\frac{1}{2}.", 0, "adversarial"),
+    ("equation_rhs", "7 = 11a + c", B("11a + c"), 0, "adversarial"),
+    ("equation_rhs", "7 = 11a + c", P[1] + " So $11a + c$.", 0, "adversarial"),
+    ("equation_rhs", "2x + 3y = 12", B("12"), 0, "adversarial"),
+    ("equation_rhs", "7 = 11a + c", B("11a + c = 7"), 1, "written"),
+    ("equation_rhs", "7 = 11a + c", B("c = 7 - 11a"), 1, "written"),
+    ("substring", "123", B("12"), 0, "adversarial"),
+    ("substring", "123", P[2] + " The answer is 12.", 0, "adversarial"),
+    ("substring", "\\frac{1}{30}", B("\\frac{1}{3}"), 0, "adversarial"),
+    ("substring", "\\frac{1}{3}", B("\\frac{1}{30}"), 0, "adversarial"),
+    ("substring", "1/30", "so it is 1/3", 0, "adversarial"),
+    ("wrong_box", "3", RETRACTED, 0, "adversarial"),
+    ("wrong_box", "4", RETRACTED, 1, "written"),
+    ("near_miss", "\\frac{1}{3}", B("0.3"), 0, "adversarial"),
+    ("near_miss", "\\frac{1}{3}", B("0.3334"), 0, "adversarial"),
+    ("near_miss", "\\frac{2}{3}", B("0.6666"), 0, "adversarial"),
+    ("near_miss", "\\sqrt{2}", B("1.4143"), 0, "adversarial"),
+    ("near_miss", "\\pi", B("3.1415"), 0, "adversarial"),
+    ("near_miss", "\\frac{1}{8}", B("0.1300"), 0, "adversarial"),
+    ("near_miss", "0.33333", B("0.3333"), 0, "adversarial"),
+    ("near_miss", "7", B("7.0001"), 0, "adversarial"),
+    ("rounded", "\\frac{1}{7}", B("0.1429"), 1, "written"),
+    ("rounded", "-\\frac{2}{3}", B("-0.6667"), 1, "written"),
+    ("rounded", "\\sqrt{2}", "Answer: 1.4142", 1, "written"),
+    ("rounded", "2\\pi", B("6.2832"), 1, "written"),
+    ("decimal_comma", "1.22", B("1,22"), 1, "written"),
+    ("decimal_comma", "1.22", P[0] + " so it comes to 1,22.", 1, "written"),
+    ("decimal_comma", "\\frac{1}{4}", B("0,25"), 1, "written"),
+    ("decimal_comma", "1.2345", B("1,2345"), 1, "written"),
+    ("decimal_comma", "122", B("1,22"), 0, "adversarial"),
+    ("decimal_comma", "1.234", B("1,234"), 0, "adversarial"),
+    ("decimal_comma", "1234", B("1,234"), 1, "written"),
+    ("inequality", "x \\neq 3", B("x != 3"), 1, "written"),
+    ("inequality", "x \\neq 3", B("x != 4"), 0, "adversarial"),
+    ("inequality", "[-2, 7]", B("-2 \\le x \\le 7"), 1, "written"),
+    ("inequality", "[-2, 7]", B("-2 < x \\le 7"), 0, "adversarial"),
+    (
+        "matrix",
+        "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}",
+        B("\\begin{vmatrix}1&2\\\\3&4\\end{vmatrix}"),
+        0,
+        "adversarial",
+    ),
+    (
+        "matrix",
+        "\\begin{array}{cc}1&2\\\\3&4\\end{array}",
+        B("\\begin{bmatrix} 1 & 2 \\\\ 3 & 4 \\end{bmatrix}"),
+        1,
+        "written",
+    ),
+    ("tuple_set", "(8,5),(5,8)", B("(5, 8), (8, 5)"), 1, "written"),
+    (
+        "tuple_set",
+        "\\{(8,5),(5,8)\\}",
+        P[4] + " The pairs are $(5, 8)$ and $(8, 5)$.",
+        1,
+        "written",
+    ),
+    ("tuple_set", "(8,5),(5,8)", B("(5, 8), (8, 6)"), 0, "adversarial"),
+    ("tuple_set", "(8,5),(5,8)", B("(5, 8)"), 0, "adversarial"),
+    ("labelled", "n=2, k=45", B("k = 45, n = 2"), 1, "written"),
+    ("labelled", "45, 2", B("k = 45, n = 2"), 1, "written"),
+    ("labelled", "n=2, k=45", B("45, 2"), 0, "adversarial"),
+    ("labelled", "n=2, k=45", P[0] + " So $k=\\boxed{45}$ and $n=\\boxed{2}$.", 1, "written"),
+    ("labelled", "n=2, k=45", P[0] + " So $k=\\boxed{2}$ and $n=\\boxed{45}$.", 0, "adversarial"),
+    ("labelled", "n=2, k=45", P[0] + " So $k = 45$ and $n = 2$.", 1, "written"),
+    ("units", "5", B("5 \\text{ dollars}"), 1, "written"),
+    ("units", "5", B("6 \\text{ dollars}"), 0, "adversarial"),
+    ("units", "12", "She has 12 apples left.", 1, "written"),
+]
+
 
 def rows() -> list[dict]:
     """Every labelled pair, in a fixed order."""
@@ -299,6 +381,8 @@ def rows() -> list[dict]:
     for group, style in ((WRITTEN, "written"), (ADVERSARIAL, "adversarial")):
         for cat, gold, text, label in group:
             out.append(dict(category=cat, style=style, gold=gold, completion=text, label=label))
+    for cat, gold, text, label, style in ADDED:
+        out.append(dict(category=cat, style=style, gold=gold, completion=text, label=label))
     return out
 
 

@@ -15,7 +15,7 @@ from reward_cases import B
 
 from redjax import config
 from redjax.rewards import Verifier, extract_answer, get_reward_fn, is_equiv, math_reward
-from redjax.rewards.extract import boxed_group
+from redjax.rewards.extract import boxed_group, span_group
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SAFETY_BOUND = 5.0  # seconds: the per-item time-out of a run (reward.timeout)
@@ -123,6 +123,103 @@ RULES = [
     ("semicolons", "1, 2, 3", B("1; 2; 4"), 0),
     ("semicolons", "1; 2", B("2, 1"), 1),
     ("semicolons", "1; 2", B("2; 2"), 0),
+    ("equation_rhs", "7 = 11a + c", B("11a + c"), 0),
+    ("equation_rhs", "7 = 11a + c", B("11a + c = 7"), 1),
+    ("equation_rhs", "7 = 11a + c", B("c = 7 - 11a"), 1),
+    ("equation_rhs", "7 = 11a + c", B("7"), 0),
+    ("equation_rhs", "2x + 3y = 12", B("12"), 0),
+    ("equation_rhs", "24", B("4! = 24"), 1),
+    ("equation_rhs", "0.5", B("\\frac{1}{2} = 0.5"), 1),
+    ("decimal_comma", "1.22", B("1,22"), 1),
+    ("decimal_comma", "122", B("1,22"), 0),
+    ("decimal_comma", "1, 22", B("1,22"), 1),
+    ("decimal_comma", "1234", B("1,234"), 1),
+    ("decimal_comma", "1.234", B("1,234"), 0),
+    ("decimal_comma", "1.2345", B("1,2345"), 1),
+    ("decimal_comma", "12345", B("1,2345"), 0),
+    ("decimal_comma", "\\frac{1}{4}", B("0,25"), 1),
+    ("decimal_comma", "\\frac{1}{8}", B("0,125"), 1),
+    ("decimal_comma", "125", B("0,125"), 0),
+    ("decimal_comma", "1.22", B("1, 22"), 0),
+    ("not_equal", "x \\neq 3", B("x != 3"), 1),
+    ("not_equal", "x \\neq 3", B("x!=3"), 1),
+    ("not_equal", "x \\neq 3", B("x != 4"), 0),
+    ("not_equal", "x != 3", B("x \\neq 3"), 1),
+    ("not_equal", "x \\neq 3", B("x = 3"), 0),
+    ("not_equal", "120", B("5!=120"), 1),
+    ("not_equal", "120", B("5!=121"), 0),
+    (
+        "matrix",
+        "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}",
+        B("\\begin{bmatrix} 1 & 2 \\\\ 3 & 4 \\end{bmatrix}"),
+        1,
+    ),
+    (
+        "matrix",
+        "\\begin{array}{cc}1&2\\\\3&4\\end{array}",
+        B("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}"),
+        1,
+    ),
+    (
+        "matrix",
+        "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}",
+        B("\\begin{vmatrix}1&2\\\\3&4\\end{vmatrix}"),
+        0,
+    ),
+    (
+        "matrix",
+        "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}",
+        B("\\begin{Vmatrix}1&2\\\\3&4\\end{Vmatrix}"),
+        0,
+    ),
+    ("tuple_set", "(8,5),(5,8)", B("(5, 8), (8, 5)"), 1),
+    ("tuple_set", "\\{(8,5),(5,8)\\}", B("(5, 8), (8, 5)"), 1),
+    ("tuple_set", "(8,5),(5,8)", B("\\{(5, 8), (8, 5)\\}"), 1),
+    ("tuple_set", "(8,5),(5,8)", B("(5, 8) \\text{ and } (8, 5)"), 1),
+    ("tuple_set", "(8,5),(5,8)", B("(8, 5), (8, 5)"), 0),
+    ("tuple_set", "(8,5),(5,8)", B("(5, 8)"), 0),
+    ("tuple_set", "(8,5),(5,8)", B("(5, 8), (8, 5), (1, 1)"), 0),
+    ("tuple_set", "((8,5),(5,8))", B("((5, 8), (8, 5))"), 0),
+    ("labels", "n=2, k=45", B("k = 45, n = 2"), 1),
+    ("labels", "n=2, k=45", B("k = 2, n = 45"), 0),
+    ("labels", "45, 2", B("k = 45, n = 2"), 1),
+    ("labels", "45, 2", B("k = 45, n = 3"), 0),
+    ("labels", "n=2, k=45", B("45, 2"), 0),
+    ("labels", "n=2, k=45", B("2, 45"), 0),
+    ("labels", "n=2, k=45", "So $k=\\boxed{45}$ and $n=\\boxed{2}$.", 1),
+    ("labels", "n=2, k=45", "So $k=\\boxed{2}$ and $n=\\boxed{45}$.", 0),
+    ("labels", "n=2, k=45", "So \\boxed{k = 45} and \\boxed{n = 2}.", 1),
+    ("labels", "-1, 4", "So $x=\\boxed{-1}$ or $x=\\boxed{4}$.", 1),
+    ("interval", "[-2, 7]", B("-2 \\le x \\le 7"), 1),
+    ("interval", "[-2, 7]", B("-2 \\leq x \\leq 7"), 1),
+    ("interval", "[-2, 7]", B("7 \\ge x \\ge -2"), 1),
+    ("interval", "[-2, 7]", B("-2 < x \\le 7"), 0),
+    ("interval", "[-2, 7]", B("-2 \\le x \\le 8"), 0),
+    ("rounded", "\\frac{1}{3}", B("0.3333"), 1),
+    ("rounded", "\\frac{1}{3}", B("0.33333"), 1),
+    ("rounded", "\\frac{1}{7}", B("0.1429"), 1),
+    ("rounded", "-\\frac{2}{3}", B("-0.6667"), 1),
+    ("rounded", "\\sqrt{2}", B("1.414"), 1),
+    ("rounded", "2\\pi", B("6.2832"), 1),
+    ("rounded", "(\\frac{1}{3}, \\frac{2}{3})", B("(0.3333, 0.6667)"), 1),
+    ("rounded", "\\frac{1}{3}", B("0.3"), 0),
+    ("rounded", "\\frac{1}{3}", B("0.333"), 0),
+    ("rounded", "\\frac{1}{3}", B("0.3334"), 0),
+    ("rounded", "\\frac{2}{3}", B("0.6666"), 0),
+    ("rounded", "\\pi", B("3.1415"), 0),
+    ("rounded", "-\\frac{2}{3}", B("0.6667"), 0),
+    ("rounded", "\\frac{1}{8}", B("0.1300"), 0),
+    ("rounded", "\\frac{1}{3}", B("0.0333"), 0),
+    ("rounded", "0.33333", B("0.3333"), 0),
+    ("rounded", "7", B("7.0001"), 0),
+    ("rounded", "\\frac{10}{3}", B("3.333"), 1),
+    ("rounded", "x+\\frac{1}{3}", B("x+0.3333"), 0),
+    ("units", "5", B("5 cm"), 1),
+    ("units", "5", B("6 cm"), 0),
+    ("units", "12", B("12 apples"), 1),
+    ("units", "12", B("13 apples"), 0),
+    ("units", "5", "\\boxed{5 \\text{ dollars}}", 1),
+    ("units", "5", "\\boxed{50 \\text{ dollars}}", 0),
 ]
 
 
@@ -136,6 +233,72 @@ def test_comparator_rules(rule, gold, completion, expected):
 def test_every_rule_has_negative_cases():
     kinds = {}
     for rule, *_, expected in RULES:
+        kinds.setdefault(rule, set()).add(expected)
+    assert all(v == {0, 1} for v in kinds.values()), kinds
+
+
+RETRACTED = "So $\\boxed{3}$. Wait, that's wrong; the answer is 4."
+# (rule, gold, completion, expected) with extract="any".
+ANY_RULES = [
+    ("garbage", "2", "AZYUK2A", 0),
+    ("garbage", "2", "The code is AZYUK2A.", 0),
+    ("garbage", "2", "the vector v2", 0),
+    ("garbage", "2", "so we end with x^2", 0),
+    ("garbage", "2", "so we end with x_2", 0),
+    ("garbage", "2", "so the count is 2.", 1),
+    ("garbage", "2", "so the count is (2)", 1),
+    ("garbage", "1234", "the total is 1,234.", 1),
+    ("garbage", "234", "the total is 1,234.", 0),
+    ("garbage", "5", "the total is 1,234,5", 0),
+    ("garbage", "2", "so the probability is \\frac{1}{2}.", 0),
+    ("garbage", "\\frac{1}{2}", "so the probability is \\frac{1}{2}.", 1),
+    ("garbage", "-\\frac{7}{3}", "so the slope is -\\dfrac{7}{3}", 1),
+    ("garbage", "2", "so we end with \\sqrt{2}", 0),
+    ("partial", "123", "so the answer is 12", 0),
+    ("partial", "123", "so it is 123", 1),
+    ("partial", "1/30", "so it is 1/3", 0),
+    ("partial", "1/30", "so it is 1/30", 1),
+    ("decimal_comma", "1.22", "so it comes to 1,22.", 1),
+    ("decimal_comma", "122", "so it comes to 1,22.", 0),
+    ("retraction", "4", RETRACTED, 1),
+    ("retraction", "3", RETRACTED, 0),
+    ("retraction", "4", "So $\\boxed{3}$.\n\n**Final Answer**\n\n$4$", 1),
+    ("retraction", "4", "So $\\boxed{3}$. Actually the answer is 4 apples.", 1),
+    ("retraction", "3", "So $\\boxed{3}$. The answer is correct.", 1),
+    ("retraction", "3", "So $\\boxed{3}$. So the answer is in the box, see step 2.", 1),
+    ("retraction", "3", "The answer is $\\boxed{3}$.", 1),
+    ("retraction", "2", "So $\\boxed{12}$. Note the answer is 2 times bigger.", 0),
+    ("retraction", "12", "So $\\boxed{12}$. Note the answer is 2 times bigger.", 1),
+    ("retraction", "4", "The answer is 4, so $\\boxed{3}$.", 0),
+    ("spans", "(8,5),(5,8)", "The pairs are $(5, 8)$ and $(8, 5)$.", 1),
+    ("spans", "(8,5),(5,8)", "The pairs are $(5, 8)$ and $(8, 6)$.", 0),
+    ("spans", "(8,5),(5,8)", "We try $(5, 8)$, then find $(8, 5)$.", 0),
+    ("spans", "n=2, k=45", "So $k = 45$ and $n = 2$.", 1),
+    ("spans", "n=2, k=45", "So $k = 2$ and $n = 45$.", 0),
+    ("spans", "\\{1,2,3\\}", "the roots are $1$, $2$, and $3$.", 1),
+    ("spans", "3", "the roots are $1$, $2$, and $3$.", 1),
+]
+
+
+@pytest.mark.parametrize(
+    "rule, gold, completion, expected",
+    ANY_RULES,
+    ids=[f"{i:02d}-{r[0]}" for i, r in enumerate(ANY_RULES)],
+)
+def test_any_mode_rules(rule, gold, completion, expected):
+    assert math_reward(completion, gold, extract="any") == float(expected)
+
+
+def test_retraction_is_read_only_in_any_mode():
+    assert math_reward(RETRACTED, "4") == 0.0
+    assert math_reward(RETRACTED, "3") == 1.0  # extract="boxed": the last box counts
+    assert extract_answer(RETRACTED, "any") == "4"
+    assert extract_answer(RETRACTED) == "3"
+
+
+def test_every_any_rule_has_negative_cases():
+    kinds = {}
+    for rule, *_, expected in ANY_RULES:
         kinds.setdefault(rule, set()).add(expected)
     assert all(v == {0, 1} for v in kinds.values()), kinds
 
@@ -198,6 +361,35 @@ def test_boxed_group(text, expected):
     assert boxed_group(text) == expected
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("$k=\\boxed{45}$ and $n=\\boxed{2}$", ["k=45", "n=2"]),
+        ("$a_1 = \\boxed{3}$, $a_2 = \\boxed{5}$", ["a_1=3", "a_2=5"]),
+        ("$k=\\boxed{45}$ and \\boxed{2}", ["45", "2"]),  # one box unlabelled: no labels
+        ("\\boxed{k=45}, \\boxed{n=2}", ["k=45", "n=2"]),
+        ("$k=\\boxed{45}$", ["45"]),
+    ],
+)
+def test_boxed_group_labels(text, expected):
+    assert boxed_group(text, labels=True) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The pairs are $(5, 8)$ and $(8, 5)$.", ["(5, 8)", "(8, 5)"]),
+        ("$1$, $2$, and $3$", ["1", "2", "3"]),
+        ("$1$; $2$ or $3$", ["1", "2", "3"]),
+        ("we get $3$ then $4$", ["4"]),
+        ("$$x$$ and $y$", ["y"]),
+        ("no math", []),
+    ],
+)
+def test_span_group(text, expected):
+    assert span_group(text) == expected
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize(
     "text",
@@ -211,13 +403,36 @@ def test_boxed_group(text, expected):
         "Answer: " + "\\(" * 200_000,
         "final answer" * 50_000,
         "x" * 1_000_000,
+        "AZYUK2A 1,2" * 100_000,
+        "1," + "2" * 500_000 + "A",
+        "$1$, " * 200_000,
+        "\\boxed{1}" + " the answer is 2" * 60_000,
+        "$k=\\boxed{1}$ and " * 50_000,
+        "\\frac{1}{2} \\frac{" * 100_000,
     ],
-    ids=["parens", "dollars", "spans", "numbers", "boxes", "open_boxes", "answer", "markers", "x"],
+    ids=[
+        "parens",
+        "dollars",
+        "spans",
+        "numbers",
+        "boxes",
+        "open_boxes",
+        "answer",
+        "markers",
+        "x",
+        "garbage",
+        "comma_number",
+        "span_run",
+        "retraction",
+        "labelled_boxes",
+        "fractions",
+    ],  # fmt: skip
 )
 def test_any_extraction_is_fast_on_megabytes(text):
     start = time.monotonic()
     for mode in ("boxed", "any"):
-        math_reward(text, "1", extract=mode)
+        for gold in ("1", "1, 2"):  # a scalar gold, and a list (box and span runs are read)
+            math_reward(text, gold, extract=mode)
     assert time.monotonic() - start < SAFETY_BOUND
 
 
@@ -258,14 +473,16 @@ def test_labelled_set_is_shipped_as_generated():
 
 @pytest.mark.timeout(120)
 def test_labelled_set_agreement():
-    """Hand labels are the reference: no wrong answer accepted except the one abandoned box
-    ("So far \\boxed{12}. Wait, ... so 15": a box cannot tell it was taken back)."""
+    """Hand labels are the reference: no wrong answer accepted except abandoned boxes ("So far
+    \\boxed{12}. Wait, ... so 15": a box cannot tell it was taken back; with extract="boxed"
+    also a box that a later "the answer is 4" line takes back)."""
     cases = _load_cases()
-    for mode, floor in (("boxed", 0.69), ("any", 0.95)):
+    for mode, floor, taken_back in (("boxed", 0.69, 2), ("any", 0.95, 1)):
         scores = [math_reward(c["completion"], c["gold"], extract=mode) for c in cases]
         fp = [c["id"] for c, s in zip(cases, scores, strict=True) if s and not c["label"]]
         agree = sum(s == c["label"] for c, s in zip(cases, scores, strict=True)) / len(cases)
-        assert all(cases[i]["category"] == "wrong_box" for i in fp) and len(fp) <= 1, fp
+        assert all(cases[i]["category"] == "wrong_box" for i in fp), fp
+        assert len(fp) <= taken_back, (mode, fp)
         assert agree >= floor, (mode, agree)
 
 

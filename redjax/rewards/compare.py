@@ -1,7 +1,8 @@
 """Comparison: gold-led equality of two cleaned answers (see redjax.rewards.math).
 
-Scalars by string, then text, then sympy (numbers within `rtol` of the gold, expressions
-by fixed irrational points and simplify); structures item by item, led by the gold's kind.
+Scalars by string, then text, then sympy (numbers within `rtol` of the gold, or a decimal
+answer rounded from it, expressions by fixed irrational points and simplify); structures item
+by item, led by the gold's kind.
 Before that, chains are cut to their last side, labels matched, decimal commas read, and an
 inequality meets an interval as an interval.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 
 import sympy
@@ -26,6 +28,7 @@ MAX_CHARS = 1000  # longer answers (or golds) are not parsed
 MAX_DEPTH = 40  # deeper bracket nesting is not parsed
 MAX_ITEMS = 32  # longest tuple / set / matrix row compared
 MAX_OPS = 200  # larger expressions skip sympy's simplify (random points still apply)
+MIN_ROUNDED_DIGITS = 4  # a rounded decimal answer needs this many significant digits
 
 _RELATION = re.compile(r"\\leq?(?![a-zA-Z])|\\geq?(?![a-zA-Z])|\\neq(?![a-zA-Z])|<=|>=|<|>|=")
 _REL_OPS = {"\\le": "<=", "\\leq": "<=", "\\ge": ">=", "\\geq": ">=", "\\neq": "!="}
@@ -186,7 +189,33 @@ def _scalar_equal(g: str, a: str, rtol: float) -> bool:
         return True
     if gpct or apct:  # the values ("50\%" vs "0.5")
         return _expr_equal(gv / 100 if gpct else gv, av / 100 if apct else av, rtol)
-    return False
+    return not _PLAIN.fullmatch(g) and _rounded(gv, a)
+
+
+_ROUNDED = re.compile(r"-?(\d*)\.(\d+)")  # a decimal answer: "0.3333", "-1.41"
+
+
+def _rounded(g: sympy.Expr, a: str) -> bool:
+    """Whether a decimal answer is the gold rounded (half away from zero) to its own decimals,
+    with >= MIN_ROUNDED_DIGITS significant digits, for a real gold no decimal writes exactly."""
+    m = _ROUNDED.fullmatch(a)
+    if m is None or len(a) > 100 or g.free_symbols or g.is_real is not True:
+        return False
+    if len((m.group(1) + m.group(2)).lstrip("0")) < MIN_ROUNDED_DIGITS:  # "0.333" is not 1/3
+        return False
+    if g.is_Rational:  # exact as a decimal when its denominator is 2^i 5^j (1/8 = 0.125)
+        q = int(g.q)
+        for p in (2, 5):
+            while q % p == 0:
+                q //= p
+        if q == 1:
+            return False
+    elif g.is_rational:  # a rational sympy cannot reduce to p/q: no rounding decided
+        return False
+    places, whole = len(m.group(2)), len(str(int(abs(sympy.N(g, 20)))))
+    value = Decimal(str(sympy.N(g, places + whole + 30)))  # 30 guard digits
+    step = Decimal(1).scaleb(-places)
+    return value.quantize(step, rounding=ROUND_HALF_UP) == Decimal(a)
 
 
 def _matching(gold_items, answer_items, rtol: float) -> bool:
@@ -304,9 +333,9 @@ _DECIMAL = re.compile(r"-?\d*\.\d+")
 
 
 def _decimal_comma(g: str, a: str) -> tuple[str, str]:
-    """Read an answer "1000,99" as 1000.99 when the gold is a decimal number, and a gold
-    "1000,99" likewise when the answer is (not a gold "2,3": that is the list 2, 3)."""
-    if _DECIMAL_COMMA.fullmatch(a) and _DECIMAL.fullmatch(g):
+    """Read an answer "1,22" as 1.22 when the gold has no comma (a thousands "1,234" is gone
+    by now), and a gold "1000,99" when the answer is a decimal (a gold "2,3" is a list)."""
+    if _DECIMAL_COMMA.fullmatch(a) and "," not in g:  # a list "1,22" never equals such a gold
         return g, a.replace(",", ".")
     if _GOLD_DECIMAL_COMMA.fullmatch(g) and _DECIMAL.fullmatch(a):
         return g.replace(",", "."), a
@@ -324,8 +353,10 @@ def _read_labels(g: str, a: str, rtol: float) -> tuple[str, str] | bool:
         by_label = dict(zip(al[1], al[2], strict=True))
         pairs = [(structure(v), structure(by_label[x])) for x, v in zip(gl[1], gl[2], strict=True)]
         return all(_node_equal(x, y, rtol) for x, y in pairs)
-    if gl and gl[0] != "(":
-        g = ":".join(gl[2]) if gl[0] == ":" else ", ".join(gl[2])
+    if gl and gl[0] != ":":  # "n=2, k=45" vs "45, 2": which is n?
+        return False
+    if gl:  # a ratio states its order: "S:T=7:32" vs "7:32"
+        g = ":".join(gl[2])
     if al:
         joined = ":".join(al[2]) if al[0] == ":" else ", ".join(al[2])
         a = f"({joined})" if al[0] == "(" or g.startswith("(") else joined

@@ -69,15 +69,20 @@ _CONNECTOR = re.compile(  # between boxes of one answer: ", ", " and ", "$ or $x
 MAX_BOXES = 32  # longest run of boxes read as one list
 
 
-def boxed_group(text: str) -> list[str]:
+_BOX_LABEL = re.compile(r"(?<![\w\\])([a-zA-Z](?:_\{?\w+\}?)?)\s*=\s*\$?\s*")
+
+
+def boxed_group(text: str, labels: bool = False) -> list[str]:
     """The last box and the boxes just before it joined only by ",", "and", "$": "\\boxed{1},
-    \\boxed{2} and \\boxed{3}" -> ["1", "2", "3"]; [] when the text has no readable box."""
+    \\boxed{2} and \\boxed{3}" -> ["1", "2", "3"]; [] when the text has no readable box.
+    With `labels`, "$k=\\boxed{45}$ and $n=\\boxed{2}$" -> ["k=45", "n=2"] (every box labelled)."""
     if not isinstance(text, str):
         return []
     last = last_boxed(text)
     if last is None:
         return []
     group, start = [last], max(text.rfind(cmd) for cmd in BOX_COMMANDS)
+    starts = [start]
     while len(group) < MAX_BOXES:
         prev = max(text.rfind(cmd, 0, start) for cmd in BOX_COMMANDS)
         if prev < 0:
@@ -87,7 +92,21 @@ def boxed_group(text: str) -> list[str]:
             break
         group.append(content)
         start = prev
+        starts.append(start)
+    if labels and len(group) > 1:
+        found = [_label_before(text, i) for i in starts]
+        if all(found) and not any("=" in x for x in group):
+            group = [f"{label}={x}" for label, x in zip(found, group, strict=True)]
     return group[::-1]
+
+
+def _label_before(text: str, i: int) -> str | None:
+    """The "k" of a "k = " (or "$k = $") written just before the box at text[i], or None."""
+    window = text[max(0, i - 24) : i]
+    for m in _BOX_LABEL.finditer(window):
+        if m.end() == len(window):
+            return m.group(1)
+    return None
 
 
 _SPAN_OF = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<!\\)\$(.+?)(?<!\\)\$", re.S)
@@ -148,8 +167,36 @@ def _last_span(text: str) -> tuple[str | None, int]:
     return (best.strip() or None) if best is not None else None, best_end
 
 
+_SPAN_CONNECTOR = re.compile(r"\s*[,;]?\s*(?:(?:and|or)\s+)?")
+
+
+def span_group(text: str) -> list[str]:
+    """The last $...$ span and the spans just before it joined only by ",", "and", "or": "$(5,8)$
+    and $(8,5)$." -> ["(5,8)", "(8,5)"]; single-dollar spans only, at most MAX_BOXES."""
+    if not isinstance(text, str):
+        return []
+    text = text[-20000:]  # a run of spans ends the text: its tail is enough
+    dollars = [m.start() for m in re.finditer(r"(?<!\\)\$", text)]
+    group, k, after = [], len(dollars) - 1, len(text)
+    while k >= 1 and len(group) < MAX_BOXES:
+        left, right = dollars[k - 1], dollars[k]
+        content = text[left + 1 : right].strip()
+        if not content or (group and not _SPAN_CONNECTOR.fullmatch(text[right + 1 : after])):
+            break
+        group.append(content)
+        after, k = left, k - 2
+    return group[::-1]
+
+
+# A number standing alone: not glued to a letter, digit, "_", "^" or "." on either side, not
+# a brace group ("AZYUK2A", "x^2", "v2", the 2 of "\\sqrt{2}" hold no answer), not cut out of a
+# longer number ("1,234,5"); "1,22" (a comma not followed by exactly three digits) is kept
+# whole for the decimal rule, and "\\frac{3}{5}" is one number.
 _LAST_NUMBER = re.compile(
-    r"(?:(?<![\w)\]}])-)?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:/\d+)?|\.\d+)"
+    r"(?:(?<![\w)\]}])-)?\\[dt]?frac\{\d+\}\{\d+\}"
+    r"|(?<![\w.^])(?<!\d,)(?!(?<=\{)[\d.,/]+\})"
+    r"(?:(?<![\w)\]}])-)?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+,\d+|\d+(?:\.\d+)?(?:/\d+)?|\.\d+)"
+    r"(?![\w^]|[.,/]\d)"
 )
 _MATH_LIKE = re.compile(r"[^\n]{1,300}")
 
@@ -167,13 +214,32 @@ def _whole(text: str) -> str | None:
     return None if prose else s
 
 
+def _retraction(text: str) -> str | None:
+    """Mode "any": the answer on a "the answer is" / "Answer:" line after the last box, when it
+    is a short answer with a digit ("\\boxed{3}. Wait, the answer is 4." -> "4"), else None."""
+    start = max(text.rfind(cmd) for cmd in BOX_COMMANDS)
+    _, end = _box_at(text, start, len(text))
+    after = text[end:] if end >= 0 else ""
+    found = _marker_answer(after, ANY_MARKERS) if after.strip() else None
+    if found is None or not re.search(r"\d", found) or len(found) > 300:
+        return None
+    if _NUMBER_UNIT.fullmatch(found):  # "4 apples"
+        return found
+    bare = re.sub(r"\\text\w*\s*\{[^{}]*\}|\\[a-zA-Z]+|\b(?:and|or)\b", " ", found)
+    return None if re.search(r"[a-zA-Z]{4,}|[a-zA-Z]\s+[a-zA-Z]", bare) else found
+
+
+_NUMBER_UNIT = re.compile(r"\\?\$?-?\d[\d.,]*\s*[a-zA-Z]+")  # one word: "4 apples"
+
+
 def _any_answer(text: str) -> str | None:
-    """Mode "any": the last box, else a final-answer line, else the text if it is only an
-    answer, else the last math span or the last number, whichever comes later."""
+    """Mode "any": the last box (or an answer line that takes it back, see `_retraction`),
+    else a final-answer line, else the text if it is only an answer, else the last math span
+    or the last number, whichever comes later."""
     if any(cmd in text for cmd in BOX_COMMANDS):
         boxed = last_boxed(text)
         if boxed is not None:
-            return boxed
+            return _retraction(text) or boxed
     found = _marker_answer(text, ANY_MARKERS) or _whole(text)
     if found is not None:
         return found

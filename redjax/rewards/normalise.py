@@ -54,7 +54,9 @@ _DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\degree")
 _LHS = re.compile(
     r"^\s*(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?[a-zA-Z0-9]+\}?)?(?:\([a-zA-Z]\))?\s*(?:=|\\in(?![a-zA-Z]))\s*"
 )
-_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_NOT_EQUAL = re.compile(r"(?<![\d)}\]!])!=")
+# "1,234": a group of 1-3 digits not led by 0 ("0,125" is the decimal 0.125), then ",ddd"s.
+_THOUSANDS = re.compile(r"[-+]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?")
 _THIN_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?: \d{3})+(?:\.\d+)?")
 _MIXED = re.compile(r"(-?)(\d+)\s*\\frac\s*\{(\d+)\}\s*\{(\d+)\}")
 
@@ -72,6 +74,7 @@ def clean(s: str, lhs: bool = True) -> str:
     for old, new in _UNICODE.items():
         s = s.replace(old, new)
     s = _ALIASES.sub(lambda m: _ALIAS[m.group(1)], s)
+    s = _NOT_EQUAL.sub(r"\\neq ", s)  # "x != 3"; "5!=120" and "(n+1)!=..." are factorials
     s = s.replace("\\$", "").replace("$", "")
     s = s.replace("\\(", "").replace("\\)", "") if s.startswith("\\(") else s
     s = _DEGREES.sub("", s)

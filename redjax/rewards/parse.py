@@ -49,7 +49,8 @@ def split_top(s: str, sep: str = ",") -> list[str]:
     return [p.strip() for p in parts]
 
 
-_MATRIX = re.compile(r"\\begin\{([pbBvV]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}", re.S)
+# vmatrix / Vmatrix are a determinant and a norm (numbers), not matrices: not read here
+_MATRIX = re.compile(r"\\begin\{([pbB]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}", re.S)
 _LABEL = re.compile(r"(?:[A-Za-z]{1,3}|\\[a-zA-Z]+)(?:_\{?\w+\}?)?")
 _VARIABLE = re.compile(r"(?:[A-Za-z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?")
 _RELATION_CHARS = re.compile(r"<|>|\\[lg]eq?(?![a-zA-Z])|\\neq")
@@ -64,8 +65,10 @@ def last_side(s: str) -> str:
         return s
     approx = split_top(s, "\\approx")
     sides = split_top(approx[0], "=")
-    if len(approx) == 1:  # "4! = 24": a constant worked out (a left side without letters)
-        stated = len(sides) > 2 or (len(sides) == 2 and not re.search(r"[a-zA-Z]", sides[0]))
+    if len(approx) == 1:  # "4! = 24": a constant worked out (no letters on either side);
+        # "7 = 11a + c" is an equation, not the value 11a + c
+        constant = not any(re.search(r"[a-zA-Z]", re.sub(r"\\[a-zA-Z]+", "", x)) for x in sides)
+        stated = len(sides) > 2 or (len(sides) == 2 and constant)
         return sides[-1] if stated and sides[-1] else s
     if len(sides) == 1 and _VARIABLE.fullmatch(sides[0]):  # "x \\approx 3.14"
         return split_top(approx[-1], "=")[-1] or s
