@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "constant")
-EXT_AGG_MODES = ("token-mean", "seq-mean-token-mean")  # ext_loss (red.ext_agg)
+EXT_AGG_MODES = ("token-mean", "seq-mean-token-mean")  # ext_loss: the red section's ext_agg
 
 
 def _safe(n: jax.Array) -> jax.Array:
@@ -280,8 +280,9 @@ def ext_loss(
     f(p) = p / (p + gamma) replaces p: w = f(pi) / stop_grad(f(pi)) ** (1 - s), so at s = 1 the
     weight is exactly LUFFY's pi / (pi + gamma); at s = 0 the gradient is then
     gamma / (pi + gamma) * grad log pi (value 1), not plain SFT. Computed in log space.
-    `agg` (red.ext_agg): "token-mean" weighs every trace token alike; "seq-mean-token-mean"
-    takes each trace's own token mean (len_i = mask row sum), then the mean over traces.
+    `agg` (the red section's ext_agg): "token-mean" weighs every trace token alike;
+    "seq-mean-token-mean" takes each trace's own token mean (len_i = mask row sum), then the
+    mean over traces.
     n_tokens defaults to mask.sum(), n_seqs to the rows with any mask; pass the global counts
     when accumulating micro-batches.
 
