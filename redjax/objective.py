@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "constant")
+EXT_AGG_MODES = ("token-mean", "seq-mean-token-mean")  # ext_loss: the red section's ext_agg
 
 
 def _safe(n: jax.Array) -> jax.Array:
@@ -284,36 +285,44 @@ def ext_loss(
     mask: jax.Array,
     *,
     gamma: float | None = None,
+    agg: str = "token-mean",
     n_tokens: jax.Array | float | None = None,
+    n_seqs: jax.Array | float | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Extend term: advantage-weighted SFT on offline trace tokens with the policy shift s.
 
     logp, mask [N, T] (mask 1.0 on offline trace tokens), adv_off [N], shift [N] in [0, 1].
       w_t = pi / stop_grad(pi) ** (1 - s)    (value pi**s, gradient pi**s * grad log pi)
-      L_ext = -(1 / n_tokens) * sum_t mask * w_t * A_off
+      token-mean:          L_ext = -(1 / n_tokens) * sum_{i,t} mask * w_t * A_off
+      seq-mean-token-mean: L_ext = -(1 / n_seqs) * sum_i (sum_t mask * w_t * A_off) / len_i
     s = 0 is advantage-weighted SFT; s = 1 weights each token's gradient by pi. With `gamma`,
     f(p) = p / (p + gamma) replaces p: w = f(pi) / stop_grad(f(pi)) ** (1 - s), so at s = 1 the
     weight is exactly LUFFY's pi / (pi + gamma); at s = 0 the gradient is then
     gamma / (pi + gamma) * grad log pi (value 1), not plain SFT. Computed in log space.
-    n_tokens defaults to mask.sum(); pass the global count when accumulating micro-batches.
+    `agg` (the red section's ext_agg): "token-mean" weighs every trace token alike;
+    "seq-mean-token-mean" takes each trace's own token mean (len_i = mask row sum), then the
+    mean over traces.
+    n_tokens defaults to mask.sum(), n_seqs to the rows with any mask; pass the global counts
+    when accumulating micro-batches.
 
-    Metrics: "ext" (the normalised term), "n_tokens" (local count), "w_sum" (sum of w),
-    "logp_sum" (sum of log-probs, for the offline NLL).
+    Metrics: "ext" (the normalised term), "n_tokens", "n_seqs" (local counts), "w_sum" (sum of
+    w), "logp_sum" (sum of log-probs, for the offline NLL).
     """
     if gamma is not None and not gamma > 0:
         raise ValueError(f"ext_loss: gamma must be > 0 (or None), got {gamma}")
+    if agg not in EXT_AGG_MODES:
+        raise ValueError(f"ext_loss: agg must be one of {EXT_AGG_MODES}, got {agg!r}")
     logp, mask, adv_off, shift = _f32(logp), _f32(mask), _f32(adv_off), _f32(shift)
     on = mask > 0
     lp = jnp.where(on, logp, 0.0)
     logf = lp if gamma is None else lp - jnp.logaddexp(lp, math.log(gamma))
     s = shift[:, None]
     w = jnp.exp(logf - (1.0 - s) * jax.lax.stop_gradient(logf))
-    total = jnp.sum(jnp.where(on, w * mask * adv_off[:, None], 0.0))
-    n = jnp.sum(mask) if n_tokens is None else n_tokens
-    loss = -total / _safe(n)
+    loss = -_aggregate(w * adv_off[:, None], mask, agg, n_tokens=n_tokens, n_seqs=n_seqs)
     metrics = dict(
         ext=loss,
         n_tokens=jnp.sum(mask),
+        n_seqs=jnp.sum(jnp.any(on, axis=-1).astype(jnp.float32)),
         w_sum=jnp.sum(jnp.where(on, w * mask, 0.0)),
         logp_sum=jnp.sum(lp * mask),
     )

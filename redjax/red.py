@@ -6,6 +6,7 @@ No JAX here: this runs between jitted steps. Arrays returned to the trainer are 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -13,6 +14,9 @@ from redjax.config import RedCfg, RlCfg
 
 SHIFT_MODES = ("linear", "step", "zero", "one")
 LAMBDA_MODES = ("red", "fixed", "schedule")
+RULES = ("sign", "ratio")  # lambda's target in "red" mode (docs/design.md section 1)
+ENTROPY_CHANGES = ("probe", "drift")  # where dH comes from
+RATIO_CAP = 2.0  # rule "ratio": target <= 2 lambda, so lambda moves by <= alpha * lambda a step
 
 
 def group_advantages(
@@ -84,13 +88,18 @@ def policy_shift(acc: np.ndarray, mode: str = "linear", tau: float = 0.5) -> np.
 class RedController:
     """Holds lambda (weight of the Extend term) and the entropy-change EMAs between steps.
 
-    Modes: "red" (entropy-change feedback, docs/design.md section 1), "fixed" (lambda0 always),
-    "schedule" (linear warm-up from 0 to lambda0 over warmup_steps, then cosine decay to
-    lambda_min at total_steps, constant after; not clipped to [lambda_min, lambda_max]).
+    Modes: "red" (entropy-change feedback with the target of `rule`, "sign" or "ratio",
+    docs/design.md section 1), "fixed" (lambda0 always), "schedule" (linear warm-up from 0 to
+    lambda0 over warmup_steps, then cosine decay to lambda_min at total_steps, constant after;
+    not clipped to [lambda_min, lambda_max]).
     The EMAs D_on, D_off are tracked in every mode (for logging); the first finite observation
     initialises them (no zero-bias). A call to `update` with a non-finite dH_on or dH_off leaves
     the EMAs and (in "red" mode) lambda unchanged, counts it in `skipped`, and still advances
     the step (so the schedule follows training steps).
+
+    Per step the trainer calls `entropy_changes(step_metrics)` (probe: the step's dH_on, dH_off;
+    drift: `observe` of its entropy_on, entropy_off) and, unless that is None, `update(*dH)`;
+    `lam` is the next step's lambda and `at_bound` where the last target sat.
     """
 
     def __init__(
@@ -110,11 +119,17 @@ class RedController:
         eps: float,
         shift: str,
         tau: float,
+        rule: str = "sign",
+        entropy_change: str = "probe",
     ):
-        if mode not in LAMBDA_MODES:
-            raise ValueError(f"RedController: mode must be one of {LAMBDA_MODES}, got {mode!r}")
-        if shift not in SHIFT_MODES:
-            raise ValueError(f"RedController: shift must be one of {SHIFT_MODES}, got {shift!r}")
+        for name, value, allowed in (
+            ("mode", mode, LAMBDA_MODES),
+            ("shift", shift, SHIFT_MODES),
+            ("rule", rule, RULES),
+            ("entropy_change", entropy_change, ENTROPY_CHANGES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"RedController: {name} must be one of {allowed}, got {value!r}")
         if not 0 <= lambda_min <= lambda_max:
             raise ValueError(
                 f"RedController: need 0 <= lambda_min <= lambda_max, got {lambda_min}, {lambda_max}"
@@ -139,6 +154,8 @@ class RedController:
         self.warmup_steps, self.total_steps = warmup_steps, total_steps
         self.offline_in_group, self.std_norm, self.eps = offline_in_group, std_norm, eps
         self.shift, self.tau = shift, tau
+        self.rule, self.entropy_change = rule, entropy_change
+        self.h_prev: tuple[float, float] | None = None  # drift: the last finite (H_on, H_off)
         self.step = 0
         self.skipped = 0
         self.d_on = 0.0
@@ -166,6 +183,8 @@ class RedController:
             eps=rl.adv_eps,
             shift=red.shift,
             tau=red.tau,
+            rule=red.rule,
+            entropy_change=red.entropy_change,
         )
 
     @property
@@ -205,6 +224,45 @@ class RedController:
         acc = correct.mean(axis=1).astype(np.float32)
         return adv, adv_off, acc, policy_shift(acc, self.shift, self.tau)
 
+    def observe(self, entropy_on: float, entropy_off: float) -> tuple[float, float] | None:
+        """Drift: (dH_on, dH_off) = these pre-update batch mean entropies minus the previous
+        call's, or None on the first call and the call after a non-finite entropy."""
+        h_on, h_off = float(entropy_on), float(entropy_off)
+        prev = self.h_prev
+        self.h_prev = (h_on, h_off) if math.isfinite(h_on) and math.isfinite(h_off) else None
+        if prev is None:
+            return None
+        return h_on - prev[0], h_off - prev[1]
+
+    def entropy_changes(self, m: Mapping[str, float]) -> tuple[float, float] | None:
+        """This step's (dH_on, dH_off) from its metrics as `entropy_change` says: probe,
+        (m["dH_on"], m["dH_off"]); drift, observe(m["entropy_on"], m["entropy_off"])."""
+        if self.entropy_change == "probe":
+            return float(m["dH_on"]), float(m["dH_off"])
+        return self.observe(m["entropy_on"], m["entropy_off"])
+
+    def _target(self) -> float:
+        """The value lambda moves towards, from the EMAs by `rule` (docs/design.md section 1)."""
+        d_on, d_off = self.d_on, self.d_off
+        if self.rule == "sign":
+            if d_on < 0 and d_off > 0:
+                return self._lam * (-d_on) / max(d_off, self.delta)
+            return self.lambda_min
+        if d_on >= 0:
+            return self.lambda_min
+        r = min(-d_on / max(abs(d_off), self.delta), RATIO_CAP)
+        return min(max(self._lam * r, self.lambda_min), self.lambda_max)
+
+    @property
+    def at_bound(self) -> int:
+        """-1 if the last target <= 1.01 lambda_min, +1 if >= 0.99 lambda_max, else 0 (always 0
+        outside "red" mode)."""
+        if self.mode != "red":
+            return 0
+        if self.target <= self.lambda_min * 1.01:
+            return -1
+        return 1 if self.target >= self.lambda_max * 0.99 else 0
+
     def update(self, dH_on: float, dH_off: float) -> float:
         """Fold this step's entropy changes into the EMAs and return the next lambda."""
         self.step += 1
@@ -218,16 +276,14 @@ class RedController:
         else:
             self.d_on, self.d_off, self.initialised = dh_on, dh_off, True
         if self.mode == "red":
-            if self.d_on < 0 and self.d_off > 0:
-                self.target = self._lam * (-self.d_on) / max(self.d_off, self.delta)
-            else:
-                self.target = self.lambda_min
+            self.target = self._target()
             lam = (1.0 - self.alpha) * self._lam + self.alpha * self.target
             self._lam = float(min(max(lam, self.lambda_min), self.lambda_max))
         return self.lam
 
     def state_dict(self) -> dict:
         """JSON-serialisable state (config is not included: it comes from the run config)."""
+        prev = self.h_prev or (None, None)
         return {
             "lam": float(self._lam),
             "D_on": float(self.d_on),
@@ -236,10 +292,12 @@ class RedController:
             "step": int(self.step),
             "skipped": int(self.skipped),
             "initialised": bool(self.initialised),
+            "H_on_prev": prev[0],
+            "H_off_prev": prev[1],
         }
 
     def load_state_dict(self, d: dict) -> None:
-        """Restore the state written by `state_dict`."""
+        """Restore the state written by `state_dict` (keys added later take their defaults)."""
         missing = {"lam", "D_on", "D_off", "step", "initialised"} - set(d)
         if missing:
             raise ValueError(f"RedController.load_state_dict: missing keys {sorted(missing)}")
@@ -249,3 +307,5 @@ class RedController:
         self.step = int(d["step"])
         self.skipped = int(d.get("skipped", 0))
         self.initialised = bool(d["initialised"])
+        h_on, h_off = d.get("H_on_prev"), d.get("H_off_prev")
+        self.h_prev = None if h_on is None or h_off is None else (float(h_on), float(h_off))

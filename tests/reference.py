@@ -127,28 +127,32 @@ def rl_loss(
 
 
 # ----------------------------------------------------------------------------- Extend term
-def ext_loss(logp, adv_off, shift, mask, *, gamma=None, n_tokens=None):
+def ext_loss(
+    logp, adv_off, shift, mask, *, gamma=None, agg="token-mean", n_tokens=None, n_seqs=None
+):
     """Returns (loss, d loss / d logp) in float64.
 
     Value of w is f(pi)**s with f(p) = p (or p / (p + gamma)); its gradient w.r.t. logp is
-    f**s * dlog f/dlogp = f**s * (1 - f) with gamma, f**s without.
+    f**s * dlog f/dlogp = f**s * (1 - f) with gamma, f**s without. Each token's coefficient is
+    1 / N_off (token-mean) or 1 / (|o_q| Q) (seq-mean-token-mean), docs/design.md section 1.
     """
     logp, mask = np.asarray(logp, np.float64), np.asarray(mask, np.float64)
     n = mask.sum() if n_tokens is None else n_tokens
+    q = sum(1 for row in mask if row.sum() > 0) if n_seqs is None else n_seqs
     loss = 0.0
     grad = np.zeros_like(logp)
-    if n == 0:
-        return loss, grad
     for i in range(logp.shape[0]):
         s, a = float(shift[i]), float(adv_off[i])
+        length = mask[i].sum()
         for t in range(logp.shape[1]):
             if mask[i, t] <= 0:
                 continue
+            c = 1.0 / n if agg == "token-mean" else 1.0 / (length * q)
             p = math.exp(logp[i, t])
             f = p if gamma is None else p / (p + gamma)
             dlogf = 1.0 if gamma is None else gamma / (p + gamma)
-            loss -= mask[i, t] * f**s * a / n
-            grad[i, t] -= mask[i, t] * f**s * dlogf * a / n
+            loss -= c * mask[i, t] * f**s * a
+            grad[i, t] -= c * mask[i, t] * f**s * dlogf * a
     return loss, grad
 
 
@@ -198,6 +202,7 @@ def lambda_sequence(
     dh_off,
     *,
     mode,
+    rule="sign",
     lambda0=1.0,
     lambda_min=0.05,
     lambda_max=5.0,
@@ -206,9 +211,14 @@ def lambda_sequence(
     ema=0.9,
     warmup_steps=0,
     total_steps=1000,
+    targets=None,
 ):
-    """Lambda after each of the updates with inputs (dh_on[k], dh_off[k]), plus final EMAs."""
+    """Lambda after each of the updates with inputs (dh_on[k], dh_off[k]), plus final EMAs.
+
+    `targets`, a list, gets the target after each update (red mode; lambda0 before the first).
+    """
     lam = lambda0
+    target = lambda0
     d_on = d_off = None
     out = []
     for k, (x_on, x_off) in enumerate(zip(dh_on, dh_off, strict=True)):
@@ -232,7 +242,34 @@ def lambda_sequence(
                 )
         else:
             if finite:
-                target = lam * (-d_on) / max(d_off, delta) if d_on < 0 < d_off else lambda_min
+                if rule == "sign":
+                    target = lam * (-d_on) / max(d_off, delta) if d_on < 0 < d_off else lambda_min
+                elif d_on < 0:  # ratio
+                    r = min(abs(d_on) / max(abs(d_off), delta), 2.0)
+                    target = min(max(lam * r, lambda_min), lambda_max)
+                else:
+                    target = lambda_min
                 lam = min(max((1 - alpha) * lam + alpha * target, lambda_min), lambda_max)
             out.append(lam)
+        if targets is not None:
+            targets.append(target)
     return out, d_on, d_off
+
+
+def at_bound(target, lambda_min, lambda_max):
+    """-1 at lambda_min, +1 at lambda_max, 0 strictly inside by 1% of each bound."""
+    if target <= lambda_min * 1.01:
+        return -1
+    if target >= lambda_max * 0.99:
+        return 1
+    return 0
+
+
+def drift(h_on, h_off):
+    """dH(t) = H(t) - H(t-1) per step; None on the first step and after a non-finite H."""
+    out = []
+    prev = None
+    for a, b in zip(h_on, h_off, strict=True):
+        out.append(None if prev is None else (a - prev[0], b - prev[1]))
+        prev = (a, b) if math.isfinite(a) and math.isfinite(b) else None
+    return out

@@ -16,6 +16,22 @@ def test_default_file_and_overrides():
     assert cfg.data.train == "builtin"
 
 
+def test_red_rule_entropy_change_and_ext_agg():
+    cfg = config.load(None)
+    assert (cfg.red.rule, cfg.red.entropy_change, cfg.red.ext_agg) == (
+        "sign",
+        "probe",
+        "token-mean",
+    )
+    over = ["red.rule=ratio", "red.entropy_change=drift", "red.ext_agg=seq-mean-token-mean"]
+    cfg = config.load(None, over)
+    assert (cfg.red.rule, cfg.red.entropy_change, cfg.red.ext_agg) == (
+        "ratio",
+        "drift",
+        "seq-mean-token-mean",
+    )
+
+
 def test_base_chain(tmp_path):
     (tmp_path / "a.yaml").write_text("rollout:\n  prompts: 7\nrl:\n  eps_low: 0.1\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\nrollout:\n  prompts: 9\n")
@@ -65,6 +81,9 @@ def test_baselines_load():
         ("algo=ppo", "algo: 'ppo' is not one of red, grpo, sft, sft_then_grpo, luffy, fixed_mix"),
         ("red.sft_steps=5", "red.sft_steps is read only by algo: sft_then_grpo"),
         ("algo=sft_then_grpo", "algo sft_then_grpo needs 0 < red.sft_steps < train.steps"),
+        ("red.rule=pid", "red.rule: 'pid' is not one of sign, ratio"),
+        ("red.entropy_change=both", "red.entropy_change: 'both' is not one of probe, drift"),
+        ("red.ext_agg=constant", "red.ext_agg: 'constant' is not one of token-mean, seq-mean-"),
     ],
 )
 def test_errors_name_the_key(override, message):

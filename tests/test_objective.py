@@ -297,15 +297,66 @@ def _ext(x, **kw):
     return loss, g, m
 
 
+EXT_AGGS = ["token-mean", "seq-mean-token-mean"]
+
+
+@pytest.mark.parametrize("agg", EXT_AGGS)
 @pytest.mark.parametrize("gamma", [None, 0.1])
-def test_ext_loss_matches_numpy(gamma):
+def test_ext_loss_matches_numpy(gamma, agg):
     x = _ext_inputs(10)
-    loss, g, m = _ext(x, gamma=gamma)
-    want, want_g = ref.ext_loss(x["logp"], x["adv_off"], x["shift"], x["mask"], gamma=gamma)
+    loss, g, m = _ext(x, gamma=gamma, agg=agg)
+    want, want_g = ref.ext_loss(
+        x["logp"], x["adv_off"], x["shift"], x["mask"], gamma=gamma, agg=agg
+    )
     np.testing.assert_allclose(loss, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(g, want_g, rtol=1e-5, atol=1e-6)
-    assert m["n_tokens"] == x["mask"].sum()
+    assert m["n_tokens"] == x["mask"].sum() and m["n_seqs"] == (x["mask"].sum(1) > 0).sum()
     np.testing.assert_allclose(m["logp_sum"], (x["logp"] * x["mask"]).sum(), rtol=1e-5)
+
+
+def test_ext_loss_aggregations_by_hand():
+    """Traces of 1, 3, 0 and 2 tokens. s = 0 (w = 1): token-mean is -sum_q A_q |o_q| / N_off,
+    seq-mean-token-mean -sum_q A_q / Q; s = 1 (w = pi) on the first two rows as well."""
+    mask = np.array([[1, 0, 0], [1, 1, 1], [0, 0, 0], [1, 1, 0]], np.float64)
+    pi = np.array([[0.5, 1, 1], [0.25, 0.75, 0.5], [1, 1, 1], [0.2, 0.4, 1]])
+    x = dict(logp=np.log(pi), adv_off=np.array([1.0, 2.0, 5.0, -1.0]), shift=np.zeros(4))
+    x["mask"] = mask
+    loss, g, _ = _ext(x, agg="token-mean")
+    np.testing.assert_allclose(loss, -(1 * 1 + 2 * 3 - 1 * 2) / 6, rtol=1e-6)
+    np.testing.assert_allclose(g, -x["adv_off"][:, None] * mask / 6, rtol=1e-6, atol=1e-8)
+    loss, g, _ = _ext(x, agg="seq-mean-token-mean")
+    np.testing.assert_allclose(loss, -(1 + 2 - 1) / 3, rtol=1e-6)
+    per_token = np.array([1 / 1, 2 / 3, 0.0, -1 / 2])[:, None] / 3  # A_q / |o_q| / Q
+    np.testing.assert_allclose(g, -per_token * mask, rtol=1e-6, atol=1e-8)
+    x["shift"] = np.array([1.0, 1.0, 0.0, 0.0])
+    loss, _, _ = _ext(x, agg="token-mean")
+    np.testing.assert_allclose(loss, -(0.5 + 2 * (0.25 + 0.75 + 0.5) - 2) / 6, rtol=1e-6)
+    loss, _, _ = _ext(x, agg="seq-mean-token-mean")
+    np.testing.assert_allclose(loss, -(0.5 + 2 * 1.5 / 3 - 1) / 3, rtol=1e-6)
+
+
+@pytest.mark.parametrize("agg", EXT_AGGS)
+def test_ext_loss_micro_batches_with_global_counts(agg):
+    """Four micro-batches of 2 traces each, called with the global N_off and Q, sum to the
+    full batch (loss and gradient)."""
+    x = _ext_inputs(16, n=8, t=7)
+    n_tok, n_seq = x["mask"].sum(), float((x["mask"].sum(1) > 0).sum())
+    j = {k: jnp.asarray(v, jnp.float32) for k, v in x.items()}
+    f = jax.jit(
+        jax.value_and_grad(
+            lambda lp, d, n, q: obj.ext_loss(
+                lp, d["adv_off"], d["shift"], d["mask"], agg=agg, n_tokens=n, n_seqs=q
+            )[0]
+        )
+    )
+    full, g_full = f(j["logp"], j, None, None)
+    parts = []
+    for rows in np.split(np.arange(8), 4):
+        parts.append(f(j["logp"][rows], {k: v[rows] for k, v in j.items()}, n_tok, n_seq))
+    np.testing.assert_allclose(sum(v for v, _ in parts), full, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.concatenate([g for _, g in parts]), g_full, rtol=1e-5, atol=1e-8)
+    want, _ = ref.ext_loss(x["logp"], x["adv_off"], x["shift"], x["mask"], agg=agg)
+    np.testing.assert_allclose(full, want, rtol=1e-5, atol=1e-6)
 
 
 def test_ext_loss_shift_limits():
@@ -344,6 +395,8 @@ def test_ext_loss_bad_gamma():
     x = {k: jnp.asarray(v) for k, v in _ext_inputs(13).items()}
     with pytest.raises(ValueError, match="gamma"):
         obj.ext_loss(x["logp"], x["adv_off"], x["shift"], x["mask"], gamma=0.0)
+    with pytest.raises(ValueError, match="agg"):
+        obj.ext_loss(x["logp"], x["adv_off"], x["shift"], x["mask"], agg="constant")
 
 
 # ----------------------------------------------------------------------------- accumulation

@@ -109,6 +109,8 @@ def _dh(seed, n=80):
 CONFIGS = [
     dict(mode="red"),
     dict(mode="red", alpha=0.5, ema=0.5, lambda0=0.3, delta=1e-3),
+    dict(mode="red", rule="ratio"),
+    dict(mode="red", rule="ratio", alpha=0.5, ema=0.5, lambda0=0.3, delta=1e-3),
     dict(mode="fixed", lambda0=0.7),
     dict(mode="schedule", lambda0=2.0, warmup_steps=10, total_steps=40),
     dict(mode="schedule", lambda0=1.0, warmup_steps=0, total_steps=25),
@@ -118,16 +120,27 @@ CONFIGS = [
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_controller_matches_reference(cfg):
     dh_on, dh_off = _dh(2)
-    want, d_on, d_off = ref.lambda_sequence(dh_on, dh_off, **cfg)
+    targets = []
+    want, d_on, d_off = ref.lambda_sequence(dh_on, dh_off, targets=targets, **cfg)
     ctrl = controller(**cfg)
     assert ctrl.lam == pytest.approx(0.0 if cfg.get("warmup_steps") else cfg.get("lambda0", 1.0))
-    got = [ctrl.update(a, b) for a, b in zip(dh_on, dh_off, strict=True)]
+    got, bounds = [], []
+    for a, b in zip(dh_on, dh_off, strict=True):
+        got.append(ctrl.update(a, b))
+        bounds.append(ctrl.at_bound)
     np.testing.assert_allclose(got, want, rtol=1e-12)
+    if cfg["mode"] == "red":
+        np.testing.assert_allclose(ctrl.target, targets[-1], rtol=1e-12)
+        assert bounds == [ref.at_bound(x, ctrl.lambda_min, ctrl.lambda_max) for x in targets]
+        assert set(bounds) == {-1, 0, 1}
+    else:
+        assert set(bounds) == {0}
     assert ctrl.lam == got[-1]
     state = ctrl.state_dict()
     np.testing.assert_allclose([state["D_on"], state["D_off"]], [d_on, d_off], rtol=1e-12)
     if cfg["mode"] == "red":  # both branches and both bounds of the update were visited
-        assert max(got[:40]) == ctrl.lambda_max and got[69] < 0.3 * got[39]
+        top = ctrl.lambda_max if cfg.get("rule", "sign") == "sign" else 0.95 * ctrl.lambda_max
+        assert max(got[:40]) >= top and got[69] < 0.3 * got[39]
 
 
 @pytest.mark.parametrize("mode", ["red", "schedule"])
@@ -182,8 +195,135 @@ def test_controller_advantages():
         dict(alpha=0.0),
         dict(ema=1.0),
         dict(delta=0.0),
+        dict(rule="pid"),
+        dict(entropy_change="both"),
     ],
 )
 def test_controller_bad_config(kw):
     with pytest.raises(ValueError, match="RedController"):
         controller(**kw)
+
+
+def _both_falling(seed, n=20):
+    """Both entropies falling every step: the rollouts' 1.5x faster for n steps, then the
+    traces' 1.5x faster for n steps (small noise)."""
+    rng = np.random.default_rng(seed)
+    off = -0.02 + 0.002 * rng.standard_normal(2 * n)
+    on = np.concatenate([1.5 * off[:n], off[n:] / 1.5]) + 0.002 * rng.standard_normal(2 * n)
+    assert np.all(on < 0) and np.all(off < 0)
+    return on, off
+
+
+def test_ratio_moves_where_sign_sits_at_its_floor():
+    """A run at its floor (lambda0 = lambda_min, as configs/default.yaml): both entropies fall,
+    so sign's target is lambda_min on every step; ratio's rises while the rollouts' entropy
+    falls faster, then comes back down, inside the bounds, as the reference says."""
+    dh_on, dh_off = _both_falling(6)
+    kw = dict(lambda0=0.5, lambda_min=0.5, lambda_max=5.0)
+    traj = {}
+    for rule in ("sign", "ratio"):
+        ctrl = controller(rule=rule, **kw)
+        got, bounds = [], []
+        for a, b in zip(dh_on, dh_off, strict=True):
+            got.append(ctrl.update(a, b))
+            bounds.append(ctrl.at_bound)
+        targets = []
+        want, _, _ = ref.lambda_sequence(
+            dh_on, dh_off, mode="red", rule=rule, targets=targets, **kw
+        )
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+        assert bounds == [ref.at_bound(x, 0.5, 5.0) for x in targets]
+        traj[rule] = (np.array(got), bounds)
+    sign, sign_bounds = traj["sign"]
+    assert np.all(sign == 0.5) and sign_bounds == [-1] * 40
+    ratio, ratio_bounds = traj["ratio"]
+    assert np.all(np.diff(ratio[:20]) > 0) and ratio[19] > 1.5 * 0.5  # more imitation
+    # The EMAs turn (|D_off| > |D_on|): lambda peaks at the 28th update, then falls (RL).
+    assert np.all(np.diff(ratio[27:]) < 0) and ratio[-1] < 0.9 * ratio.max()
+    assert np.all((ratio > 0.5) & (ratio < 5.0)) and ratio_bounds[:30] == [0] * 30
+
+
+def test_ratio_has_no_spikes():
+    """A near-zero D_off: sign's target is a ratio over delta and lambda jumps to lambda_max in
+    one step; ratio's target is at most 2 lambda, so lambda moves by at most alpha lambda."""
+    sign, ratio = controller(rule="sign"), controller(rule="ratio")
+    assert sign.update(-0.01, 1e-6) == 5.0 and sign.at_bound == 1
+    assert ratio.update(-0.01, 1e-6) == pytest.approx(1.1, rel=1e-12) and ratio.at_bound == 0
+    # D_off crossing zero (its sign flips every few steps), D_on falling: bounded steps.
+    rng = np.random.default_rng(7)
+    dh_on = -np.abs(rng.normal(0.01, 0.005, 60))
+    dh_off = 0.01 * np.sin(np.arange(60) / 3.0) + 0.001 * rng.standard_normal(60)
+    ctrl = controller(rule="ratio")
+    got = [ctrl.update(a, b) for a, b in zip(dh_on, dh_off, strict=True)]
+    want, _, d_off = ref.lambda_sequence(dh_on, dh_off, mode="red", rule="ratio")
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    step = np.array(got[1:]) / np.array(got[:-1])
+    assert np.all((step >= 0.9 - 1e-12) & (step <= 1.1 + 1e-12))
+
+
+def test_at_bound_edges():
+    ctrl = controller(rule="ratio", lambda_min=0.5, lambda_max=5.0)
+    for target, want in [
+        (0.5, -1), (0.505, -1), (0.5051, 0), (2.0, 0), (4.9499, 0), (4.95, 1), (5.0, 1),
+    ]:  # fmt: skip
+        ctrl.target = target
+        assert ctrl.at_bound == want == ref.at_bound(target, 0.5, 5.0), target
+    fixed = controller(mode="fixed")
+    fixed.update(-0.01, 0.0)
+    assert fixed.at_bound == 0
+
+
+def _entropies(seed, n=30):
+    """Pre-update batch mean entropies of a run: slowly falling, noisy, one non-finite step."""
+    rng = np.random.default_rng(seed)
+    h_on = 2.0 - 0.01 * np.arange(n) + 0.003 * rng.standard_normal(n)
+    h_off = 1.5 - 0.006 * np.arange(n) + 0.003 * rng.standard_normal(n)
+    h_on[11] = math.nan
+    return h_on, h_off
+
+
+def _drive(ctrl, h_on, h_off):
+    """The trainer's loop with entropy_change=drift: (dH or None, lambda) per step."""
+    out = []
+    for a, b in zip(h_on, h_off, strict=True):
+        dh = ctrl.entropy_changes({"entropy_on": a, "entropy_off": b, "dH_on": 9.0, "dH_off": 9.0})
+        out.append((dh, ctrl.update(*dh) if dh is not None else ctrl.lam))
+    return out
+
+
+@pytest.mark.parametrize("rule", ["sign", "ratio"])
+def test_drift_matches_reference_and_resumes(rule):
+    h_on, h_off = _entropies(8)
+    ctrl = controller(rule=rule, entropy_change="drift")
+    straight = _drive(ctrl, h_on, h_off)
+    want_dh = ref.drift(h_on, h_off)
+    assert [dh is None for dh, _ in straight] == [dh is None for dh in want_dh]
+    assert want_dh[0] is None and want_dh[12] is None and want_dh[11] is not None
+    for (dh, _), want in zip(straight, want_dh, strict=True):
+        if want is not None:  # the difference of the given entropies, exactly
+            assert dh == want or (math.isnan(dh[0]) and math.isnan(want[0]))
+    kept = [dh for dh in want_dh if dh is not None]
+    want_lam, _, _ = ref.lambda_sequence(*zip(*kept, strict=True), mode="red", rule=rule)
+    got = [lam for dh, lam in straight if dh is not None]
+    np.testing.assert_allclose(got, want_lam, rtol=1e-12)
+    assert ctrl.skipped == 1 and ctrl.step == len(kept)
+    # Resume from the state after step 17: the same trajectory (the state holds H(17)).
+    first = controller(rule=rule, entropy_change="drift")
+    _drive(first, h_on[:18], h_off[:18])
+    state = json.loads(json.dumps(first.state_dict()))
+    assert (state["H_on_prev"], state["H_off_prev"]) == (h_on[17], h_off[17])
+    resumed = controller(rule=rule, entropy_change="drift")
+    resumed.load_state_dict(state)
+    assert resumed.state_dict() == first.state_dict()
+    assert _drive(resumed, h_on[18:], h_off[18:]) == straight[18:]
+
+
+def test_entropy_changes_probe_and_old_state():
+    m = {"dH_on": -0.02, "dH_off": 0.01, "entropy_on": 1.0, "entropy_off": 2.0}
+    assert controller().entropy_changes(m) == (-0.02, 0.01)
+    # A state written before drift existed loads, with no previous entropies.
+    old = {"lam": 0.7, "D_on": -0.01, "D_off": 0.02, "step": 5, "initialised": True}
+    ctrl = controller(entropy_change="drift")
+    ctrl.load_state_dict(old)
+    assert ctrl.lam == 0.7 and ctrl.h_prev is None and ctrl.target == ctrl.lambda0
+    assert ctrl.entropy_changes(m) is None and ctrl.entropy_changes(m) == (0.0, 0.0)
