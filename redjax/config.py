@@ -16,6 +16,9 @@ from typing import Any, Literal
 
 import yaml
 
+from redjax.algos import ALGOS as ALGOS  # the methods, each defined in redjax.algos
+from redjax.algos import PRESETS
+
 
 @dataclass
 class ModelCfg:
@@ -159,25 +162,6 @@ class TrainCfg:
     max_skipped_steps: int = 10  # stop after this many non-finite updates in a row
 
 
-ALGOS = ("red", "grpo", "sft", "sft_then_grpo", "luffy", "fixed_mix")
-# Settings that define each method (redjax.algos); the YAML file and overrides come after them.
-_SFT = {"offline_in_group": False, "shift": "zero", "lam": "fixed", "lambda0": 1.0}
-PRESETS: dict[str, dict] = {
-    "red": {},
-    "grpo": {},
-    "sft": {"red": _SFT},
-    "sft_then_grpo": {"red": _SFT},
-    "fixed_mix": {"red": {"offline_in_group": True, "shift": "zero", "lam": "fixed"}},
-    "luffy": {
-        "red": {
-            "offline_in_group": True,
-            "shift": "one",
-            "shaping_gamma": 0.1,
-            "lam": "fixed",
-            "lambda0": 1.0,
-        }
-    },
-}
 # Keys that `algo` replaced: a config that sets one gets an error naming the replacement.
 REMOVED = {
     "rollout.online": "algo: sft trains without rollouts",
@@ -188,7 +172,7 @@ REMOVED = {
 @dataclass
 class Config:
     # The method: red | grpo | sft | sft_then_grpo | luffy | fixed_mix (redjax.algos).
-    algo: Literal["red", "grpo", "sft", "sft_then_grpo", "luffy", "fixed_mix"] = "red"
+    algo: Literal[ALGOS] = "red"
     model: ModelCfg = field(default_factory=ModelCfg)
     data: DataCfg = field(default_factory=DataCfg)
     rollout: RolloutCfg = field(default_factory=RolloutCfg)

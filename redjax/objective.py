@@ -175,6 +175,18 @@ def _check_rl_options(agg, norm_const, gate_frac, gated, entropy, entropy_coef, 
         raise ValueError("rl_loss: beta_kl != 0 requires ref_logp")
 
 
+def _kept(gate, entropy, mask, gate_frac, threshold) -> jax.Array:
+    """The online tokens the entropy gate keeps: `gate` if given, else those whose entropy is
+    at least `threshold` (default: the (1 - gate_frac)-quantile over this call's tokens)."""
+    on = mask > 0
+    if gate is not None:
+        return jnp.asarray(gate, bool) & on
+    ent = jax.lax.stop_gradient(_f32(entropy))
+    if threshold is None:
+        threshold = masked_quantile(ent, mask, 1.0 - gate_frac)
+    return (ent >= threshold) & on
+
+
 def _ratio_metrics(diff, rho, adv, mask, eps_low, eps_high) -> dict[str, jax.Array]:
     """Token and row counts, clipped tokens, k3 KL(pi || pi_old) and ratio sums of rl_loss."""
     on = mask > 0
@@ -222,9 +234,8 @@ def rl_loss(
     Token gate (80/20 rule): gate_frac < 1 keeps, in the policy-gradient term only, the tokens
     whose stop-gradient entropy is >= the (1 - gate_frac)-quantile of entropy over this call's
     masked tokens (or >= `gate_threshold` if given, e.g. a global threshold from
-    `masked_quantile`). `gate`: the kept tokens given directly (bool [N, T]; the trainer picks
-    them once a step, so micro-batches gate as the whole batch). Gated-out tokens still count
-    in the normaliser.
+    `masked_quantile`), or the kept tokens `gate` (bool [N, T], picked once for a whole step by
+    the trainer). Gated-out tokens still count in the normaliser.
 
     Metrics: "pg", "kl_ref", "entropy_bonus" (normalised terms), "n_tokens", "n_seqs" (local
     counts), "clip_sum" (tokens whose clipped branch is active, i.e. gradient zeroed),
@@ -248,14 +259,8 @@ def rl_loss(
     surrogate = jnp.minimum(rho * adv, jnp.clip(rho, 1.0 - eps_low, 1.0 + eps_high) * adv)
     pg_tok = -surrogate
     metrics = {}
-    if gate is not None:
-        keep = jnp.asarray(gate, bool) & on
-    elif gated:
-        ent_sg = jax.lax.stop_gradient(_f32(entropy))
-        if gate_threshold is None:
-            gate_threshold = masked_quantile(ent_sg, mask, 1.0 - gate_frac)
-        keep = (ent_sg >= gate_threshold) & on
     if gated:
+        keep = _kept(gate, entropy, mask, gate_frac, gate_threshold)
         pg_tok = jnp.where(keep, pg_tok, 0.0)
         metrics["gate_sum"] = jnp.sum(keep.astype(jnp.float32))
     pg = aggregate(pg_tok)

@@ -263,6 +263,12 @@ class RedController:
             return -1
         return 1 if self.target >= self.lambda_max * 0.99 else 0
 
+    def advance(self) -> float:
+        """A step without entropy changes to read: only the step count moves (the schedule);
+        returns the next lambda."""
+        self.step += 1
+        return self.lam
+
     def update(self, dH_on: float, dH_off: float) -> float:
         """Fold this step's entropy changes into the EMAs and return the next lambda."""
         self.step += 1

@@ -42,6 +42,7 @@ class StepConfig:
     entropy_coef: float
     gate_frac: float
     shaping_gamma: float | None
+    ext_agg: str  # the Extend term's mean: over trace tokens, or per trace then over traces
     chunk: int  # tokens per chunk of the log-prob / entropy computation
     micro_batches: int
     probe: bool  # re-score probe rows after the update (the controller's entropy deltas)
@@ -61,9 +62,10 @@ class StepConfig:
             entropy_coef=r.entropy_coef,
             gate_frac=r.gate_frac,
             shaping_gamma=cfg.red.shaping_gamma,
+            ext_agg=cfg.red.ext_agg,
             chunk=cfg.train.chunk,
             micro_batches=cfg.optim.micro_batches,
-            probe=Plan.from_config(cfg).probe,  # entropy deltas drive lambda
+            probe=Plan.from_config(cfg).probe,  # where the probe's entropy changes drive lambda
             temperature=scoring_temperature(cfg),
             seed=cfg.train.seed,
         )
@@ -184,7 +186,9 @@ def loss_fn(params, cfg: ModelConfig, sc: StepConfig, mb: Rows, lam, counts: dic
         mb.shift,
         off_mask,
         gamma=sc.shaping_gamma,
+        agg=sc.ext_agg,
         n_tokens=counts["off_tokens"],
+        n_seqs=counts["off_seqs"],
     )
     ent = jax.lax.stop_gradient(ent)
     probe = mb.in_probe
@@ -227,6 +231,7 @@ def train_step(
         "on_tokens": jnp.sum(resp_mask * online[:, None]),
         "off_tokens": jnp.sum(resp_mask * (~online)[:, None]),
         "on_seqs": jnp.sum(online & (resp_mask.sum(-1) > 0)).astype(jnp.float32),
+        "off_seqs": jnp.sum(~online & (resp_mask.sum(-1) > 0)).astype(jnp.float32),
     }
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     one = lambda mb: grad_fn(params, cfg, sc, mb, lam, counts, mesh)  # ((loss, aux), grads)

@@ -500,10 +500,19 @@ def update(r: Run, rows: Rows, lam: float, it: int) -> dict[str, float]:
 
 
 def adjust_lambda(r: Run, m: dict[str, float], t: Targets) -> None:
-    """5. The controller's update from the entropy changes the update caused (when the step
-    probed rollouts and traces together)."""
-    if r.plan.probe and t.any_off and not m["skipped"]:  # a skipped update changed nothing
-        r.ctrl.update(m["dH_on"], m["dH_off"])
+    """5. The controller's step: lambda's target from the entropy changes this update caused
+    (where lambda adapts and the step trained on traces: the probe's, or the drift of the batch
+    entropies), and its step count, which advances every step (red.lam=schedule follows it)."""
+    dh = None
+    if r.plan.adapts and t.any_off and not m["skipped"]:  # a skipped update changed nothing
+        dh = r.ctrl.entropy_changes(m)
+    elif r.plan.adapts:
+        r.ctrl.h_prev = None  # drift spans one update
+    if dh is None:
+        r.ctrl.advance()
+        return
+    r.ctrl.update(*dh)
+    m["dH_on"], m["dH_off"] = dh  # drift: the changes the controller read
 
 
 # ----------------------------------------------------------------------------- logs, evaluation
@@ -559,6 +568,7 @@ def summary(r: Run, got: Collected, s: Scores, t: Targets, clock: Clock) -> dict
         "shift": everywhere(t.shift, s.has_off),  # its distribution: quantiles, histogram
         "lambda_next": r.ctrl.lam,
         "lambda_target": r.ctrl.target,
+        "lambda_at_bound": float(r.ctrl.at_bound),  # -1 / +1: the target at a bound, 0 inside
         "D_on": r.ctrl.d_on,
         "D_off": r.ctrl.d_off,
         "response_length": mean(ro.lengths) if ro is not None else float("nan"),

@@ -146,4 +146,13 @@ def test_phase_plan(algo):
         "sft_then_grpo": [(False, True)] * 3 + [(True, False)] * 3,
     }[algo]
     assert phases == want
-    assert plan.probe == (algo in ("red", "luffy", "fixed_mix"))
+    # Only where lambda adapts to the entropy changes does a step pay for the probe forward.
+    assert plan.probe == plan.adapts == (algo == "red")
+    drift = Plan.from_config(
+        config.load(
+            None,
+            [f"algo={algo}", "red.entropy_change=drift"]
+            + (["red.sft_steps=3"] if "then" in algo else []),
+        )
+    )
+    assert (drift.adapts, drift.probe) == (algo == "red", False)
