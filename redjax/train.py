@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import signal
+import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -711,13 +712,17 @@ def _catch_signals() -> tuple[dict, dict]:
 
 
 def _console_log() -> None:
-    """redjax's own info lines on the console (JAX and absl may own the root logger)."""
+    """redjax's own info lines on the console (JAX and absl may own the root logger), on the
+    current stderr (a notebook or a test may have replaced it since the last run)."""
     if not log.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+    for handler in log.handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is not sys.stderr:
+            handler.stream = sys.stderr  # not setStream: it flushes the old, maybe closed, one
 
 
 def _progress(total: int, start: int, enabled: bool):

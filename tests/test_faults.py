@@ -269,12 +269,12 @@ def test_logs_drop_torn_line_and_redone_rows(tmp_path, warnings_of_redjax):
     assert logs.read_metrics(run) == rows[:5]
 
 
-def bigram_score(params, cfg, rows, chunk, mesh=None):
+def bigram_score(params, cfg, rows, chunk, mesh=None, temperature=1.0):
     """A stand-in for the transformer in `step.score` (same contract: log-probs and entropies
     of the response tokens), so the real train step compiles in a moment."""
     logits = params["w"][rows.prompt_ids[:, -1:]] + params["b"]  # [N, 1, V], one context
     logits = jnp.broadcast_to(logits, (*rows.resp_ids.shape, logits.shape[-1]))
-    logp_all = jax.nn.log_softmax(logits)
+    logp_all = jax.nn.log_softmax(logits / temperature)
     logp = jnp.take_along_axis(logp_all, rows.resp_ids[..., None], -1)[..., 0]
     return logp, -jnp.sum(jnp.exp(logp_all) * logp_all, -1)
 

@@ -234,7 +234,8 @@ def test_attention_memory_is_linear_except_xla():
         for a in ("xla", "chunked", "auto")
     }
     assert est["chunked"]["activations"] == est["auto"]["activations"]
-    assert est["xla"]["activations"] > 3 * est["chunked"]["activations"]
+    assert est["xla"]["seq_len"] == 4096  # 512 + 3584: the widest batch, no bucket above the budget
+    assert est["xla"]["activations"] > 2.5 * est["chunked"]["activations"]
     per_token = (
         est["xla"]["activation_bytes_per_token"] - est["chunked"]["activation_bytes_per_token"]
     )
