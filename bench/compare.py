@@ -3,6 +3,7 @@ budget, over several seeds: a table of means and spreads, and plots of the curve
 
     python bench/compare.py                          # the warm-start benchmark, 3 seeds
     python bench/compare.py --seeds 1 --methods red grpo
+    python bench/compare.py --task verbose           # the same, with an imperfect teacher
     python bench/compare.py data.train=t.jsonl data.test=h.jsonl   # your task, from scratch
     python bench/compare.py my.yaml model.path=M --old old.jsonl   # your config and model
     python bench/compare.py --summarise              # re-read finished runs only
@@ -12,13 +13,18 @@ steps from scratch on easy problems, column addition below 100, and long ones, h
 made once and cached under OUT/warm-KEY (KEY: a hash of its resolved config); then every
 method trained from it on configs/compare/long.yaml (each operand three-digit with
 probability 1/2), where the warm model scores 0.435: low, not zero. The old task (the easy
-held-out split) measures what each method keeps.
+held-out split) measures what each method keeps. `--task verbose` or `--task noisy` trains
+from the same warm start on the same problems with an imperfect teacher's traces
+(configs/compare/verbose.yaml: correct but padded, a third over the rollout budget;
+noisy.yaml: 30% end wrong), in OUT/TASK.
 
 Each run is `redjax train BASE algo=... [method settings] [your overrides] train.seed=S` in
-OUT/METHOD/seedS: the same model, data order (asserted from each step's prompt digest) and
-number of steps and prompts for every method. A finished run is not re-run (delete its folder
-to re-run it); an interrupted one resumes. Writes OUT/compare.md (the table) and
-OUT/compare.png (curves: mean over seeds, min-max shaded).
+OUT/METHOD/seedS (OUT/TASK/METHOD/seedS for a task other than long): the same model, data order
+(asserted from each step's prompt digest) and number of steps and prompts for every method. A
+finished run is not re-run (delete its folder to re-run it); an interrupted one resumes. Writes
+compare.md (the table) and compare.png (curves: mean over seeds, min-max shaded) beside the
+runs. Besides accuracy the table shows the rollouts' mean length and truncated share, lambda's
+range and its share of steps off its bounds (more than 1% inside red.lambda_min..lambda_max).
 """
 
 from __future__ import annotations
@@ -35,7 +41,12 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WARM = os.path.join(ROOT, "configs", "compare", "warm.yaml")
-TASK = os.path.join(ROOT, "configs", "compare", "long.yaml")
+# The built-in benchmark's tasks (--task): the long task, and its problems with an imperfect
+# teacher's traces (redjax.data.builtin.TEACHERS).
+TASKS = {
+    t: os.path.join(ROOT, "configs", "compare", f"{t}.yaml") for t in ("long", "verbose", "noisy")
+}
+TASK = TASKS["long"]
 WARM_RECORDS, WARM_LONG = 20000, 0.5  # the warm start's train file: half long problems
 
 # Method -> overrides on the base config (presets of each algo: redjax.config.PRESETS).
@@ -122,7 +133,7 @@ def method_args(name: str, base: str | None, overrides: list[str], seed: int) ->
 def run_one(name: str, seed: int, args: argparse.Namespace, overrides: list[str]) -> str:
     """Trains one method for one seed (unless finished) and evaluates it on the old task;
     returns its run folder."""
-    run = os.path.join(args.out, name, f"seed{seed}")
+    run = os.path.join(args.runs, name, f"seed{seed}")
     if not os.path.isfile(os.path.join(run, "eval.json")):
         print(f"compare: {name}, seed {seed} -> {run}", flush=True)
         argv = method_args(name, args.config, overrides, seed) + [f"train.run_dir={run}"]
@@ -173,10 +184,14 @@ def read_run(run: str) -> dict:
     old = _read_json(os.path.join(run, "old.json"))
     cfg = config.to_dict(_cfg(run))
     cfg["train"].pop("run_dir")
+    online = [r for r in steps if r.get("rollouts")]  # the steps that sampled rollouts
     return {
         "config": cfg,
         "evals": evals,
         "curves": {k: [(r["step"], _value(r, k)) for r in steps] for k in CURVES},
+        "response_length": [r.get("response_length", np.nan) for r in online],
+        "truncated": [r.get("truncated_frac", np.nan) for r in online],
+        "lambda_bounds": (cfg["red"]["lambda_min"], cfg["red"]["lambda_max"]),
         "digests": [r["batch_digest"] for r in steps],
         "rollouts": [r["rollouts"] for r in steps],
         "old": old["pass@1"] if old else np.nan,
@@ -238,17 +253,19 @@ def _ms(xs: list[float], fmt: str = ".3f") -> str:
 
 
 def table(runs: dict[str, dict[int, dict]], target: float, start_old: float = np.nan) -> str:
-    """The markdown table, from the run folders (`read_runs`); the first row is the starting model (its step-0
-    evaluation, the same for every method of a seed; `start_old`: its old-task accuracy)."""
+    """The markdown table, from the run folders (`read_runs`); the first row is the starting
+    model (its step-0 evaluation, the same for every method of a seed; `start_old`: its old-task
+    accuracy)."""
     lines = [
         f"| method | held-out acc, new task | gain over start | best | old task kept | "
-        f"mean length | steps to {target:g} | rollouts | wall s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"mean length | steps to {target:g} | rollouts | wall s | rollout length | truncated | "
+        "lambda range | lambda off bounds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     if runs:
         first = list(next(iter(runs.values())).values())
         start = _ms([g["evals"][0][1] for g in first])
-        lines.append(f"| start (step 0) | {start} | - | - | {_ms([start_old])} | - | - | - | - |")
+        lines.append(f"| start (step 0) | {start} | - | - | {_ms([start_old])} |" + " - |" * 8)
     for name, by_seed in runs.items():
         got = list(by_seed.values())
         final = [g["evals"][-1][1] for g in got]
@@ -261,9 +278,32 @@ def table(runs: dict[str, dict[int, dict]], target: float, start_old: float = np
             f"| {name} | {_ms(final)} | {_ms(gain, '+.3f')} | {_ms(best)} | "
             f"{_ms([g['old'] for g in got])} | {_ms([g['evals'][-1][2] for g in got], '.1f')} | "
             f"{steps} | {np.mean([sum(g['rollouts']) for g in got]):.0f} | "
-            f"{_ms([g['wall'] for g in got], '.0f')} |"
+            f"{_ms([g['wall'] for g in got], '.0f')} | {_rollout_cells(got)} |"
         )
     return "\n".join(lines)
+
+
+def _rollout_cells(got: list[dict]) -> str:
+    """The rollouts' mean length and truncated share (means over the online steps), lambda's
+    range over all seeds and its share of steps off its bounds (lambda_min * 1.01 < lambda <
+    lambda_max * 0.99), among the steps that had traces."""
+    length = [_nanmean(g["response_length"]) for g in got]
+    cut = [_nanmean(g["truncated"]) for g in got]
+    lams = [np.array([v for _, v in g["curves"]["lambda"]], np.float64) for g in got]
+    lams = [lam[np.isfinite(lam)] for lam in lams]
+    every = np.concatenate(lams)
+    span = f"{every.min():.3g}-{every.max():.3g}" if every.size else "-"
+    off = [
+        np.mean((lam > lo * 1.01) & (lam < hi * 0.99)) if lam.size else np.nan
+        for lam, (lo, hi) in zip(lams, (g["lambda_bounds"] for g in got), strict=True)
+    ]
+    return f"{_ms(length, '.1f')} | {_ms(cut)} | {span} | {_ms(off, '.2f')}"
+
+
+def _nanmean(xs: list[float]) -> float:
+    """The mean of the finite values, NaN when there are none."""
+    xs = [x for x in xs if np.isfinite(x)]
+    return float(np.mean(xs)) if xs else np.nan
 
 
 def plot(runs: dict[str, dict[int, dict]], path: str) -> None:
@@ -315,6 +355,7 @@ def _smooth(pts: list[tuple[int, float]], w: int = 5) -> list[tuple[int, float]]
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method")
+    ap.add_argument("--task", choices=list(TASKS), help="built-in task (default long)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--out", default=os.path.join("runs", "compare"))
     ap.add_argument("--old", default=None, help="held-out file of the old task (built-in: easy)")
@@ -327,28 +368,33 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.config and "=" in args.config and not os.path.isfile(args.config):
         args.overrides, args.config = [args.config, *args.overrides], None
+    if args.task and (args.config or any(o.startswith("data.train=") for o in args.overrides)):
+        ap.error("--task chooses the built-in benchmark's config: not with a config or data.train")
+    args.task = args.task or "long"
     return args
 
 
-def base_config(path: str | None, overrides: list[str]) -> tuple[str, bool]:
+def base_config(path: str | None, overrides: list[str], task: str = "long") -> tuple[str, bool]:
     """(the config every method starts from, whether it is the built-in warm-start benchmark):
     the given file; with no file, the embedded default for a user's data (data.train=...),
-    else the benchmark's long task."""
+    else the benchmark's task (TASKS: long, verbose or noisy)."""
     from redjax import config
 
     if path:
         return path, False
     if any(o.startswith("data.train=") for o in overrides):
         return config.default_file(), False
-    return TASK, True
+    return TASKS[task], True
 
 
 def main(argv: list[str] | None = None) -> str:
     args = parse(argv)
     args.out = os.path.abspath(args.out)
-    os.makedirs(args.out, exist_ok=True)
+    # The long task's runs in OUT, another task's in OUT/TASK; the warm start is shared.
+    args.runs = args.out if args.task == "long" else os.path.join(args.out, args.task)
+    os.makedirs(args.runs, exist_ok=True)
     overrides = list(args.overrides)
-    args.config, builtin = base_config(args.config, overrides)
+    args.config, builtin = base_config(args.config, overrides, args.task)
     start_old = np.nan
     if builtin:
         if args.old is None:
@@ -362,7 +408,7 @@ def main(argv: list[str] | None = None) -> str:
     folders: dict[str, dict[int, str]] = {}
     for seed in range(args.seeds):  # seed-major: a partial run still compares every method
         for name in args.methods:
-            run = os.path.join(args.out, name, f"seed{seed}")
+            run = os.path.join(args.runs, name, f"seed{seed}")
             if not args.summarise:
                 run = run_one(name, seed, args, overrides)
             if os.path.isfile(os.path.join(run, "eval.json")):
@@ -370,9 +416,9 @@ def main(argv: list[str] | None = None) -> str:
     runs = read_runs(folders)
     check_same_budget(runs)
     text = table(runs, args.target, start_old)
-    with open(os.path.join(args.out, "compare.md"), "w") as f:
+    with open(os.path.join(args.runs, "compare.md"), "w") as f:
         f.write(text + "\n")
-    plot(runs, os.path.join(args.out, "compare.png"))
+    plot(runs, os.path.join(args.runs, "compare.png"))
     print(text)
     return text
 

@@ -53,7 +53,7 @@ class DataCfg:
     max_offline_len: int = 1024  # tokens of a teacher trace; 0 = fit the train data
     builtin_train: int = 20000  # built-in task: problems in the train split
     builtin_test: int = 200  # built-in task: problems in the held-out split
-    builtin_difficulty: Literal["easy", "medium", "hard", "long"] = "easy"
+    builtin_difficulty: Literal["easy", "medium", "hard", "long", "verbose", "noisy"] = "easy"
 
 
 @dataclass

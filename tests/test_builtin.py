@@ -7,8 +7,10 @@ import re
 import numpy as np
 import pytest
 
+from redjax.data import builtin
 from redjax.data.builtin import DIFFICULTIES, make_task, write_task
 from redjax.data.sources import load_records
+from redjax.rewards.math import math_reward
 
 STEP = re.compile(r"(\d+) ([-+*]) (\d+) = (\d+)\.")
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul}
@@ -36,16 +38,51 @@ def check_columns(prompt: str, answer: int, solution: str) -> None:
     assert int(boxed) == answer == a + b == value
 
 
+def check_teacher(record: dict, difficulty: str) -> None:
+    """Verbose: the long trace's column work twice, the sum restated, one sentence a carry.
+    Noisy: the long trace, or (on the problems it picks) columns with one slip in a carry,
+    ending in the sum those columns write."""
+    prompt, solution = record["prompt"], record["solution"]
+    a, b = (int(x) for x in re.findall(r"\d+", prompt))
+    long = builtin.column_solution(a, b)
+    work = long.split(". \\boxed")[0]
+    if difficulty == "verbose":
+        head = f"{work}. check: {work}, so {a}+{b}={a + b}."
+        assert solution.startswith(head) and solution.endswith(f" \\boxed{{{a + b}}}")
+        assert solution.count("carry 1 to the") == builtin.carries(a, b)
+        return
+    if not builtin.noisy_wrong(prompt):
+        assert solution == long
+        return
+    body, boxed = re.fullmatch(r"(.*)\. \\boxed\{(\d+)\}", solution).groups()
+    cols = [COLUMN.fullmatch(c).groups() for c in body.split(", ")]
+    right = [COLUMN.fullmatch(c).groups() for c in work.split(", ")]
+    assert len(cols) == len(right)
+    slips, value = 0, 0
+    for i, ((x, y, c, t), (_, _, c_right, _)) in enumerate(zip(cols, right, strict=True)):
+        assert (int(x), int(y)) == (a // 10**i % 10, b // 10**i % 10)
+        assert int(t) == int(x) + int(y) + int(c or 0)  # each column's sum is right
+        if i and int(c) != (int(cols[i - 1][3]) // 10 if slips else int(c_right)):
+            slips += 1  # the carry written is not the one before's: the slip
+        value += int(t) % 10 * 10**i
+    value += int(cols[-1][3]) // 10 * 10 ** len(cols)
+    assert slips == 1 and int(boxed) == value != a + b
+
+
 def check_record(record: dict, difficulty: str) -> None:
     """Recomputes the answer from the prompt and every solution step with Python arithmetic."""
     prompt, answer, solution = record["prompt"], int(record["answer"]), record["solution"]
     assert record["answer"] == str(answer) and answer >= 0
-    assert solution.endswith(f"\\boxed{{{answer}}}")
+    if difficulty != "noisy":
+        assert solution.endswith(f"\\boxed{{{answer}}}")
     plain = re.fullmatch(r"What is ([-+* \d]+)\?", prompt)
     if plain:
         assert eval(plain.group(1)) == answer  # the expression with Python's precedence
     if difficulty in ("easy", "long"):
         check_columns(prompt, answer, solution)
+        return
+    if difficulty in builtin.TEACHERS:
+        check_teacher(record, difficulty)
         return
     steps = [(int(a), op, int(b), int(c)) for a, op, b, c in STEP.findall(solution)]
     assert len(steps) == N_OPS[difficulty]
@@ -118,3 +155,69 @@ def test_write_task_reads_back(tmp_path):
     test = load_records(paths["test"])
     assert train == make_task(40, seed=1, difficulty="medium")
     assert test == make_task(10, seed=1, split="test", difficulty="medium")
+
+
+BUDGET = 144  # configs/compare/verbose.yaml: rollout.max_new_tokens
+
+
+@pytest.fixture(scope="module")
+def teachers():
+    """The long task's 2000 train and 200 held-out problems with each teacher's traces."""
+    return {
+        d: make_task(2000, seed=0, difficulty=d)
+        + make_task(200, seed=0, split="test", difficulty=d)
+        for d in ("long", *builtin.TEACHERS)
+    }
+
+
+def test_teachers_share_the_long_problems(teachers):
+    """Same prompts and answers, problem by problem, in train and held-out splits alike (for
+    any seed); only the traces differ."""
+    for d in builtin.TEACHERS:
+        assert [(r["prompt"], r["answer"]) for r in teachers[d]] == [
+            (r["prompt"], r["answer"]) for r in teachers["long"]
+        ]
+        test = make_task(100, seed=3, split="test", difficulty=d)
+        assert [r["prompt"] for r in test] == [
+            r["prompt"] for r in make_task(100, seed=3, split="test", difficulty="long")
+        ]
+        assert make_task(50, seed=5, difficulty=d) == make_task(50, seed=5, difficulty=d)
+
+
+def test_verbose_is_correct_long_and_a_third_over_budget(teachers):
+    """Every verbose trace scores 1 and is at least twice the long trace; it does not fit the
+    budget (with its end token) exactly on the problems with two carries or more, a third."""
+    over = []
+    for record, long in zip(teachers["verbose"], teachers["long"], strict=True):
+        solution = record["solution"]
+        assert math_reward(solution, record["answer"]) == 1.0
+        assert len(solution) >= 2 * len(long["solution"])
+        a, b = (int(x) for x in re.findall(r"\d+", record["prompt"]))
+        over.append(len(solution) + 1 > BUDGET)
+        assert over[-1] == (builtin.carries(a, b) >= 2)
+    assert abs(np.mean(over) - 1 / 3) < 0.03
+    assert max(len(r["solution"]) + 1 for r in teachers["verbose"]) <= 224  # max_offline_len
+
+
+def test_noisy_is_wrong_on_a_fixed_share(teachers):
+    """30% +- 2% of the noisy traces (a hash of the problem) score 0, the others 1 and equal
+    the long trace; the same problems whatever the seed or split."""
+    wrong = []
+    for record, long in zip(teachers["noisy"], teachers["long"], strict=True):
+        score = math_reward(record["solution"], record["answer"])
+        wrong.append(score == 0.0)
+        assert score in (0.0, 1.0) and wrong[-1] == builtin.noisy_wrong(record["prompt"])
+        assert wrong[-1] or record["solution"] == long["solution"]
+    assert abs(np.mean(wrong) - 0.30) < 0.02
+    by_prompt = {r["prompt"]: r["solution"] for r in teachers["noisy"]}
+    for record in make_task(500, seed=4, difficulty="noisy"):
+        assert by_prompt.get(record["prompt"], record["solution"]) == record["solution"]
+
+
+def test_teacher_slips_and_budget_on_chosen_problems():
+    """A dropped carry, an invented one when no carry is passed on, and the budget's edges."""
+    assert builtin.columns(245, 85, slip=True)[1] == (4, 8, 0, 12)  # 5+5=10 carries nothing
+    assert builtin.columns(50, 60, slip=True)[1] == (5, 6, 1, 12)  # no carry: one invented
+    assert builtin._value(builtin.columns(999, 999, slip=True)) == 1998 - 10
+    assert len(builtin.verbose_solution(909, 91)) + 1 > BUDGET  # two carries
+    assert len(builtin.verbose_solution(999, 900)) + 1 <= BUDGET  # one carry

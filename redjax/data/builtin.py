@@ -3,7 +3,10 @@
 It lets the embedded default run train and evaluate with no download. Every record has a
 short worked solution ending in ``\\boxed{ANSWER}`` that serves as the offline trace.
 Which split a problem belongs to is a hash of its text, independent of the seed, so a
-held-out ("test") problem never appears in any train split.
+held-out ("test") problem never appears in any train split. Two imperfect teachers write other
+traces for the long task's problems (same prompts, answers and splits): "verbose" (correct but
+padded with re-checking, over the rollout budget on the problems with two carries or more) and
+"noisy" (a fixed share of the traces, by a hash of the problem, end in a wrong answer).
 """
 
 from __future__ import annotations
@@ -12,10 +15,16 @@ import hashlib
 import json
 import os
 import random
+import re
 
-DIFFICULTIES = ("easy", "medium", "hard", "long")
+DIFFICULTIES = ("easy", "medium", "hard", "long", "verbose", "noisy")
+TEACHERS = ("verbose", "noisy")  # imperfect teachers of the long task's problems
 SPLITS = ("train", "test")
 TEST_PERCENT = 10  # share of all possible problems reserved for the held-out split
+NOISY_PERMILLE = 300  # noisy task: share (of 1000) of the problems whose trace ends wrong
+VERBOSE_BUDGET = 144  # verbose task: tokens (with the end token) that fit the traces of
+# problems with at most one carry, and not those with two carries or more (a third of them)
+PLACES = ("ones", "tens", "hundreds", "thousands")
 
 # Word templates: text with {} for the numbers in order, and the operators between them.
 # The value is the expression with usual precedence (multiplication first).
@@ -50,10 +59,20 @@ WORD_TEMPLATES = {
 }
 
 
+def _hash(text: str) -> int:
+    """A stable hash of a text (the same in every process and Python version)."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+
+
 def _in_test(prompt: str) -> bool:
     """Whether a problem belongs to the held-out split (a stable hash of its text)."""
-    digest = hashlib.sha256(prompt.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % 100 < TEST_PERCENT
+    return _hash(prompt) % 100 < TEST_PERCENT
+
+
+def noisy_wrong(prompt: str) -> bool:
+    """Whether the noisy teacher's trace of a problem ends wrong: a hash of the problem (salted,
+    so independent of the split), NOISY_PERMILLE of 1000."""
+    return _hash(f"noisy/{prompt}") % 1000 < NOISY_PERMILLE
 
 
 def solve(numbers: list[int], ops: str) -> tuple[int, str] | None:
@@ -71,19 +90,76 @@ def solve(numbers: list[int], ops: str) -> tuple[int, str] | None:
     return nums[0], " ".join(steps) + f" \\boxed{{{nums[0]}}}"
 
 
+def columns(a: int, b: int, slip: bool = False) -> list[tuple[int, int, int, int]]:
+    """The columns of a + b, ones first, as (digit of a, digit of b, carry in, total); at least
+    two. `slip`: the first carry passed on is dropped (with none, a carry 1 goes into the tens),
+    and the later columns follow from it, so they write a wrong sum."""
+    n, carry, out, at = max(len(str(a)), len(str(b)), 2), 0, [], -1
+    if slip:
+        passed = [t // 10 for *_, t in columns(a, b)[:-1]]
+        at = passed.index(1) + 1 if 1 in passed else 1
+    for i in range(n):
+        x, y = a // 10**i % 10, b // 10**i % 10
+        carry = 1 - carry if i == at else carry
+        out.append((x, y, carry, x + y + carry))
+        carry = (x + y + carry) // 10
+    return out
+
+
+def carries(a: int, b: int) -> int:
+    """How many columns of a + b carry (the last column's carry included)."""
+    return sum(t >= 10 for *_, t in columns(a, b))
+
+
+def _work(cols: list[tuple[int, int, int, int]]) -> str:
+    """The column work: "4+9=13, 5+5+1=11" (the ones column without a carry in)."""
+    steps = [
+        f"{x}+{y}={t}" if i == 0 else f"{x}+{y}+{c}={t}" for i, (x, y, c, t) in enumerate(cols)
+    ]
+    return ", ".join(steps)
+
+
+def _value(cols: list[tuple[int, int, int, int]]) -> int:
+    """The number the columns write: each total's last digit, and the last column's carry."""
+    return sum(t % 10 * 10**i for i, (*_, t) in enumerate(cols)) + cols[-1][3] // 10 * 10 ** len(
+        cols
+    )
+
+
 def column_solution(a: int, b: int) -> str:
     """Column addition, ones first, each later column with the carry, e.g. 54 + 59:
     "4+9=13, 5+5+1=11. \\boxed{113}". Two columns below 100 (the easy task), one more per
     extra digit (the long task: 154 + 59 is "4+9=13, 5+5+1=11, 1+0+1=2. \\boxed{213}"). Each
     written digit is a small local step, which a tiny model learns from a few thousand traces
     (a bare "54 + 59 = 113" takes far longer)."""
-    cols, carry, steps = max(len(str(a)), len(str(b)), 2), 0, []
-    for i in range(cols):
-        x, y = a // 10**i % 10, b // 10**i % 10
-        total = x + y + carry
-        steps.append(f"{x}+{y}={total}" if i == 0 else f"{x}+{y}+{carry}={total}")
-        carry = total // 10
-    return ", ".join(steps) + f". \\boxed{{{a + b}}}"
+    return f"{_work(columns(a, b))}. \\boxed{{{a + b}}}"
+
+
+def verbose_solution(a: int, b: int) -> str:
+    """The verbose teacher: the column work, again as a check, the sum restated, then every
+    carry explained once more. Correct, and at least twice the long trace; with two carries or
+    more over VERBOSE_BUDGET tokens, with at most one within it (checked for all a, b < 1000)."""
+    cols, s = columns(a, b), a + b
+    text = f"{_work(cols)}. check: {_work(cols)}, so {a}+{b}={s}."
+    for i, (*_, t) in enumerate(cols):
+        if t >= 10:
+            text += f" {PLACES[i]} {t}, keep {t % 10}, carry 1 to the {PLACES[i + 1]}."
+    return text + f" \\boxed{{{s}}}"
+
+
+def noisy_solution(prompt: str, a: int, b: int) -> str:
+    """The noisy teacher: the long trace, except on the problems `noisy_wrong` picks, where
+    the column work has a slip in a carry and the trace ends in the wrong sum it gives."""
+    if not noisy_wrong(prompt):
+        return column_solution(a, b)
+    cols = columns(a, b, slip=True)
+    return f"{_work(cols)}. \\boxed{{{_value(cols)}}}"
+
+
+def teacher_solution(difficulty: str, prompt: str) -> str:
+    """The trace of an imperfect teacher (TEACHERS) for a long problem "What is A + B?"."""
+    a, b = (int(n) for n in re.findall(r"\d+", prompt))
+    return verbose_solution(a, b) if difficulty == "verbose" else noisy_solution(prompt, a, b)
 
 
 def _operands(rng: random.Random, ops: str, low: int) -> list[int]:
@@ -140,7 +216,9 @@ def make_task(n: int, *, seed: int, split: str = "train", difficulty: str = "eas
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    rng = random.Random(f"redjax-builtin/{difficulty}/{split}/{seed}")
+    # The teachers' tasks draw the long task's problems (the same prompts for a seed and split).
+    problems = "long" if difficulty in TEACHERS else difficulty
+    rng = random.Random(f"redjax-builtin/{problems}/{split}/{seed}")
     want_test = split == "test"
     records, seen, attempts = [], set(), 0
     while len(records) < n:
@@ -150,10 +228,12 @@ def make_task(n: int, *, seed: int, split: str = "train", difficulty: str = "eas
                 f"could draw only {len(records)} distinct {split} problems of difficulty "
                 f"{difficulty!r}; ask for fewer"
             )
-        prompt, answer, solution = _draw(rng, difficulty)
+        prompt, answer, solution = _draw(rng, problems)
         if _in_test(prompt) != want_test or (want_test and prompt in seen):
             continue
         seen.add(prompt)
+        if difficulty in TEACHERS:
+            solution = teacher_solution(difficulty, prompt)
         records.append(
             {
                 "prompt": prompt,
