@@ -21,6 +21,10 @@ the partition rules of redjax.sharding apply; rows are split over data x fsdp):
                  full layer is the backward's working set (cotangents, or the recomputed layer).
                  Calibrated against XLA's memory analysis of the compiled step on CPU (float32):
                  within 20% (none, dots: above; full: below).
+  probe          where lambda adapts (algos.Plan.probe): red.probe_fraction of each kind of
+                 row, re-scored after the update in micro-batches, a forward only: its rows
+                 x T x (one layer in full + 4 d b) per device; the step's working set is the
+                 larger of this and the activations
   log-probs      the chunked float32 logits of objective.token_stats_chunked: a device holds its
                  rows of one chunk, (chunk / data shards) x vocab x 4 bytes, times 3 (logits,
                  softmax, their gradient)
@@ -259,7 +263,9 @@ def estimate(
     b = DTYPE_BYTES[mc.dtype]
     shards, tensor = mesh["data"] * mesh["fsdp"], mesh["tensor"]
     r, algo = cfg.rollout, Plan.from_config(cfg)
-    rows = (r.prompts * r.group_size if algo.online else 0) + (r.prompts if algo.offline else 0)
+    online = r.prompts * r.group_size if algo.online else 0
+    offline = r.prompts if algo.offline else 0
+    rows = online + offline
     rows_step = -(-rows // o.minibatches)
     rows_micro = -(-rows_step // o.micro_batches)
     rows_dev = -(-rows_micro // shards)
@@ -274,6 +280,14 @@ def estimate(
     per_token = mc.num_layers * kept[mc.remat] + full_layer + 4 * d * b
     tiles = attention_tile_bytes(kind, rows_dev, h, seq)
     act_bytes = rows_dev * seq * per_token + tiles
+    # The probe: red.probe_fraction of each kind of row re-scored after the update (a forward,
+    # no backward: one layer in full at a time), in micro-batches as the update.
+    up = lambda a, k: -(-a // k)
+    frac, parts = cfg.red.probe_fraction, o.minibatches
+    probe = math.ceil(frac * up(online, parts)) + math.ceil(frac * up(offline, parts))
+    probe_dev = up(up(probe, o.micro_batches), shards) if algo.probe else 0
+    probe_bytes = probe_dev * seq * (full_layer + 4 * d * b)
+    probe_bytes += attention_tile_bytes(kind, probe_dev, h, seq) if probe_dev else 0
     chunk_tokens = max(-(-cfg.train.chunk // shards), rows_dev)
     logp_bytes = 3 * chunk_tokens * mc.vocab_size * 4
     pb = DTYPE_BYTES[mc.param_dtype]
@@ -286,13 +300,16 @@ def estimate(
     persistent = state["params"] + state["optimizer"] + state["reference"]
     free = None if memory_gib is None else memory_gib * GIB - persistent  # as the sampler sees it
     sampling = _sampling_bytes(mc, cfg, mesh, state["params"], free)
-    train_peak = persistent + state["gradients"] + act_bytes + logp_bytes + gathered
+    working = max(act_bytes, probe_bytes)
+    train_peak = persistent + state["gradients"] + working + logp_bytes + gathered
     sample_peak = persistent + sampling["decode_weights"] + sampling["sampling_buffers"]
     return {
         **state,
         "devices": math.prod(mesh.values()),
         "mesh": mesh,
         "activations": act_bytes,
+        "probe_activations": probe_bytes,
+        "probe_rows_per_device": probe_dev,
         "logprob_buffers": logp_bytes,
         "gathered": gathered,
         **sampling,
@@ -324,7 +341,7 @@ def report(est: dict, model_cfg: Any, memory_gib: float | None = None) -> str:
         f"mesh: data={mesh['data']} fsdp={mesh['fsdp']} tensor={mesh['tensor']} "
         f"({est['devices']} devices)",
         f"train step: {est['rows_per_device']} rows x {est['seq_len']} tokens per device and "
-        f"micro-batch; attention {est['attention']}",
+        f"micro-batch ({est['probe_rows_per_device']} probe rows); attention {est['attention']}",
         f"sampling: {est['sample_rows_per_device']} rows x {est['kv_slots']} slots per device, "
         f"{est['sample_rows_per_pass']} rows a pass ({est['rollout_passes']} rollout passes)",
         "",
@@ -336,6 +353,7 @@ def report(est: dict, model_cfg: Any, memory_gib: float | None = None) -> str:
         ("gradients", "gradients"),
         ("reference parameters", "reference"),
         ("activations (train step)", "activations"),
+        ("probe forward (after it)", "probe_activations"),
         ("log-prob chunk buffers", "logprob_buffers"),
         ("gathered weights + grads", "gathered"),
         ("KV cache (sampling)", "kv_cache"),
@@ -346,7 +364,7 @@ def report(est: dict, model_cfg: Any, memory_gib: float | None = None) -> str:
         ("total (the larger peak)", "total"),
     ]
     for label, key in rows:
-        if key == "reference" and not est[key]:
+        if key in ("reference", "probe_activations") and not est[key]:
             continue
         lines.append(f"  {label:26s} {_size(est[key])}")
     if memory_gib is not None:

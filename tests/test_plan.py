@@ -96,23 +96,31 @@ def test_param_and_optimizer_bytes_follow_the_partition_rules(mesh, vocab, tie):
     assert bf16["params"] == hand_param_bytes(mc, mesh["fsdp"], mesh["tensor"], 2)
 
 
+ARGS = (
+    "rollout.prompts=8",
+    "rollout.group_size=4",
+    "rollout.max_new_tokens=64",
+    "data.max_prompt_len=32",
+    "data.max_offline_len=64",
+    "eval.k=1",
+    "train.chunk=512",
+    "optim.micro_batches=2",
+    "model.dtype=bfloat16",
+)
+
+
 def test_rows_kv_cache_and_chunk_buffers_by_hand():
-    cfg = load(
-        "rollout.prompts=8",
-        "rollout.group_size=4",
-        "rollout.max_new_tokens=64",
-        "data.max_prompt_len=32",
-        "data.max_offline_len=64",
-        "eval.k=1",
-        "train.chunk=512",
-        "optim.micro_batches=2",
-        "model.dtype=bfloat16",
-    )
+    cfg = load(*ARGS)
     mc = QWEN25_05B.replace(dtype="bfloat16")
     est = plan.estimate(mc, cfg, {"data": 2, "fsdp": 2, "tensor": 1})
     shards = 4
     # Train rows: 8 prompts x 4 rollouts + 8 teacher traces, 2 micro-batches, 4 shards.
     assert est["rows_per_device"] == math.ceil((8 * 4 + 8) / 2 / shards) == 5
+    # The probe (RED): a quarter of the 32 rollouts and of the 8 traces, in 2 micro-batches.
+    assert est["probe_rows_per_device"] == math.ceil((8 + 2) / 2 / shards) == 2
+    assert 0 < est["probe_activations"] < est["activations"]
+    fixed = plan.estimate(mc, load("algo=fixed_mix", *ARGS), {"data": 2, "fsdp": 2, "tensor": 1})
+    assert fixed["probe_rows_per_device"] == fixed["probe_activations"] == 0
     assert est["seq_len"] == 32 + 64
     assert est["gradients"] == 2 * est["params"]  # accumulator + one micro-batch's gradients
     # Sampling: evaluation batch max(8, 32) x k=1 rows beats the 32 rollouts; slots 32 + 64.
