@@ -40,7 +40,8 @@ class ModelCfg:
 class DataCfg:
     train: str = "builtin"  # JSONL/Parquet file(s), comma separated, or "builtin"
     test: str = "builtin"  # held-out file(s) for evaluation, or "builtin"
-    # auto | default | openr1 | gsm8k | math, or a map {prompt: ..., answer: ..., solution: ...}
+    # auto | default | openr1 | numina | gsm8k | math | aime | messages (redjax.data.sources), or
+    # a map {prompt: COL, answer: COL, solution: COL, source: COL, system: COL}
     fields: str | dict[str, str] = "auto"
     on_error: Literal["raise", "skip"] = "raise"
     prompt_suffix: str = ""

@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -36,11 +37,27 @@ def wandb_records(path):
             yield record
 
 
+def finished(path, timeout=60.0):
+    """The records of a .wandb file once they end with the run's exit record: wandb-core writes
+    the file after run.finish() returns (measured: up to seconds later on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            records = list(wandb_records(path))
+        except Exception:  # a record cut off mid-write
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        assert time.monotonic() < deadline, f"{path}: no exit record after {timeout} s"
+        time.sleep(0.1)
+
+
 def wandb_history(run_dir):
     """({step: {key: value}} of the history rows, run config) of run_dir's one offline run."""
     (path,) = glob.glob(os.path.join(run_dir, "wandb", "offline-run-*", "run-*.wandb"))
+    records = finished(path)
     rows, cfg = {}, {}
-    for r in wandb_records(path):
+    for r in records:
         kind = r.WhichOneof("record_type")
         if kind == "history":
             row = {
