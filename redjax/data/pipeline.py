@@ -59,7 +59,7 @@ def _format_all(
     records: Sequence[dict], tokenizer: Any, *, suffix: str, chat: bool, system: str | None
 ) -> tuple[list[str], list[np.ndarray]]:
     """Formatted prompt texts and their token ids (special tokens only when not templated).
-    A record's own system prompt (a chat record's system turn) comes before data.system."""
+    A record's own system prompt (a chat record's system turn) wins over data.system."""
     texts = [
         format_prompt(
             tokenizer, r["prompt"], suffix=suffix, system=r.get("system") or system, chat=chat
