@@ -43,7 +43,8 @@ class ModelCfg:
 class DataCfg:
     train: str = "builtin"  # JSONL/Parquet file(s), comma separated, or "builtin"
     test: str = "builtin"  # held-out file(s) for evaluation, or "builtin"
-    # auto | default | openr1 | gsm8k | math, or a map {prompt: ..., answer: ..., solution: ...}
+    # auto | default | openr1 | numina | gsm8k | math | aime | messages (redjax.data.sources), or
+    # a map {prompt: COL, answer: COL, solution: COL, source: COL, system: COL}
     fields: str | dict[str, str] = "auto"
     on_error: Literal["raise", "skip"] = "raise"
     prompt_suffix: str = ""
@@ -158,6 +159,11 @@ class TrainCfg:
     extend: bool = False
     keep: int = 3
     log_every: int = 1  # steps between metrics.jsonl / TensorBoard rows (the last step always)
+    # Where the Logger also writes besides metrics.jsonl: tensorboard (run_dir/tb) and/or wandb
+    # (pip install 'redjax[wandb]'; WANDB_MODE=offline writes run_dir/wandb with no network).
+    report_to: list[Literal["tensorboard", "wandb"]] = field(
+        default_factory=lambda: ["tensorboard"]
+    )
     chunk: int = 1024  # tokens per chunk of the log-prob / entropy computation
     max_skipped_steps: int = 10  # stop after this many non-finite updates in a row
 
@@ -226,6 +232,13 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             pass
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
+    if origin is list:
+        if isinstance(value, str):  # an override `key=a,b` is read as the list [a, b]
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        (et,) = typing.get_args(tp)
+        return [_coerce(f"{key}[{i}]", v, et) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ValueError(f"{key}: expected a mapping, got {value!r}")
@@ -371,6 +384,12 @@ def validate(cfg: Config) -> None:
     for ok, msg in checks:
         if not ok:
             raise ValueError(msg)
+    import importlib.util
+
+    if "wandb" in cfg.train.report_to and importlib.util.find_spec("wandb") is None:
+        from redjax.logs import WANDB_MISSING
+
+        raise ValueError(WANDB_MISSING)  # at load, before minutes of model loading
     from redjax.data.sources import check_fields
 
     try:

@@ -15,8 +15,8 @@ from redjax import config
 # its work is laid out), not what it trains: resuming may change them.
 RESUMABLE = (
     "train.run_dir", "train.save_every", "train.keep", "train.log_every",
-    "train.max_skipped_steps", "train.extend", "eval.every", "eval.samples_every",
-    "eval.num_samples", "rollout.sub_batch", "reward.workers", "reward.timeout",
+    "train.max_skipped_steps", "train.extend", "train.report_to", "eval.every",
+    "eval.samples_every", "eval.num_samples", "rollout.sub_batch", "reward.workers", "reward.timeout",
     "mesh.data", "mesh.fsdp", "mesh.tensor",
 )  # fmt: skip
 

@@ -214,7 +214,7 @@ def setup(cfg: config.Config) -> Run:
         ckpts=ckpts,
         schedule_steps=schedule_steps,
         guard=guard,
-        logger=logs.Logger(run_dir, start, enabled=main),
+        logger=logs.Logger(run_dir, start, main, cfg.train.report_to, config.to_dict(cfg)),
         bar=_progress(cfg.train.steps, start, main),
         start=start,
     )

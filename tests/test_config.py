@@ -84,6 +84,12 @@ def test_baselines_load():
         ("red.rule=pid", "red.rule: 'pid' is not one of sign, ratio"),
         ("red.entropy_change=both", "red.entropy_change: 'both' is not one of probe, drift"),
         ("red.ext_agg=constant", "red.ext_agg: 'constant' is not one of token-mean, seq-mean-"),
+        (
+            "train.report_to=[tensorboard,mlflow]",
+            "train.report_to[1]: 'mlflow' is not one of tensorboard, wandb",
+        ),
+        ("train.report_to=3", "train.report_to: expected a list, got 3"),
+        ("train.report_to={a: 1}", "train.report_to: expected a list, got {'a': 1}"),
     ],
 )
 def test_errors_name_the_key(override, message):
@@ -156,3 +162,40 @@ def test_phase_plan(algo):
         )
     )
     assert (drift.adapts, drift.probe) == (algo == "red", False)
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ([], ["tensorboard"]),
+        (["train.report_to=[wandb, tensorboard]"], ["wandb", "tensorboard"]),
+        (["train.report_to=wandb"], ["wandb"]),  # a bare override is a one-element list
+        (["train.report_to=tensorboard,wandb"], ["tensorboard", "wandb"]),
+        (["train.report_to=[]"], []),
+    ],
+)
+def test_report_to_is_a_list_of_choices(override, expected):
+    pytest.importorskip("wandb")
+    assert config.load(None, override).train.report_to == expected
+
+
+def test_report_to_from_yaml_and_resumable(tmp_path):
+    pytest.importorskip("wandb")
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  report_to:\n    - wandb\n")
+    assert config.load(str(path)).train.report_to == ["wandb"]
+    from redjax.runs import RESUMABLE
+
+    assert "train.report_to" in RESUMABLE  # where the logs go does not change training
+
+
+def test_report_to_wandb_without_wandb_is_refused_at_load(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
+    with pytest.raises(ValueError, match=r"pip install 'redjax\[wandb\]'"):
+        config.load(None, ["train.report_to=[tensorboard, wandb]"])
+    assert config.load(None, ["train.report_to=[tensorboard]"]).train.report_to == ["tensorboard"]

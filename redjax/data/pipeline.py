@@ -58,9 +58,12 @@ def _check_records(records: Sequence[dict]) -> None:
 def _format_all(
     records: Sequence[dict], tokenizer: Any, *, suffix: str, chat: bool, system: str | None
 ) -> tuple[list[str], list[np.ndarray]]:
-    """Formatted prompt texts and their token ids (special tokens only when not templated)."""
+    """Formatted prompt texts and their token ids (special tokens only when not templated).
+    A record's own system prompt (a chat record's system turn) wins over data.system."""
     texts = [
-        format_prompt(tokenizer, r["prompt"], suffix=suffix, system=system, chat=chat)
+        format_prompt(
+            tokenizer, r["prompt"], suffix=suffix, system=r.get("system") or system, chat=chat
+        )
         for r in records
     ]
     templated = chat and has_chat_template(tokenizer)

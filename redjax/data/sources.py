@@ -1,11 +1,13 @@
 """Read prompt / answer / offline-solution records from JSONL, JSON and Parquet files.
 
 Every record comes out as {"prompt": str, "answer": str, "solution": str | None,
-"source": str}. Column names follow a field map: a preset by name ("default", "openr1",
-"gsm8k", "math", or "auto" to detect one from the first row) or an explicit dict
-{"prompt": col, "answer": col, "solution": col, "source": col} ("solution" and "source"
-optional). Columns are matched exactly first, then ignoring case. "source" is the row's
-"source" column when it has one, else the file name without its extension.
+"source": str}, plus "system": str when the row has a system prompt (a chat record's system
+turn, or a "system" column; the pipeline formats that record's prompt with it). Column names
+follow a field map: a preset of PRESETS by name (default, openr1, numina, gsm8k, math, aime,
+messages), "auto" to pick the first preset whose columns the first row has, or an explicit dict
+{"prompt": col, "answer": col, "solution": col, "source": col, "system": col} (all but prompt
+and answer optional). Columns are matched exactly first, then ignoring case. "source" is the
+row's "source" column when it has one, else the file name without its extension.
 
 Bad input raises ValueError naming the file, the line (JSONL, 1-based) or row (Parquet and
 JSON arrays, 0-based) and the field. With on_error="skip" bad rows are skipped; pass a dict
@@ -19,12 +21,11 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from redjax.rewards.extract import last_boxed  # the verifier's own extractor: gold = what it reads
 
-PRESETS = ("default", "openr1", "gsm8k", "math")
 MAX_KEPT_ERRORS = 10
 
 log = logging.getLogger(__name__)
@@ -91,72 +92,186 @@ def _gsm8k_solution(raw: str) -> tuple[str, str]:
     return gold, f"{body}\nThe final answer is \\boxed{{{gold}}}"
 
 
-def _openr1_solution(row: dict) -> str | None:
-    """The first generation marked correct (else the first), or the 'solution' column."""
+def _boxed_answer(solution: str | None, field: str) -> str:
+    """The last \\boxed{} of a solution: the gold the verifier reads from a trace."""
+    answer = last_boxed(solution) if solution else None
+    if not answer:
+        raise RowError(field, "has no \\boxed{...} answer (and the row no answer column)")
+    return answer
+
+
+def _record(prompt: str, answer: str, solution: str | None = None, **extra: Any) -> dict:
+    """A converted row (answer stripped); `extra` holds source / system when a preset sets them."""
+    return {"prompt": prompt, "answer": answer.strip(), "solution": solution, **extra}
+
+
+def _default(row: dict) -> dict:
+    """Columns prompt, answer and optionally solution (what redjax writes)."""
+    return _mapped(row, {"prompt": "prompt", "answer": "answer", "solution": "solution"})
+
+
+def _mapped(row: dict, fields: dict) -> dict:
+    """A dict field map {prompt, answer[, solution, source, system]: column}."""
+    prompt = _text(_column(row, fields["prompt"]), fields["prompt"], required=True)
+    answer = _text(_column(row, fields["answer"]), fields["answer"], required=True)
+    extra = {}
+    for key in ("solution", "source", "system"):
+        if fields.get(key):
+            extra[key] = _text(_column(row, fields[key]), fields[key], required=False)
+    return _record(prompt, answer, **extra)
+
+
+def _openr1(row: dict) -> dict:
+    """OpenR1-Math-220k: problem, answer; the first generation marked correct by
+    correctness_math_verify (else the first), else the solution column, as the trace."""
+    prompt = _text(_column(row, "problem"), "problem", required=True)
+    answer = _text(_column(row, "answer"), "answer", required=True)
     generations = _column(row, "generations")
     if isinstance(generations, list | tuple) and generations:
         correct = _column(row, "correctness_math_verify")
         pick = 0
         if isinstance(correct, list | tuple):
             pick = next((i for i, ok in enumerate(correct) if ok is True), 0)
-        return _text(generations[pick], "generations", required=False)
-    return _text(_column(row, "solution"), "solution", required=False)
+        solution = _text(generations[pick], "generations", required=False)
+    else:
+        solution = _text(_column(row, "solution"), "solution", required=False)
+    return _record(prompt, answer, solution)
 
 
-def convert_row(row: dict, fields: str | dict) -> tuple[str, str, str | None, str | None]:
-    """(prompt, answer, solution, source column) of one row under a field map."""
-    source = _column(row, "source")
-    source = source if isinstance(source, str) and source.strip() else None
+def _math(row: dict) -> dict:
+    """MATH / MATH-500 (also AIME files with a solution): problem, solution, answer or else the
+    solution's last \\boxed{}."""
+    prompt = _text(_column(row, "problem"), "problem", required=True)
+    answer = _text(_column(row, "answer"), "answer", required=False)
+    solution = _text(_column(row, "solution"), "solution", required=answer is None)
+    return _record(prompt, answer or _boxed_answer(solution, "solution"), solution)
+
+
+def _numina(row: dict) -> dict:
+    """NuminaMath-CoT / 1.5: problem, solution, source; the answer column unless it is 1.5's
+    'notfound' (then the solution's \\boxed{}); a 'proof' row has no answer to check."""
+    answer = _text(_column(row, "answer"), "answer", required=False)
+    if answer is not None and answer.strip().lower() == "proof":
+        raise RowError("answer", "is 'proof': no final answer to check")
+    if answer is not None and answer.strip().lower() == "notfound":
+        row = {k: v for k, v in row.items() if str(k).lower() != "answer"}
+    return _math(row)
+
+
+def _gsm8k(row: dict) -> dict:
+    """GSM8K: question, answer with the reasoning before '#### N' (N is the gold)."""
+    prompt = _text(_column(row, "question"), "question", required=True)
+    raw = _text(_column(row, "answer"), "answer", required=True)
+    if "####" not in raw:
+        raise RowError("answer", "has no '####' before the final answer")
+    gold, solution = _gsm8k_solution(raw)
+    if not gold:
+        raise RowError("answer", "is empty after '####'")
+    return _record(prompt, gold, solution)
+
+
+def _aime(row: dict) -> dict:
+    """AIME-style files: problem (or question) and answer, often id / year; a solution column
+    is kept as the trace when there is one."""
+    name = "problem" if _has(row, "problem") else "question"
+    prompt = _text(_column(row, name), name, required=True)
+    answer = _text(_column(row, "answer"), "answer", required=True)
+    return _record(prompt, answer, _text(_column(row, "solution"), "solution", required=False))
+
+
+def _turns(row: dict) -> list[tuple[str, str]]:
+    """(role, content) of a row's `messages` (a list of {role, content}, or that as JSON text)."""
+    messages = _column(row, "messages")
+    if isinstance(messages, str):
+        try:
+            messages = json.loads(messages)
+        except json.JSONDecodeError:
+            raise RowError("messages", "is text but not a JSON list of turns") from None
+    if not isinstance(messages, list | tuple) or not messages:
+        raise RowError("messages", "is missing" if messages is None else "expected a list of turns")
+    turns = []
+    for i, turn in enumerate(messages):
+        role = turn.get("role") if isinstance(turn, dict) else None
+        if role not in ("system", "user", "assistant"):
+            raise RowError("messages", f"turn {i} has no role system / user / assistant")
+        turns.append((role, _text(turn.get("content"), f"messages[{i}].content", required=True)))
+    return turns
+
+
+def _messages(row: dict) -> dict:
+    """Chat records: prompt = the user turn(s) before the last assistant turn, solution = that
+    turn, system = the system turn; answer = answer / final_answer / gold, else its \\boxed{}."""
+    turns = _turns(row)
+    last = max((i for i, (role, _) in enumerate(turns) if role == "assistant"), default=None)
+    before = turns if last is None else turns[:last]
+    if any(role == "assistant" for role, _ in before):
+        raise RowError("messages", "has several assistant turns; one exchange per record")
+    users = [text for role, text in before if role == "user"]
+    if not users:
+        raise RowError("messages", "has no user turn before the assistant turn")
+    system = "\n\n".join(text for role, text in before if role == "system") or None
+    solution = None if last is None else turns[last][1]
+    answer = None
+    for name in ("answer", "final_answer", "gold"):
+        answer = answer or _text(_column(row, name), name, required=False)
+    answer = answer or _boxed_answer(solution, "messages")
+    extra = {"system": system} if system else {}
+    return _record("\n\n".join(users), answer, solution, **extra)
+
+
+def _any(row: dict, *names: str) -> bool:
+    """Whether the row has one of the columns."""
+    return any(_has(row, n) for n in names)
+
+
+# Each preset: (does a first row look like this export, row -> record). "auto" picks the first
+# preset, in this order, whose test the first row passes; a new export is one entry.
+PRESETS: dict[str, tuple[Callable[[dict], bool], Callable[[dict], dict]]] = {
+    "default": (lambda r: _has(r, "prompt") and _has(r, "answer"), _default),
+    "openr1": (lambda r: _has(r, "problem") and _has(r, "generations"), _openr1),
+    "numina": (
+        lambda r: (
+            _has(r, "problem")
+            and _has(r, "solution")
+            and _any(r, "messages", "problem_type", "synthetic")
+        ),
+        _numina,
+    ),  # fmt: skip
+    "gsm8k": (lambda r: _has(r, "question") and "####" in str(_column(r, "answer")), _gsm8k),
+    "math": (lambda r: _has(r, "problem") and _has(r, "solution"), _math),
+    "aime": (lambda r: _any(r, "problem", "question") and _has(r, "answer"), _aime),
+    "messages": (lambda r: _has(r, "messages"), _messages),
+}
+MAP_KEYS = ("prompt", "answer", "solution", "source", "system")
+
+
+def convert_row(row: dict, fields: str | dict) -> dict:
+    """The record {prompt, answer, solution[, source, system]} of one row under a field map;
+    source and system come from the row's columns of those names unless the map sets them."""
     if isinstance(fields, dict):
-        prompt = _text(_column(row, fields["prompt"]), fields["prompt"], required=True)
-        answer = _text(_column(row, fields["answer"]), fields["answer"], required=True)
-        solution = None
-        if fields.get("solution"):
-            solution = _text(_column(row, fields["solution"]), fields["solution"], required=False)
-        if fields.get("source"):
-            source = _text(_column(row, fields["source"]), fields["source"], required=False)
-        return prompt, answer.strip(), solution, source
-    if fields == "default":
-        return convert_row(row, {"prompt": "prompt", "answer": "answer", "solution": "solution"})
-    if fields == "openr1":
-        prompt = _text(_column(row, "problem"), "problem", required=True)
-        answer = _text(_column(row, "answer"), "answer", required=True)
-        return prompt, answer.strip(), _openr1_solution(row), source
-    if fields == "gsm8k":
-        prompt = _text(_column(row, "question"), "question", required=True)
-        raw = _text(_column(row, "answer"), "answer", required=True)
-        if "####" not in raw:
-            raise RowError("answer", "has no '####' before the final answer")
-        gold, solution = _gsm8k_solution(raw)
-        if not gold:
-            raise RowError("answer", "is empty after '####'")
-        return prompt, gold, solution, source
-    if fields == "math":
-        prompt = _text(_column(row, "problem"), "problem", required=True)
-        solution = _text(_column(row, "solution"), "solution", required=True)
-        answer = _text(_column(row, "answer"), "answer", required=False)
-        if answer is None:
-            answer = last_boxed(solution)
-            if not answer:
-                raise RowError("solution", "has no \\boxed{...} answer")
-        return prompt, answer.strip(), solution, source
-    raise ValueError(f"unknown field map {fields!r}; use one of {PRESETS}, 'auto' or a dict")
+        record = _mapped(row, fields)
+    elif fields in PRESETS:
+        record = PRESETS[fields][1](row)
+    else:
+        raise ValueError(
+            f"unknown field map {fields!r}; use one of {tuple(PRESETS)}, 'auto' or a dict"
+        )
+    for key in ("source", "system"):
+        if key not in record:
+            value = _column(row, key)
+            record[key] = value if isinstance(value, str) and value.strip() else None
+    return record
 
 
 def detect_fields(row: dict) -> str:
-    """The preset whose columns the row has; ValueError listing the columns otherwise."""
-    if _has(row, "prompt") and _has(row, "answer"):
-        return "default"
-    if _has(row, "question") and _has(row, "answer"):
-        return "gsm8k"
-    if _has(row, "problem") and (_has(row, "generations") or _has(row, "answer")):
-        return "openr1"
-    if _has(row, "problem") and _has(row, "solution"):
-        return "math"
+    """The first preset whose columns the row has; RowError listing the columns otherwise."""
+    for name, (looks_like, _) in PRESETS.items():
+        if looks_like(row):
+            return name
     raise RowError(
         None,
         f"cannot detect the field map from columns {sorted(map(str, row))}; "
-        f"pass fields= one of {PRESETS} or a dict {{'prompt': ..., 'answer': ...}}",
+        f"pass fields= one of {tuple(PRESETS)} or a dict {{'prompt': ..., 'answer': ...}}",
     )
 
 
@@ -164,15 +279,16 @@ def check_fields(fields: str | dict) -> None:
     """Raises ValueError for a field map that names no known preset or lacks columns."""
     if isinstance(fields, dict):
         missing = {"prompt", "answer"} - set(fields)
-        unknown = set(fields) - {"prompt", "answer", "solution", "source"}
+        unknown = set(fields) - set(MAP_KEYS)
         if missing or unknown:
             raise ValueError(
                 f"field map {fields} must map 'prompt' and 'answer' (and optionally "
-                f"'solution', 'source'); missing {sorted(missing)}, unknown {sorted(unknown)}"
+                f"'solution', 'source', 'system'); missing {sorted(missing)}, "
+                f"unknown {sorted(unknown)}"
             )
     elif fields not in (*PRESETS, "auto"):
         raise ValueError(
-            f"unknown field map {fields!r}; use one of {PRESETS}, 'auto' or a map "
+            f"unknown field map {fields!r}; use one of {tuple(PRESETS)}, 'auto' or a map "
             "{prompt: FIELD, answer: FIELD, solution: FIELD}"
         )
 
@@ -279,7 +395,7 @@ def load_records(
                     resolved = detect_fields(row)
                 except RowError as e:
                     raise ValueError(f"{path}, {where}: {e}") from None
-            prompt, answer, solution, source = convert_row(row, resolved)
+            record = convert_row(row, resolved)
         except RowError as e:
             message = f"{path}, {where}: {e}"
             if on_error == "raise":
@@ -288,14 +404,10 @@ def load_records(
             if len(errors) < MAX_KEPT_ERRORS:
                 errors.append(message)
             continue
-        records.append(
-            {
-                "prompt": prompt,
-                "answer": answer,
-                "solution": solution,
-                "source": source or default_source,
-            }
-        )
+        record["source"] = record["source"] or default_source
+        if record["system"] is None:
+            del record["system"]  # only chat records with a system turn carry one
+        records.append(record)
     if stats is not None:
         stats.update(
             rows=rows, records=len(records), skipped=skipped, errors=errors, fields=resolved
