@@ -43,7 +43,7 @@ def test_methods_share_everything_but_their_own_keys():
         args = compare.method_args(name, compare.TASK, ["model.path=/m"], seed=2)
         assert args[0] == "train" and args[1] == compare.TASK
         cfg = config.to_dict(config.load(args[1], args[2:]))
-        assert cfg["algo"] == name.split("_fixed")[0].split("_no_")[0]
+        assert [f"algo={cfg['algo']}"] == compare.METHODS[name][:1]
         seen[name] = {k: v for k, v in cfg.items() if k not in compare.METHOD_KEYS}
     ref = seen["red"]
     assert ref["train"]["seed"] == 2 and ref["model"]["path"] == "/m"
@@ -51,6 +51,8 @@ def test_methods_share_everything_but_their_own_keys():
     lam = config.load(compare.TASK, compare.METHODS["red_fixed_lambda"]).red
     shift = config.load(compare.TASK, compare.METHODS["red_no_shift"]).red
     assert (lam.lam, lam.shift, shift.lam, shift.shift) == ("fixed", "linear", "red", "zero")
+    ratio = config.load(compare.TASK, compare.METHODS["red_ratio_drift"]).red
+    assert (ratio.rule, ratio.entropy_change, ratio.lam) == ("ratio", "drift", "red")
     steps = config.load(compare.TASK).train.steps
     sft_then = config.load(
         compare.TASK, compare.method_args("sft_then_grpo", compare.TASK, [], 0)[2:]
