@@ -225,3 +225,42 @@ def test_evaluate_rows_follow_their_problems(tiny_model):
         assert p["maj_correct"] == (won is not None and p["samples"][won]["correct"])
     assert res["avg@3"] == pytest.approx(np.mean([np.mean(r) for r in right]))
     assert list(res["by_source"]) == ["s"]
+
+
+def test_run_eval_logs_the_same_summary(tiny_model):
+    """train.run_eval with eval.k = 3: eval/heldout_acc is avg@3, beside pass@3, maj@3, the
+    mean length and the truncated share, each equal to the evaluation's own summary."""
+    from types import SimpleNamespace
+
+    from redjax import config, train
+    from redjax.models import from_pretrained
+    from redjax.rewards import Verifier
+    from redjax.sharding import make_mesh
+    from redjax.tokenizer import load_tokenizer
+
+    cfg = config.load(None, ["eval.k=3", "eval.temperature=1.0", "rollout.max_new_tokens=5"])
+    model = from_pretrained(tiny_model)
+    logged = {}
+    logger = SimpleNamespace(log=lambda step, m: logged.update(m), samples=lambda *a: None)
+    records = [{"prompt": f"{i}+{i}=", "answer": str(2 * i), "source": "t"} for i in range(3)]
+    with Verifier("math", workers=0, timeout=5.0, format_weight=0, think_format=False,
+                  extract="boxed") as verifier:  # fmt: skip
+        r = SimpleNamespace(
+            cfg=cfg, state={"params": model.params}, model_cfg=model.cfg, mesh=make_mesh(),
+            tokenizer=load_tokenizer(tiny_model), test_records=records, verifier=verifier,
+            logger=logger,
+        )  # fmt: skip
+        res = train.run_eval(r, 7)
+    assert set(logged) == {
+        "eval/heldout_acc",
+        "eval/pass@3",
+        "eval/maj@3",
+        "eval/mean_length",
+        "eval/truncated_frac",
+    }
+    lengths = [s["length"] for p in res["per_problem"] for s in p["samples"]]
+    cut = [s["finish"] == "length" for p in res["per_problem"] for s in p["samples"]]
+    assert logged["eval/mean_length"] == pytest.approx(np.mean(lengths))
+    assert logged["eval/truncated_frac"] == pytest.approx(np.mean(cut))
+    assert logged["eval/heldout_acc"] == res["avg@3"] == res["pass@1"]
+    assert logged["eval/pass@3"] == res["pass@3"] and logged["eval/maj@3"] == res["maj@3"]
