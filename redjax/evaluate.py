@@ -48,12 +48,10 @@ def check_settings(n: int, ks: Sequence[int], temperature: float) -> None:
 
 
 def majority(answers: Sequence[str | None]) -> int | None:
-    """Index of the sample whose answer wins the vote; None if no sample has an answer.
-
-    Answers are grouped by the verifier's equivalence: each joins the first group whose first
-    answer `a` has is_equiv(a, answer) ("1/2" and "0.5" vote together); samples without an
-    answer do not vote. The largest group wins; a tie goes to the group formed first (the one
-    whose first answer comes earliest); the index returned is that group's first sample."""
+    """The first sample of the largest group of equivalent answers (is_equiv: "1/2" and "0.5"
+    vote together), a tie to the group formed first; None if no sample has an answer."""
+    # Each answer joins the first group whose first answer f has is_equiv(f, answer), else
+    # starts a group; samples without an answer do not vote.
     from redjax.rewards.compare import is_equiv  # sympy: loaded only when a vote needs it
 
     firsts: list[int] = []  # the first sample of each group
@@ -118,8 +116,8 @@ def evaluate(
     progress: bool = False,
 ) -> dict:
     """Score n samples per record: the summary overall, by source and by file (a record's
-    "file"), and one entry per problem. No defaults for the settings: the trainer's come
-    from its config (train.run_eval), the CLI's from its flags. extract: the answer mode."""
+    "file"), and one entry per problem (`majority` votes on answers read in `extract` mode)."""
+    # No defaults for the settings: the trainer's come from its config (train.run_eval).
     check_settings(n, ks, temperature)
     sp = sampling.SamplingParams(
         temperature=temperature,
@@ -173,7 +171,9 @@ def evaluate(
     return _results(problems, samples, n, ks)
 
 
-def _problem(rec: dict, batch: dict, j: int, ro: Any, correct: np.ndarray, n: int, extract: str):
+def _problem(
+    rec: dict, batch: dict, j: int, ro: Any, correct: np.ndarray, n: int, extract: str
+) -> dict:
     """The per-problem entry of prompt j of a batch: its n samples and their majority vote."""
     rows = range(j * n, (j + 1) * n)
     answers = [extract_answer(ro.text[r], extract) for r in rows]
@@ -181,7 +181,7 @@ def _problem(rec: dict, batch: dict, j: int, ro: Any, correct: np.ndarray, n: in
     return {
         "file": rec.get("file"),
         "source": batch["source"][j] or "all",
-        "prompt": batch["prompt_text"][j],
+        "prompt": rec["prompt"],  # as in the data; the model saw it formatted (chat, suffix)
         "gold": batch["answer"][j],
         "majority": None if won is None else answers[won],
         "maj_correct": won is not None and bool(correct[j * n + won]),
@@ -198,7 +198,8 @@ def _problem(rec: dict, batch: dict, j: int, ro: Any, correct: np.ndarray, n: in
     }
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool) -> Any:
+    """A bar over problems (the CLI's; the trainer has its own)."""
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, desc="eval", unit="problem", dynamic_ncols=True)

@@ -170,6 +170,7 @@ def test_eval_cli_two_files_by_hand(tiny_model, tmp_path, capsys):
     probs = res["per_problem"]
     assert [p["file"] for p in probs] == [a] * 3 + [b] * 2
     assert [p["gold"] for p in probs] == ["1", "2", "3", "0", "2"]
+    assert [p["prompt"] for p in probs] == ["0+1=", "1+1=", "2+1=", "0*2=", "1*2="]
     from redjax.rewards.extract import extract_answer
     from redjax.rewards.math import math_reward
 
