@@ -66,6 +66,53 @@ def _info(args: argparse.Namespace) -> None:
         print(f"  {d}")
 
 
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
+    """The `eval` sub-command: n samples per problem, avg@n / pass@k / maj@n per file."""
+    e = sub.add_parser("eval", help="avg@n / pass@k / maj@n of a model on benchmark files")
+    e.add_argument("--model", required=True, help="Hugging Face folder or run folder")
+    e.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        help="JSONL/Parquet files, comma-separated or repeated; each gets its own row",
+    )
+    e.add_argument(
+        "--n", type=int, default=None, help="samples per problem (default: the largest --k, else 1)"
+    )
+    e.add_argument(
+        "--k",
+        default=None,
+        help="pass@k for each k, comma-separated, e.g. 1,8 (each <= n; default: n)",
+    )
+    e.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="sampling temperature (default: 0, greedy, if n = 1, else 0.6; 0 with n > 1 is refused)",
+    )
+    e.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (1 = off)")
+    e.add_argument("--max-new-tokens", type=int, default=1024, help="tokens per response")
+    e.add_argument(
+        "--batch-size", type=int, default=32, help="prompts per sampler call (n rows each)"
+    )
+    e.add_argument("--fields", default="auto", help="field map preset of the data")
+    e.add_argument("--limit", type=int, default=None, help="first N problems per file")
+    e.add_argument(
+        "--prompt-suffix", default=None, help="text after each prompt (default: the run's)"
+    )
+    e.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    e.add_argument("--seed", type=int, default=0, help="sampling seed")
+    e.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype"
+    )
+    e.add_argument(
+        "--json",
+        default=None,
+        help="write the summary and per-problem results to this JSON file, the table beside it (.md)",
+    )
+    e.set_defaults(fn=_eval)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="redjax", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -91,22 +138,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--raw", action="store_true", help="do not apply the chat template")
     g.set_defaults(fn=_generate)
 
-    e = sub.add_parser("eval", help="pass@1 / pass@k of a model on a benchmark file")
-    e.add_argument("--model", required=True, help="Hugging Face folder or run folder")
-    e.add_argument("--data", required=True, action="append", help="JSONL/Parquet (repeatable)")
-    e.add_argument("--k", type=int, default=1, help="samples per problem (pass@k)")
-    e.add_argument("--temperature", type=float, default=None, help="default: 0 if k=1 else 0.6")
-    e.add_argument("--top-p", type=float, default=1.0)
-    e.add_argument("--max-new-tokens", type=int, default=1024)
-    e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--fields", default="auto", help="field map preset of the data")
-    e.add_argument("--limit", type=int, default=None, help="first N problems per file")
-    e.add_argument("--prompt-suffix", default=None)
-    e.add_argument("--raw", action="store_true", help="do not apply the chat template")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    e.add_argument("--json", default=None, help="also write the results to this JSON file")
-    e.set_defaults(fn=_eval)
+    _eval_parser(sub)
 
     x = sub.add_parser("export", help="write a run's parameters as a Hugging Face folder")
     x.add_argument("run_dir")

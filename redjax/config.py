@@ -141,7 +141,7 @@ class MeshCfg:
 class EvalCfg:
     every: int = 50  # steps between held-out evaluations (0 = only at the end)
     problems: int = 200
-    k: int = 1
+    k: int = 1  # samples per problem (n): avg@k (= pass@1), pass@k, maj@k; > 1 needs temperature
     temperature: float = 0.0
     max_new_tokens: int | None = None  # default: rollout.max_new_tokens
     samples_every: int = 50  # steps between logged sample completions
@@ -366,7 +366,11 @@ def validate(cfg: Config) -> None:
         (cfg.train.chunk >= 1, "train.chunk must be >= 1 (tokens per log-prob chunk)"),
         (cfg.eval.every >= 0, "eval.every must be >= 0 (0 = only at the end)"),
         (cfg.eval.samples_every >= 0, "eval.samples_every must be >= 0 (0 = never)"),
-        (cfg.eval.k >= 1, "eval.k must be >= 1"),
+        (cfg.eval.k >= 1, "eval.k must be >= 1 (samples per held-out problem)"),
+        (
+            cfg.eval.k == 1 or cfg.eval.temperature > 0,
+            "eval.k > 1 at eval.temperature 0 gives identical samples: set eval.temperature",
+        ),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.train.steps >= 1, "train.steps must be >= 1"),
         (cfg.train.log_every >= 1, "train.log_every must be >= 1"),

@@ -649,7 +649,8 @@ def run_eval(r: Run, step_: int) -> dict:
         r.tokenizer,
         r.test_records,
         r.verifier,
-        k=e.k,
+        n=e.k,  # eval.k: samples per problem (n); pass@1 and pass@n are reported
+        ks=(e.k,),
         temperature=e.temperature,
         top_p=1.0,  # held-out evaluation samples the whole distribution (no eval.top_p)
         max_new_tokens=e.max_new_tokens or cfg.rollout.max_new_tokens,
@@ -658,17 +659,19 @@ def run_eval(r: Run, step_: int) -> dict:
         chat=cfg.data.chat,
         system=cfg.data.system,
         seed=cfg.train.seed,
+        extract=cfg.reward.extract,
         mesh=r.mesh,
         keep_samples=e.num_samples,
     )
-    r.logger.log(
-        step_,
-        {
-            "eval/heldout_acc": res["pass@1"],
-            f"eval/pass@{e.k}": res[f"pass@{e.k}"],
-            "eval/mean_length": res["mean_length"],
-        },
-    )
+    metrics = {
+        "eval/heldout_acc": res[f"avg@{e.k}"],  # = pass@1
+        f"eval/pass@{e.k}": res[f"pass@{e.k}"],
+        "eval/mean_length": res["mean_length"],
+        "eval/truncated_frac": res["truncated_frac"],
+    }
+    if e.k > 1:
+        metrics[f"eval/maj@{e.k}"] = res[f"maj@{e.k}"]
+    r.logger.log(step_, metrics)
     r.logger.samples(step_, [{**s, "eval": True} for s in res["samples"]])
     log.info("step %d: held-out pass@1 %.3f on %d problems", step_, res["pass@1"], res["problems"])
     return res
