@@ -29,8 +29,11 @@ def redjax(args: list[str], code: str, log: str) -> None:
     """`redjax ARGS` with the package imported from `code`, output to `log`."""
     env = dict(os.environ, PYTHONPATH=code)
     cmd = [sys.executable, "-c", "import sys; from redjax.cli import main; main(sys.argv[1:])"]
-    with open(log, "w") as f:
-        subprocess.run([*cmd, *args], env=env, stdout=f, stderr=subprocess.STDOUT, check=True)
+    with open(log, "w") as f:  # run from the log's folder: `python -c` puts the cwd first
+        subprocess.run(
+            [*cmd, *args], env=env, stdout=f, stderr=subprocess.STDOUT, check=True,
+            cwd=os.path.dirname(log),
+        )  # fmt: skip
 
 
 def default_model(out: str, code: str) -> str:
@@ -74,8 +77,9 @@ def main() -> None:
     p.add_argument("--code", default=ROOT, help="checkout whose redjax runs (default: this)")
     p.add_argument("--out", default=os.path.join(ROOT, "runs", "bench-widths"))
     args = p.parse_args()
+    args.out = os.path.abspath(args.out)
     os.makedirs(args.out, exist_ok=True)
-    model = args.model or default_model(args.out, args.code)
+    model = os.path.abspath(args.model) if args.model else default_model(args.out, args.code)
     rows = [
         measure(model, int(n), args.steps, args.out, args.code) for n in args.budgets.split(",")
     ]
