@@ -42,7 +42,9 @@ def check_resume(cfg: config.Config, saved: dict | None) -> int:
     step, where = int(saved["step"]), cfg.train.run_dir
     if "config" not in saved:  # a checkpoint written before configs were saved with it
         return cfg.train.steps
-    old, new = flat(saved["config"]), flat(config.to_dict(cfg))
+    new = flat(config.to_dict(cfg))
+    # a key added since the run was saved: the run had its default (new keys are off by default)
+    old = {**flat(config.to_dict(config.Config())), **flat(saved["config"])}
     differ = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
     changed = [k for k in differ if k not in RESUMABLE and k != "train.steps"]
     if changed:
