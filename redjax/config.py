@@ -66,6 +66,10 @@ class RolloutCfg:
     top_p: float = 1.0
     top_k: int = 0
     sub_batch: int = 0  # rollouts per sampler pass (whole prompts); 0 = from free device memory
+    # Dynamic sampling (DAPO): drop the groups whose rewards are all equal (zero advantage) and
+    # sample further prompt batches, up to max_refills, until `prompts` groups have a signal.
+    filter_groups: bool = False
+    max_refills: int = 3  # further batches a step may draw; 0 = filter without refilling
 
 
 @dataclass
@@ -347,6 +351,15 @@ def validate(cfg: Config) -> None:
         (cfg.rollout.temperature >= 0, "rollout.temperature must be >= 0"),
         (0 < cfg.rollout.top_p <= 1, "rollout.top_p must be in (0, 1]"),
         (cfg.rollout.max_new_tokens >= 0, "rollout.max_new_tokens must be >= 0 (0 = fit)"),
+        (cfg.rollout.max_refills >= 0, "rollout.max_refills must be >= 0 (0 = no refills)"),
+        (
+            not cfg.rollout.filter_groups or cfg.algo != "sft",
+            "rollout.filter_groups filters rollout groups: algo sft samples none",
+        ),
+        (
+            not cfg.rollout.filter_groups or cfg.rollout.group_size >= 2,
+            "rollout.filter_groups needs rollout.group_size >= 2 (one reward has no spread)",
+        ),
         (cfg.data.max_prompt_len >= 0, "data.max_prompt_len must be >= 0 (0 = fit the data)"),
         (cfg.data.max_offline_len >= 0, "data.max_offline_len must be >= 0 (0 = fit the data)"),
         (0 < cfg.red.probe_fraction <= 1, "red.probe_fraction must be in (0, 1]"),

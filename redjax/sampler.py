@@ -37,6 +37,7 @@ from redjax.models.transformer import (
     unembedding,
     unstack_layers,
 )
+from redjax.shapes import pad_cols
 from redjax.shapes import sampler_bucket as bucket
 from redjax.sharding import batch_axes, data_shards, to_host
 
@@ -83,6 +84,23 @@ class Rollouts:
     lengths: np.ndarray  # int32 [R]
     finish: np.ndarray  # str [R], "stop" (eos id or stop string) or "length"
     text: list[str] | None = None  # decoded completions, cut before any stop string
+
+
+def concat_rollouts(parts: list[Rollouts]) -> Rollouts:
+    """The rollouts of `parts`, one after the other, right-padded to the widest (token 0, no
+    mask, log-prob 0 after the end, as in each part)."""
+    width = max(p.tokens.shape[1] for p in parts)
+    wide = lambda name: np.concatenate([pad_cols(getattr(p, name), width) for p in parts])
+    texts = [p.text for p in parts]
+    return Rollouts(
+        tokens=wide("tokens"),
+        mask=wide("mask"),
+        logp=wide("logp"),
+        logp_model=wide("logp_model"),
+        lengths=np.concatenate([p.lengths for p in parts]),
+        finish=np.concatenate([p.finish for p in parts]),
+        text=None if any(t is None for t in texts) else [x for t in texts for x in t],
+    )
 
 
 # ----------------------------------------------------------------------------- sampling

@@ -2,8 +2,8 @@
 
     setup(cfg) -> Run: data, tokenizer, mesh, model, step functions, controller, checkpoints
     for each step, the phases of the run's algo (redjax.algos):
-        collect rollouts -> score -> advantages and shift -> update (L_rl + lambda * L_ext)
-        -> probe and adjust lambda -> log / evaluate / checkpoint
+        collect rollouts -> score -> (rollout.filter_groups: refill) -> advantages and shift
+        -> update (L_rl + lambda * L_ext) -> probe and adjust lambda -> log / evaluate / checkpoint
 
 Re-running the same command on the same run folder resumes from its last checkpoint.
 SIGTERM / SIGINT (preemptible TPU VMs) save a checkpoint at the end of the current step, then
@@ -31,6 +31,7 @@ from redjax import (
     config,
     distributed,
     evaluate,
+    groups,
     logs,
     red,
     rewards,
@@ -40,6 +41,7 @@ from redjax import (
 )
 from redjax import sampler as sampling
 from redjax.algos import Phase, Plan
+from redjax.data.pipeline import concat as concat_batches
 from redjax.data.pipeline import make_loader
 from redjax.data.task import (
     fit_lengths,
@@ -82,6 +84,7 @@ def run(config_path: str | None = None, overrides: list[str] | None = None) -> d
             clock.mark("sample")
             scores = score(r, got, phase)
             clock.mark("reward")
+            got, scores = refill(r, it, phase, got, scores, clock)  # rollout.filter_groups
             targets = advantages(r, got, scores, phase)
             rows, checks = train_rows(r, got, targets, phase)
             metrics = {**update(r, rows, targets.lam, it), **checks}
@@ -291,6 +294,10 @@ class Collected:
     batch: dict  # redjax.data.pipeline layout: prompt_ids, prompt_text, answer, ...
     ro: sampling.Rollouts | None  # G rollouts per prompt (None in an SFT phase)
     group: int  # G
+    # rollout.filter_groups: the prompts (of `batch`) whose groups the Recall term trains on,
+    # -1 in a slot no group with a signal filled; None: every prompt's
+    trained: np.ndarray | None = None
+    counts: dict = dataclasses.field(default_factory=dict)  # the filter's logged counters
 
 
 @dataclasses.dataclass
@@ -301,6 +308,12 @@ class Scores:
     correct: np.ndarray  # bool [B, G]: the answer is right (the format bonus aside)
     off_rew: np.ndarray  # [B]
     has_off: np.ndarray  # bool [B]: a teacher trace this phase trains on
+
+    @staticmethod
+    def concat(parts: list[Scores]) -> Scores:
+        """The scores of `parts`, one prompt batch after the other."""
+        fields = dataclasses.fields(Scores)
+        return Scores(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields))
 
 
 @dataclasses.dataclass
@@ -314,8 +327,9 @@ class Targets:
     any_off: bool  # some host has a teacher trace this step (one decision for all hosts)
 
 
-def collect(r: Run, it: int, phase: Phase) -> Collected:
-    """1. The next prompt batch and, in an online phase, G rollouts per prompt."""
+def collect(r: Run, it: int, phase: Phase, refills: int = 0) -> Collected:
+    """1. The next prompt batch and, in an online phase, G rollouts per prompt (`refills`: the
+    batches this step drew before, for a sampling seed of its own)."""
     batch = next(r.loader)
     width = distributed.global_max(batch["prompt_ids"].shape[1])
     batch = {
@@ -324,7 +338,7 @@ def collect(r: Run, it: int, phase: Phase) -> Collected:
         "prompt_mask": pad_cols(batch["prompt_mask"], width, False, left=True),
     }
     g = r.cfg.rollout.group_size
-    seed = r.cfg.train.seed * 1_000_003 + it
+    seed = r.cfg.train.seed * 1_000_003 + it + refills * 2**24
     ro = rollouts(r, batch, group=g, seed=seed) if phase.online else None
     return Collected(batch, ro, g)
 
@@ -370,6 +384,49 @@ def score(r: Run, got: Collected, phase: Phase) -> Scores:
     return Scores(rew, correct, off_rew, has_off)
 
 
+def refill(
+    r: Run, it: int, phase: Phase, got: Collected, s: Scores, clock: Clock
+) -> tuple[Collected, Scores]:
+    """2b. rollout.filter_groups: the groups whose rewards are all equal (zero advantage) are
+    not trained on, and further prompt batches are drawn, up to rollout.max_refills, until every
+    host has its share of rollout.prompts groups with a signal (else the step trains on those it
+    has). Every prompt drawn keeps its teacher trace for the Extend term."""
+    ro_cfg = r.cfg.rollout
+    if not (ro_cfg.filter_groups and phase.online):
+        return got, s
+    want, parts = ro_cfg.prompts // r.hosts, [(got, s)]
+    trained = groups.keep(group_rewards(r, s), want)
+    while len(parts) <= ro_cfg.max_refills and distributed.global_any(trained.min() < 0):
+        more = collect(r, it, phase, refills=len(parts))
+        clock.mark("sample")
+        parts.append((more, score(r, more, phase)))
+        clock.mark("reward")
+        s = Scores.concat([p[1] for p in parts])
+        trained = groups.keep(group_rewards(r, s), want)
+    total = lambda n: int(distributed.gather(np.int64(n)).sum())
+    counts = {
+        "groups_filtered": total((~groups.has_signal(group_rewards(r, s))).sum()),
+        "groups_trained": total((trained >= 0).sum()),
+        "refills": len(parts) - 1,
+        "prompts_consumed": total(len(s.rew)),
+    }
+    if counts["groups_trained"] < ro_cfg.prompts:
+        log.info(
+            "step %d: %d of %d groups have a learning signal after %d refills "
+            "(rollout.max_refills): the step trains on those", it + 1,
+            counts["groups_trained"], ro_cfg.prompts, counts["refills"],
+        )  # fmt: skip
+    batch = concat_batches([p[0].batch for p in parts], r.pad_id)
+    ro = sampling.concat_rollouts([p[0].ro for p in parts])
+    return Collected(batch, ro, got.group, trained, {k: float(v) for k, v in counts.items()}), s
+
+
+def group_rewards(r: Run, s: Scores) -> np.ndarray:
+    """The rewards each group's advantages are made of: its rollouts' and, with
+    red.offline_in_group, its trace's (redjax.groups)."""
+    return groups.group_rewards(s.rew, s.off_rew, s.has_off & r.ctrl.offline_in_group)
+
+
 def advantages(r: Run, got: Collected, s: Scores, phase: Phase) -> Targets:
     """3. Group advantages, the per-prompt policy shift and lambda (the controller); without
     rollouts, SFT: teacher traces with unit advantage and no shift."""
@@ -383,9 +440,10 @@ def advantages(r: Run, got: Collected, s: Scores, phase: Phase) -> Targets:
 
 
 def train_rows(r: Run, got: Collected, t: Targets, phase: Phase) -> tuple[Rows, dict]:
-    """4a. This host's rows: B*G rollouts and the B teacher traces, each after its prompt, with
-    the old (and reference) log-probs of their response tokens and the entropy gate; and how far
-    the sampler's log-probs are from the old ones."""
+    """4a. This host's rows: the B*G rollouts of the trained groups and the teacher traces of
+    the step's prompts, each after its prompt, with the old (and reference) log-probs of their
+    response tokens and the entropy gate; and how far the sampler's log-probs are from the old
+    ones."""
     mb = r.cfg.optim.micro_batches * r.cfg.optim.minibatches
     cfg = r.cfg
     rows = host_rows(
@@ -399,7 +457,7 @@ def train_rows(r: Run, got: Collected, t: Targets, phase: Phase) -> tuple[Rows, 
         ref_logp = sharding.get_local(r.score_fn(r.ref_params, tokens)[0])
     gate = entropy_gate(old_ent, rows, cfg.rl.gate_frac) if cfg.rl.gate_frac < 1 else None
     checks = {
-        **logp_mismatch(old_logp, got.ro, cfg.rollout.temperature),
+        **logp_mismatch(old_logp, trained_rollouts(got)[1], cfg.rollout.temperature),
         "row_width": float(rows.resp_ids.shape[1]),  # response tokens a row has in this step
     }
     return rows.replace(old_logp=old_logp, ref_logp=ref_logp, gate=gate), checks
@@ -419,12 +477,27 @@ def logp_mismatch(old_logp: np.ndarray, ro: sampling.Rollouts | None, temperatur
     hosts): the training / inference mismatch (nan without sampled rollouts)."""
     if ro is None or temperature == 0:
         return {"logp_mismatch_mean": float("nan"), "logp_mismatch_max": float("nan")}
-    n, w = ro.logp.shape
-    diff = np.abs(old_logp[:n, :w] - ro.logp)
+    n, w = len(ro.logp), min(ro.logp.shape[1], old_logp.shape[1])  # trained tokens fit the rows
+    diff, mask = np.abs(old_logp[:n, :w] - ro.logp[:, :w]), ro.mask[:, :w]
     return {
-        "logp_mismatch_mean": mean(diff[ro.mask]),
-        "logp_mismatch_max": float(everywhere(diff, ro.mask).max(initial=0.0)),
+        "logp_mismatch_mean": mean(diff[mask]),
+        "logp_mismatch_max": float(everywhere(diff, mask).max(initial=0.0)),
     }
+
+
+def trained_rollouts(got: Collected) -> tuple[np.ndarray, sampling.Rollouts | None]:
+    """The rollouts the Recall term trains on, as rows of got.ro, and those rollouts: every
+    group's, or those of the groups got.trained names (a -1 slot: G rows without tokens)."""
+    ro, g = got.ro, got.group
+    if ro is None or got.trained is None:
+        return np.arange(0 if ro is None else len(ro.tokens)), ro
+    idx = (np.maximum(got.trained, 0)[:, None] * g + np.arange(g)).reshape(-1)
+    live = np.repeat(got.trained >= 0, g)
+    pick = lambda x: x[idx]
+    return idx, sampling.Rollouts(
+        tokens=pick(ro.tokens), mask=pick(ro.mask) & live[:, None], logp=pick(ro.logp),
+        logp_model=pick(ro.logp_model), lengths=pick(ro.lengths) * live, finish=pick(ro.finish),
+    )  # fmt: skip
 
 
 def host_rows(
@@ -434,15 +507,15 @@ def host_rows(
     host, bucketed up to `max_width` (shapes.response_width); rows are padded with empty rows
     (no response tokens) to a multiple of the data shards times the micro-batches. Every host
     builds the same shapes: widths and row counts are global maxima."""
-    batch, g, parts = got.batch, got.group, []
+    batch, parts = got.batch, []
     prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
     if online:
-        n = len(got.ro.tokens)
-        repeat = lambda x: np.repeat(x, g, 0)
+        idx, ro = trained_rollouts(got)
+        n, q = len(idx), idx // got.group  # q: the prompt of each rollout
         parts.append(
             make_rows(
-                repeat(prompt_ids), repeat(prompt_mask), got.ro.tokens, got.ro.mask,
-                np.ones(n, bool), t.adv.reshape(-1), np.zeros(n),
+                prompt_ids[q], prompt_mask[q], ro.tokens, ro.mask, np.ones(n, bool),
+                t.adv.reshape(-1)[idx] * ro.mask.any(1), np.zeros(n),
             )
         )  # fmt: skip
     keep = np.flatnonzero(batch["has_offline"]) if t.any_off else np.zeros(0, int)
@@ -520,21 +593,25 @@ def adjust_lambda(r: Run, m: dict[str, float], t: Targets) -> None:
 
 
 class Clock:
-    """Wall time of the phases of one step."""
+    """Wall time of the phases of one step: a mark ends a phase begun at the previous mark (a
+    phase marked again, as sampling and rewards in a refill, adds up)."""
 
     def __init__(self) -> None:
-        self.marks = {"start": time.perf_counter()}
+        self.start = self.last = time.perf_counter()
+        self.spent: dict[str, float] = {}
 
     def mark(self, name: str) -> None:
-        self.marks[name] = time.perf_counter()
+        now = time.perf_counter()
+        self.spent[name] = self.spent.get(name, 0.0) + now - self.last
+        self.last = now
 
     def times(self) -> dict[str, float]:
-        t = self.marks
+        t = self.spent
         return {
-            "time/sample": t["sample"] - t["start"],
-            "time/reward": t["reward"] - t["sample"],
-            "time/train": t["train"] - t["reward"],
-            "time/step": t["train"] - t["start"],
+            "time/sample": t["sample"],
+            "time/reward": t["reward"],
+            "time/train": t["train"],
+            "time/step": self.last - self.start,
         }
 
 
@@ -577,6 +654,7 @@ def summary(r: Run, got: Collected, s: Scores, t: Targets, clock: Clock) -> dict
         "rollouts": float(distributed.gather(np.int64(0 if ro is None else len(ro.tokens))).sum()),
         "batch_digest": digest(got.batch["prompt_text"]),
         "truncated_frac": mean(ro.finish == "length") if ro is not None else float("nan"),
+        **got.counts,  # rollout.filter_groups: groups filtered and trained, refills, prompts
         **times,
     }
 

@@ -45,3 +45,9 @@ def slow(completion: str, gold: str) -> float:
     """Half a second an item: a step that takes a while, to interrupt."""
     time.sleep(0.5)
     return 0.0
+
+
+def starts_with_digit(completion: str, gold: str) -> float:
+    """1 if the completion starts with a digit: groups of a random policy split into all-equal
+    and mixed ones (for rollout.filter_groups)."""
+    return float(completion[:1].isdigit())

@@ -71,7 +71,10 @@ def test_baselines_load():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("rollout.grop_size=4", "unknown key 'rollout.grop_size'; allowed: group_size"),
+        (
+            "rollout.grop_size=4",
+            "unknown key 'rollout.grop_size'; allowed: filter_groups, group_size",
+        ),
         ("rl.agg=mean", "rl.agg: 'mean' is not one of token-mean, seq-mean-token-mean, constant"),
         ("rollout.prompts=many", "rollout.prompts: expected int, got 'many'"),
         ("red.probe_fraction=0", "red.probe_fraction must be in (0, 1]"),

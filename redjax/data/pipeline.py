@@ -28,7 +28,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from redjax.shapes import data_bucket, default_buckets, left_pad, right_pad
+from redjax.shapes import data_bucket, default_buckets, left_pad, pad_cols, right_pad
 from redjax.tokenizer import end_id, format_prompt, has_chat_template
 
 ENCODE_CHUNK = 1024
@@ -180,6 +180,23 @@ def collate(
         "solution": [e["solution"] for e in examples],
         "source": [e["source"] for e in examples],
     }
+
+
+def concat(batches: Sequence[dict], pad_id: int) -> dict:
+    """The rows of `batches` (layout in the module doc) as one batch: prompts left-padded and
+    traces right-padded to the widest, the text lists joined."""
+    out = {}
+    for key, value in batches[0].items():
+        if isinstance(value, list):
+            out[key] = [x for b in batches for x in b[key]]
+        elif value.ndim == 1:
+            out[key] = np.concatenate([b[key] for b in batches])
+        else:
+            width = max(b[key].shape[1] for b in batches)
+            fill = pad_id if key.endswith("_ids") else False
+            left = key.startswith("prompt")
+            out[key] = np.concatenate([pad_cols(b[key], width, fill, left=left) for b in batches])
+    return out
 
 
 def _fingerprint(examples: Sequence[dict], settings: dict) -> str:
