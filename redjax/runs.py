@@ -43,6 +43,8 @@ def check_resume(cfg: config.Config, saved: dict | None) -> int:
     if "config" not in saved:  # a checkpoint written before configs were saved with it
         return cfg.train.steps
     old, new = flat(saved["config"]), flat(config.to_dict(cfg))
+    # A key the saved config lacks came later, off by default: the run had its default.
+    old = {**flat(config.to_dict(config.Config())), **old}
     differ = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
     changed = [k for k in differ if k not in RESUMABLE and k != "train.steps"]
     if changed:
