@@ -83,6 +83,14 @@ class RlCfg:
     beta_kl: float = 0.0  # k3 KL to the initial (reference) policy
     entropy_coef: float = 0.0
     gate_frac: float = 1.0  # keep only the top fraction of online tokens by entropy (80/20 rule)
+    # The importance ratio: per token, or per sequence (GSPO: exp of the mean token log-ratio)
+    ratio: Literal["token", "sequence"] = "token"
+    dual_clip: float | None = None  # dual-clip PPO bound c > 1 for negative advantages (off)
+    # DAPO's soft overlong punishment: the last overlong_buffer tokens of the budget cost up to
+    # overlong_penalty reward, linearly (0 = off)
+    overlong_buffer: int = 0
+    overlong_penalty: float = 1.0
+    mask_truncated: bool = False  # rollouts cut by the budget carry no RL loss (DAPO)
 
 
 @dataclass
@@ -397,6 +405,19 @@ def validate(cfg: Config) -> None:
             "red.sft_steps is read only by algo: sft_then_grpo",
         ),
         (cfg.rl.agg != "constant" or (cfg.rl.norm_const or 0) >= 0, "rl.norm_const must be > 0"),
+        (
+            cfg.rl.dual_clip is None or cfg.rl.dual_clip > 1,
+            f"rl.dual_clip must be > 1 (or null: off), got {cfg.rl.dual_clip}",
+        ),
+        (cfg.rl.overlong_buffer >= 0, "rl.overlong_buffer must be >= 0 (tokens; 0 = off)"),
+        (
+            cfg.rl.overlong_buffer == 0
+            or not cfg.rollout.max_new_tokens  # 0: checked again once the length is fitted
+            or cfg.rl.overlong_buffer < cfg.rollout.max_new_tokens,
+            f"rl.overlong_buffer={cfg.rl.overlong_buffer} must be < rollout.max_new_tokens="
+            f"{cfg.rollout.max_new_tokens}",
+        ),
+        (cfg.rl.overlong_penalty >= 0, "rl.overlong_penalty must be >= 0"),
     ]
     for ok, msg in checks:
         if not ok:

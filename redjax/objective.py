@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "constant")
+RATIO_MODES = ("token", "sequence")  # rl_loss: the rl section's ratio
 EXT_AGG_MODES = ("token-mean", "seq-mean-token-mean")  # ext_loss: the red section's ext_agg
 
 
@@ -187,8 +188,50 @@ def _kept(gate, entropy, mask, gate_frac, threshold) -> jax.Array:
     return (ent >= threshold) & on
 
 
+def _importance_ratio(logp, diff, mask, ratio) -> jax.Array:
+    """The ratio each token's surrogate uses [N, T]: exp(diff) per token, or GSPO's per row,
+    s_i = exp(mean of diff over the row's mask) in value with the gradient of a token ratio
+    (s_i,t = sg[s_i] pi(t) / sg[pi(t)], so d s_i,t / d logp(t) = s_i)."""
+    if ratio not in RATIO_MODES:
+        raise ValueError(f"rl_loss: ratio must be one of {RATIO_MODES}, got {ratio!r}")
+    if ratio == "token":
+        return jnp.exp(diff)
+    log_s = jnp.sum(diff * mask, axis=-1, keepdims=True) / _safe(jnp.sum(mask, -1, keepdims=True))
+    lp = jnp.where(mask > 0, logp, 0.0)
+    return jnp.exp(jax.lax.stop_gradient(log_s) + lp - jax.lax.stop_gradient(lp))
+
+
+def _pg_tokens(rho, adv, on, eps_low, eps_high, dual_clip) -> tuple[jax.Array, dict]:
+    """Per-token policy-gradient loss -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A); with
+    dual_clip c, capped at -c A where A < 0 (dual-clip PPO: no gradient past rho > c)."""
+    if dual_clip is not None and not dual_clip > 1.0:
+        raise ValueError(f"rl_loss: dual_clip must be > 1 (or None), got {dual_clip}")
+    pg_tok = -jnp.minimum(rho * adv, jnp.clip(rho, 1.0 - eps_low, 1.0 + eps_high) * adv)
+    if dual_clip is None:
+        return pg_tok, {}
+    bound = -dual_clip * adv  # c |A| where A < 0
+    dual = (adv < 0) & (pg_tok > bound) & on
+    pg_tok = jnp.where(adv < 0, jnp.minimum(pg_tok, bound), pg_tok)
+    return pg_tok, {"dual_clip_sum": jnp.sum(dual.astype(jnp.float32))}
+
+
+def _regularisers(logp, ref_logp, entropy, on, aggregate) -> dict[str, jax.Array]:
+    """The k3 KL to the reference and the entropy terms of rl_loss (normalised and summed),
+    where their inputs are given."""
+    out = {}
+    if ref_logp is not None:
+        r = jnp.where(on, _f32(ref_logp) - logp, 0.0)
+        k3 = jnp.exp(r) - r - 1.0
+        out.update(kl_ref=aggregate(k3), kl_ref_sum=jnp.sum(jnp.where(on, k3, 0.0)))
+    if entropy is not None:
+        ent = jnp.where(on, _f32(entropy), 0.0)
+        out.update(entropy_bonus=aggregate(ent), entropy_sum=jnp.sum(ent))
+    return out
+
+
 def _ratio_metrics(diff, rho, adv, mask, eps_low, eps_high) -> dict[str, jax.Array]:
-    """Token and row counts, clipped tokens, k3 KL(pi || pi_old) and ratio sums of rl_loss."""
+    """Token and row counts, clipped tokens (of the ratio in use), k3 KL(pi || pi_old) from the
+    token log-ratios, and ratio sums of rl_loss."""
     on = mask > 0
     clipped = on & (((adv > 0) & (rho > 1.0 + eps_high)) | ((adv < 0) & (rho < 1.0 - eps_low)))
     k3_old = jnp.exp(-diff) + diff - 1.0  # r = old - new: exp(r) - r - 1
@@ -220,6 +263,8 @@ def rl_loss(
     gate_frac: float = 1.0,
     gate_threshold: jax.Array | float | None = None,
     gate: jax.Array | None = None,
+    ratio: str = "token",
+    dual_clip: float | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Recall term: clipped-ratio GRPO loss on online tokens, plus optional k3 KL and entropy bonus.
 
@@ -231,6 +276,10 @@ def rl_loss(
     per-row token means / n_seqs, default rows with any mask) or "constant" (sum / norm_const,
     Dr.GRPO). Pass the global n_tokens / n_seqs when accumulating micro-batches.
 
+    ratio: "token", rho = exp(logp - old_logp), or "sequence" (GSPO's token form, composing
+    with `agg`; a row lies whole in one micro-batch, so exact under accumulation; see
+    `_importance_ratio`). dual_clip c > 1 caps the term at c |A| where A < 0 (`_pg_tokens`).
+
     Token gate (80/20 rule): gate_frac < 1 keeps, in the policy-gradient term only, the tokens
     whose stop-gradient entropy is >= the (1 - gate_frac)-quantile of entropy over this call's
     masked tokens (or >= `gate_threshold` if given, e.g. a global threshold from
@@ -239,8 +288,9 @@ def rl_loss(
 
     Metrics: "pg", "kl_ref", "entropy_bonus" (normalised terms), "n_tokens", "n_seqs" (local
     counts), "clip_sum" (tokens whose clipped branch is active, i.e. gradient zeroed),
-    "kl_old_sum" (k3 estimate of KL(pi || pi_old), summed), "ratio_sum", and when available
-    "kl_ref_sum", "entropy_sum", "gate_sum" (tokens kept by the gate).
+    "kl_old_sum" (k3 estimate of KL(pi || pi_old), summed), "ratio_sum" (of the ratio in use),
+    and when available "kl_ref_sum", "entropy_sum", "gate_sum" (tokens kept by the gate),
+    "dual_clip_sum" (tokens with A < 0 whose dual-clip bound is active).
     """
     gated = gate_frac < 1.0 or gate_threshold is not None
     _check_rl_options(agg, norm_const, gate_frac, gated, entropy, entropy_coef, ref_logp, beta_kl)
@@ -255,10 +305,8 @@ def rl_loss(
     )
 
     diff = jnp.where(on, logp - old_logp, 0.0)  # padding logp may be garbage: keep exp finite
-    rho = jnp.exp(diff)
-    surrogate = jnp.minimum(rho * adv, jnp.clip(rho, 1.0 - eps_low, 1.0 + eps_high) * adv)
-    pg_tok = -surrogate
-    metrics = {}
+    rho = _importance_ratio(logp, diff, mask, ratio)
+    pg_tok, metrics = _pg_tokens(rho, adv, on, eps_low, eps_high, dual_clip)
     if gated:
         keep = _kept(gate, entropy, mask, gate_frac, gate_threshold)
         pg_tok = jnp.where(keep, pg_tok, 0.0)
@@ -267,19 +315,11 @@ def rl_loss(
     loss = pg
 
     metrics.update(pg=pg, **_ratio_metrics(diff, rho, adv, mask, eps_low, eps_high))
+    metrics.update(_regularisers(logp, ref_logp, entropy, on, aggregate))
     if ref_logp is not None:
-        r = jnp.where(on, _f32(ref_logp) - logp, 0.0)
-        k3 = jnp.exp(r) - r - 1.0
-        kl_ref = aggregate(k3)
-        loss = loss + beta_kl * kl_ref
-        metrics["kl_ref"] = kl_ref
-        metrics["kl_ref_sum"] = jnp.sum(jnp.where(on, k3, 0.0))
+        loss = loss + beta_kl * metrics["kl_ref"]
     if entropy is not None:
-        ent = jnp.where(on, _f32(entropy), 0.0)
-        bonus = aggregate(ent)
-        loss = loss - entropy_coef * bonus
-        metrics["entropy_bonus"] = bonus
-        metrics["entropy_sum"] = jnp.sum(ent)
+        loss = loss - entropy_coef * metrics["entropy_bonus"]
     return loss, {k: jax.lax.stop_gradient(_f32(v)) for k, v in metrics.items()}
 
 

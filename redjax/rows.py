@@ -29,6 +29,7 @@ class Rows:
     old_logp: Any = None  # float32 [N, C], log-probs under the sampling policy (ratio)
     ref_logp: Any = None  # float32 [N, C], log-probs under the reference policy (KL)
     gate: Any = None  # bool [N, C], online tokens the entropy gate keeps (rl.gate_frac < 1)
+    truncated: Any = None  # bool [N], a rollout cut by the budget, no end token (rl.mask_truncated)
     in_probe: Any = None  # bool [N], row is in the probe subset
     probe: Rows | None = None  # the probe subset's tokens and `online`, re-scored after the update
 
@@ -70,6 +71,7 @@ def make_rows(
     shift: Any,
     old_logp: Any = None,
     ref_logp: Any = None,
+    truncated: Any = None,
 ) -> Rows:
     """Host rows with the step's dtypes (int32 ids, bool masks and flags, float32 values)."""
     f32 = lambda x: None if x is None else np.asarray(x, np.float32)
@@ -83,6 +85,7 @@ def make_rows(
         shift=f32(shift),
         old_logp=f32(old_logp),
         ref_logp=f32(ref_logp),
+        truncated=None if truncated is None else np.asarray(truncated, bool),
     )
 
 

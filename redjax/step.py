@@ -41,6 +41,9 @@ class StepConfig:
     beta_kl: float
     entropy_coef: float
     gate_frac: float
+    ratio: str  # the importance ratio: per token, or per sequence (GSPO)
+    dual_clip: float | None  # dual-clip PPO bound for negative advantages (None: off)
+    mask_truncated: bool  # rollouts cut by the budget (Rows.truncated) carry no RL loss
     shaping_gamma: float | None
     ext_agg: str  # the Extend term's mean: over trace tokens, or per trace then over traces
     chunk: int  # tokens per chunk of the log-prob / entropy computation
@@ -61,6 +64,9 @@ class StepConfig:
             beta_kl=r.beta_kl,
             entropy_coef=r.entropy_coef,
             gate_frac=r.gate_frac,
+            ratio=r.ratio,
+            dual_clip=r.dual_clip,
+            mask_truncated=r.mask_truncated,
             shaping_gamma=cfg.red.shaping_gamma,
             ext_agg=cfg.red.ext_agg,
             chunk=cfg.train.chunk,
@@ -155,6 +161,17 @@ def _sum_stats(ent, mask, rows):
     return jnp.sum(ent * on), jnp.sum(on)
 
 
+def rl_mask(rows: Rows, mask_truncated: bool) -> jax.Array:
+    """float32 [N, C]: the tokens the Recall term trains on, the rollouts' response tokens,
+    without the rows the budget cut (`rows.truncated`) when `mask_truncated`."""
+    on = rows.resp_mask.astype(jnp.float32) * rows.online[:, None]
+    if not mask_truncated:
+        return on
+    if rows.truncated is None:
+        raise ValueError("rl.mask_truncated needs the rows' truncated flags (Rows.truncated)")
+    return on * (~jnp.asarray(rows.truncated))[:, None]
+
+
 def loss_fn(params, cfg: ModelConfig, sc: StepConfig, mb: Rows, lam, counts: dict, mesh=None):
     """L_rl + lam * L_ext on one micro-batch, normalised by the global counts."""
     logp, ent = score(params, cfg, mb, sc.chunk, mesh, sc.temperature)
@@ -166,19 +183,21 @@ def loss_fn(params, cfg: ModelConfig, sc: StepConfig, mb: Rows, lam, counts: dic
         logp,
         mb.old_logp,
         mb.adv,
-        on_mask,
+        rl_mask(mb, sc.mask_truncated),
         eps_low=sc.eps_low,
         eps_high=sc.eps_high,
         agg=sc.agg,
         norm_const=sc.norm_const,
-        n_tokens=counts["on_tokens"],
-        n_seqs=counts["on_seqs"],
+        n_tokens=counts["rl_tokens"],
+        n_seqs=counts["rl_seqs"],
         ref_logp=mb.ref_logp if sc.beta_kl else None,
         beta_kl=sc.beta_kl,
         entropy=ent,
         entropy_coef=sc.entropy_coef,
         gate_frac=sc.gate_frac,
         gate=mb.gate,  # chosen once a step by the trainer (else per call, from gate_frac)
+        ratio=sc.ratio,
+        dual_clip=sc.dual_clip,
     )
     l_ext, m_ext = objective.ext_loss(
         logp,
@@ -197,6 +216,7 @@ def loss_fn(params, cfg: ModelConfig, sc: StepConfig, mb: Rows, lam, counts: dic
         "loss_ext": l_ext,
         "clip_sum": m_rl["clip_sum"],
         "kl_old_sum": m_rl["kl_old_sum"],
+        **({"dual_clip_sum": m_rl["dual_clip_sum"]} if sc.dual_clip is not None else {}),
         "ent_on_sum": jnp.sum(ent * on_mask),
         "ent_off_sum": jnp.sum(ent * off_mask),
         "off_logp_sum": m_ext["logp_sum"],
@@ -227,11 +247,13 @@ def train_step(
     params = state["params"]
     resp_mask = batch.resp_mask.astype(jnp.float32)
     online = batch.online
+    rl = rl_mask(batch, sc.mask_truncated)
     counts = {
         "on_tokens": jnp.sum(resp_mask * online[:, None]),
         "off_tokens": jnp.sum(resp_mask * (~online)[:, None]),
-        "on_seqs": jnp.sum(online & (resp_mask.sum(-1) > 0)).astype(jnp.float32),
         "off_seqs": jnp.sum(~online & (resp_mask.sum(-1) > 0)).astype(jnp.float32),
+        "rl_tokens": jnp.sum(rl),  # the Recall term's normalisers
+        "rl_seqs": jnp.sum(rl.sum(-1) > 0).astype(jnp.float32),
     }
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     one = lambda mb: grad_fn(params, cfg, sc, mb, lam, counts, mesh)  # ((loss, aux), grads)
@@ -257,14 +279,14 @@ def train_step(
         after_on = _ratio(_sum_stats(ent_after, p_mask, probe.online))
         after_off = _ratio(_sum_stats(ent_after, p_mask, ~probe.online))
 
-    n_on, n_off = counts["on_tokens"], counts["off_tokens"]
+    n_on, n_off, n_rl = counts["on_tokens"], counts["off_tokens"], counts["rl_tokens"]
     metrics = {
         "loss": loss,
         "loss_rl": aux["loss_rl"],
         "loss_ext": aux["loss_ext"],
         "lambda": lam,
-        "clip_frac": aux["clip_sum"] / jnp.maximum(n_on, 1.0),
-        "kl_old": aux["kl_old_sum"] / jnp.maximum(n_on, 1.0),
+        "clip_frac": aux["clip_sum"] / jnp.maximum(n_rl, 1.0),
+        "kl_old": aux["kl_old_sum"] / jnp.maximum(n_rl, 1.0),
         "entropy_on": aux["ent_on_sum"] / jnp.maximum(n_on, 1.0),
         "entropy_off": aux["ent_off_sum"] / jnp.maximum(n_off, 1.0),
         "offline_nll": -aux["off_logp_sum"] / jnp.maximum(n_off, 1.0),
@@ -279,6 +301,10 @@ def train_step(
         "tokens_on": n_on,
         "tokens_off": n_off,
     }
+    if sc.dual_clip is not None:
+        metrics["dual_clip_frac"] = aux["dual_clip_sum"] / jnp.maximum(n_rl, 1.0)
+    if sc.mask_truncated:
+        metrics["tokens_rl"] = n_rl  # rollout tokens left in the Recall term
     new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}
     return new_state, metrics
 

@@ -59,6 +59,7 @@ from redjax.models import (
     scratch_config,
 )
 from redjax.models.hf import config_to_hf
+from redjax.rewards.length import overlong_penalty
 from redjax.rows import Rows, concat, make_rows
 from redjax.shapes import pad_cols, response_width
 from redjax.tokenizer import eos_ids
@@ -308,12 +309,15 @@ class Scores:
     correct: np.ndarray  # bool [B, G]: the answer is right (the format bonus aside)
     off_rew: np.ndarray  # [B]
     has_off: np.ndarray  # bool [B]: a teacher trace this phase trains on
+    overlong: np.ndarray | None = None  # [B, G]: reward taken off over-long rollouts (rl section)
 
     @staticmethod
     def concat(parts: list[Scores]) -> Scores:
         """The scores of `parts`, one prompt batch after the other."""
-        fields = dataclasses.fields(Scores)
-        return Scores(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields))
+        cat = lambda xs: None if xs[0] is None else np.concatenate(xs)
+        return Scores(
+            *(cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Scores))
+        )
 
 
 @dataclasses.dataclass
@@ -371,17 +375,25 @@ def rollouts(r: Run, batch: dict, *, group: int, seed: int) -> sampling.Rollouts
 
 
 def score(r: Run, got: Collected, phase: Phase) -> Scores:
-    """2. Rewards and correctness of every rollout, rewards of the teacher traces this phase
-    trains on."""
+    """2. Rewards and correctness of every rollout (less the overlong penalty, rl section),
+    rewards of the teacher traces this phase trains on."""
     golds, b, g = got.batch["answer"], len(got.batch["answer"]), got.group
+    overlong = None
     if got.ro is not None:
         judged = r.verifier.judge(got.ro.text, [a for a in golds for _ in range(g)])
         rew, correct = judged.reward.reshape(b, g), judged.correct.reshape(b, g)
+        rl = r.cfg.rl
+        if rl.overlong_buffer:
+            budget = r.cfg.rollout.max_new_tokens
+            overlong = overlong_penalty(
+                got.ro.lengths, budget, rl.overlong_buffer, rl.overlong_penalty
+            ).reshape(b, g)
+            rew = rew - overlong
     else:
         rew, correct = np.zeros((b, 0), np.float32), np.zeros((b, 0), bool)
     has_off = np.asarray(got.batch["has_offline"]) & phase.offline
     off_rew = r.verifier.score(got.batch["solution"], golds) if has_off.any() else np.zeros(b)
-    return Scores(rew, correct, off_rew, has_off)
+    return Scores(rew, correct, off_rew, has_off, overlong)
 
 
 def refill(
@@ -449,6 +461,7 @@ def train_rows(r: Run, got: Collected, t: Targets, phase: Phase) -> tuple[Rows, 
     rows = host_rows(
         got, t, online=phase.online, multiple=r.shards * mb // r.hosts, pad=r.pad_id,
         max_width=max(cfg.rollout.max_new_tokens, cfg.data.max_offline_len),
+        mark_truncated=cfg.rl.mask_truncated,
     )  # fmt: skip
     tokens = sharding.put_local(rows.tokens(), r.mesh)
     old_logp, old_ent = map(sharding.get_local, r.score_fn(r.state["params"], tokens))
@@ -467,6 +480,8 @@ def entropy_gate(entropy: np.ndarray, rows: Rows, frac: float) -> np.ndarray:
     """The online tokens the gate keeps: entropy (old policy) at least the (1 - frac)-quantile
     over every host's online tokens, one threshold for the whole step."""
     on = rows.resp_mask & rows.online[:, None]
+    if rows.truncated is not None:  # rl.mask_truncated: those rows are out of the Recall term
+        on = on & ~rows.truncated[:, None]
     values = everywhere(entropy, on)
     threshold = np.quantile(values, 1.0 - frac) if values.size else np.inf
     return on & (entropy >= threshold)
@@ -501,12 +516,21 @@ def trained_rollouts(got: Collected) -> tuple[np.ndarray, sampling.Rollouts | No
 
 
 def host_rows(
-    got: Collected, t: Targets, *, online: bool, multiple: int, pad: int, max_width: int
+    got: Collected,
+    t: Targets,
+    *,
+    online: bool,
+    multiple: int,
+    pad: int,
+    max_width: int,
+    mark_truncated: bool = False,
 ) -> Rows:
     """Host rows of one step. Responses are cut or right-padded to the longest response of any
     host, bucketed up to `max_width` (shapes.response_width); rows are padded with empty rows
     (no response tokens) to a multiple of the data shards times the micro-batches. Every host
-    builds the same shapes: widths and row counts are global maxima."""
+    builds the same shapes: widths and row counts are global maxima. `mark_truncated`: set
+    `Rows.truncated`, the rollouts the budget cut (for rl.mask_truncated)."""
+    flag = (lambda x: np.asarray(x, bool)) if mark_truncated else (lambda x: None)
     batch, parts = got.batch, []
     prompt_ids, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
     if online:
@@ -516,6 +540,7 @@ def host_rows(
             make_rows(
                 prompt_ids[q], prompt_mask[q], ro.tokens, ro.mask, np.ones(n, bool),
                 t.adv.reshape(-1)[idx] * ro.mask.any(1), np.zeros(n),
+                truncated=flag(ro.finish == "length"),
             )
         )  # fmt: skip
     keep = np.flatnonzero(batch["has_offline"]) if t.any_off else np.zeros(0, int)
@@ -524,16 +549,17 @@ def host_rows(
             make_rows(
                 prompt_ids[keep], prompt_mask[keep], batch["offline_ids"][keep],
                 batch["offline_mask"][keep], np.zeros(len(keep), bool), t.adv_off[keep],
-                t.shift[keep],
+                t.shift[keep], truncated=flag(np.zeros(len(keep))),
             )
         )  # fmt: skip
     if not parts:  # nothing to learn from on this host: one empty row keeps shapes in step
         empty = np.zeros((1, 1), bool)
         parts.append(
             make_rows(
-                prompt_ids[:1], prompt_mask[:1], np.full((1, 1), pad), empty, [True], [0], [0]
+                prompt_ids[:1], prompt_mask[:1], np.full((1, 1), pad), empty, [True], [0], [0],
+                truncated=flag([False]),
             )
-        )
+        )  # fmt: skip
     longest = distributed.global_max(max(int(p.resp_mask.sum(1).max()) for p in parts))
     width = response_width(longest, max_width)
     fit = lambda x, value: pad_cols(x[:, :width], width, value)
@@ -655,6 +681,7 @@ def summary(r: Run, got: Collected, s: Scores, t: Targets, clock: Clock) -> dict
         "batch_digest": digest(got.batch["prompt_text"]),
         "truncated_frac": mean(ro.finish == "length") if ro is not None else float("nan"),
         **got.counts,  # rollout.filter_groups: groups filtered and trained, refills, prompts
+        **({} if s.overlong is None else {"overlong_penalty": mean(s.overlong)}),
         **times,
     }
 

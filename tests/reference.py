@@ -81,8 +81,15 @@ def rl_loss(
     entropy=None,
     entropy_coef=0.0,
     gate_frac=1.0,
+    ratio="token",
+    dual_clip=None,
 ):
-    """Returns (loss, d loss / d logp, d loss / d entropy, metrics) in float64."""
+    """Returns (loss, d loss / d logp, d loss / d entropy, metrics) in float64.
+
+    ratio="sequence" (GSPO): every token of row i uses s_i = exp(mean over the row's masked
+    tokens of (logp - old_logp)), whose token-form gradient w.r.t. logp(t) is s_i. dual_clip c:
+    where A < 0 the token's policy-gradient loss is min(its clipped loss, c |A|), no gradient
+    where the bound is taken."""
     logp, old_logp = np.asarray(logp, np.float64), np.asarray(old_logp, np.float64)
     mask = np.asarray(mask, np.float64)
     adv = np.asarray(adv, np.float64)
@@ -95,13 +102,19 @@ def rl_loss(
     loss = 0.0
     grad = np.zeros_like(logp)
     grad_ent = np.zeros_like(logp)
-    clip_sum = kl_old_sum = gate_sum = 0.0
+    clip_sum = kl_old_sum = gate_sum = dual_sum = 0.0
     for i in range(n_rows):
         a = adv[i]
+        kept = [t for t in range(n_cols) if mask[i, t] > 0]
+        if kept:
+            mean_log = sum(logp[i, t] - old_logp[i, t] for t in kept) / len(kept)
         for t in range(n_cols):
             if mask[i, t] <= 0:
                 continue
-            rho = math.exp(logp[i, t] - old_logp[i, t])
+            if ratio == "sequence":
+                rho = math.exp(mean_log)
+            else:
+                rho = math.exp(logp[i, t] - old_logp[i, t])
             r = old_logp[i, t] - logp[i, t]
             kl_old_sum += math.exp(r) - r - 1.0
             clipped = (a > 0 and rho > 1 + eps_high) or (a < 0 and rho < 1 - eps_low)
@@ -109,10 +122,13 @@ def rl_loss(
             keep = gate_frac >= 1.0 or entropy[i, t] >= thr
             gate_sum += keep
             if keep:
-                surr = min(rho * a, min(max(rho, 1 - eps_low), 1 + eps_high) * a)
-                loss -= c[i, t] * surr
-                if not clipped:
-                    grad[i, t] -= c[i, t] * rho * a
+                pg = -min(rho * a, min(max(rho, 1 - eps_low), 1 + eps_high) * a)
+                d_pg = 0.0 if clipped else -rho * a
+                if dual_clip is not None and a < 0 and pg > dual_clip * -a:
+                    pg, d_pg = dual_clip * -a, 0.0
+                    dual_sum += 1
+                loss += c[i, t] * pg
+                grad[i, t] += c[i, t] * d_pg
             if ref_logp is not None:
                 d = ref_logp[i, t] - logp[i, t]
                 loss += beta_kl * c[i, t] * (math.exp(d) - d - 1.0)
@@ -123,7 +139,36 @@ def rl_loss(
     metrics = {"clip_sum": clip_sum, "kl_old_sum": kl_old_sum, "n_tokens": mask.sum()}
     if gate_frac < 1.0:
         metrics["gate_sum"] = gate_sum
+    if dual_clip is not None:
+        metrics["dual_clip_sum"] = dual_sum
     return loss, grad, grad_ent, metrics
+
+
+def gspo_objective(logp, old_logp, adv, mask, *, eps_low, eps_high):
+    """GSPO's sequence-level loss, -(1 / n_seqs) sum_i min(s_i A_i, clip(s_i) A_i) with
+    s_i = (pi(o_i) / pi_old(o_i)) ** (1 / |o_i|), over rows with any masked token."""
+    total, rows = 0.0, 0
+    for i in range(len(mask)):
+        kept = [t for t in range(len(mask[i])) if mask[i][t] > 0]
+        if not kept:
+            continue
+        s = math.exp(sum(logp[i][t] - old_logp[i][t] for t in kept) / len(kept))
+        total -= min(s * adv[i], min(max(s, 1 - eps_low), 1 + eps_high) * adv[i])
+        rows += 1
+    return total / rows
+
+
+def overlong_penalty(lengths, max_len, buffer, penalty):
+    """DAPO's soft overlong punishment as a penalty >= 0 per length (0 when buffer is 0)."""
+    out = []
+    for n in lengths:
+        if buffer == 0 or n <= max_len - buffer:
+            out.append(0.0)
+        elif n <= max_len:
+            out.append((n - (max_len - buffer)) / buffer * penalty)
+        else:
+            out.append(penalty)
+    return np.array(out)
 
 
 # ----------------------------------------------------------------------------- Extend term

@@ -88,6 +88,7 @@ def fit_lengths(cfg: config.Config, tokenized: tuple) -> config.Config:
     )
     rollout = dataclasses.replace(ro, max_new_tokens=ro.max_new_tokens or data.max_offline_len)
     fitted = dataclasses.replace(cfg, data=data, rollout=rollout)
+    config.validate(fitted)  # the checks that involve the fitted lengths (rl.overlong_buffer)
     log.info(
         "lengths fitted to %d train records: data.max_prompt_len=%d data.max_offline_len=%d "
         "rollout.max_new_tokens=%d",
