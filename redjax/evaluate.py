@@ -124,7 +124,7 @@ def evaluate(
         top_k=0,  # evaluation samples without a top-k filter
         top_p=top_p,
         max_new_tokens=max_new_tokens,
-        eos_ids=tuple(eos_ids(tokenizer)),
+        eos_ids=tuple(eos_ids(tokenizer, cfg)),
     )
     batches = encode_prompts(
         records,

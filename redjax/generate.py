@@ -39,7 +39,8 @@ def report(prompts: list[str], out: Rollouts, num_samples: int) -> str:
 def main(args: argparse.Namespace) -> None:
     from redjax.runs import load_model
 
-    # A Hugging Face folder, or a run folder: then prompts are formatted as in its training.
+    # A Hugging Face folder or hub id, or a run folder: then prompts are formatted as in its
+    # training.
     model, tok, settings = load_model(args.model, args.dtype)
     chat = not args.raw and settings["chat"] and tokenization.has_chat_template(tok)
     fmt = dict(suffix=settings["prompt_suffix"], system=settings["system"], chat=chat)
@@ -51,7 +52,7 @@ def main(args: argparse.Namespace) -> None:
         top_k=args.top_k,
         top_p=args.top_p,
         max_new_tokens=args.max_new_tokens,
-        eos_ids=tuple(i for i in tokenization.eos_ids(tok) if i < model.cfg.vocab_size),
+        eos_ids=tuple(tokenization.eos_ids(tok, model.cfg)),
     )
     out = sample(
         model.params, model.cfg, ids, mask,

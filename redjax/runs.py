@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from redjax import config
+from redjax import config, hub
 
 # Keys that say how a run is looked after (where and how often it saves, logs, samples, how
 # its work is laid out), not what it trains: resuming may change them.
@@ -86,13 +86,14 @@ def run_settings(cfg: config.Config) -> dict:
 
 
 def load_model(path: str, dtype: str = "float32", step: int | None = None) -> tuple[Any, Any, dict]:
-    """(Model, tokenizer, run settings) from a Hugging Face folder or a run folder; a run
-    folder's parameters come from its latest (or the given) checkpoint, its settings from its
-    config.yaml (a Hugging Face folder: the config's defaults)."""
+    """(Model, tokenizer, run settings) from a Hugging Face folder (or hub id) or a run folder;
+    a run folder's parameters come from its latest (or the given) checkpoint, its settings from
+    its config.yaml (a Hugging Face folder: the config's defaults)."""
     from redjax.checkpoint import Checkpoints
     from redjax.models import Model, from_pretrained, param_shapes, read_config
     from redjax.tokenizer import load_tokenizer
 
+    path = hub.model_folder(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model folder {path!r} does not exist")
     if os.path.isfile(os.path.join(path, "config.json")):
@@ -115,9 +116,12 @@ def load_model(path: str, dtype: str = "float32", step: int | None = None) -> tu
 
 
 def export(run_dir: str, out: str, step: int | None = None) -> None:
-    """`redjax export`: a run's parameters (latest or given step) as a Hugging Face folder."""
+    """`redjax export`: a run's parameters (latest or given step) as a Hugging Face folder, whose
+    generation_config.json ends generations at the ids redjax's sampler stops at."""
     from redjax.models import save_pretrained
+    from redjax.tokenizer import eos_ids
 
     model, tokenizer, _ = load_model(run_dir, step=step)
+    model.cfg = model.cfg.replace(generation_eos=tuple(eos_ids(tokenizer, model.cfg)))
     save_pretrained(model, out, tokenizer=tokenizer)
     print(f"exported {run_dir} to {out}")

@@ -1,4 +1,5 @@
-"""Tokenizer helpers: load a local Hugging Face tokenizer, format prompts, stop tokens.
+"""Tokenizer helpers: load a Hugging Face tokenizer (a folder or hub id), format prompts, stop
+tokens.
 
 Also builds the tiny character-level tokenizer the embedded default run trains on, so that
 run needs no download.
@@ -8,7 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from redjax import hub
+
+if TYPE_CHECKING:
+    from redjax.models import ModelConfig
 
 # Files any one of which marks a folder as holding a Hugging Face tokenizer.
 TOKENIZER_FILES = (
@@ -37,10 +44,10 @@ GENERIC_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
 
 
 def load_tokenizer(path: str) -> Any:
-    """Loads the tokenizer in a local folder and makes sure it has a pad token."""
+    """Loads the tokenizer in a folder (or of a hub id) and makes sure it has a pad token."""
     from transformers import AutoTokenizer
 
-    path = os.fspath(path)
+    path = hub.model_folder(os.fspath(path), weights=False)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"tokenizer folder {path!r} does not exist")
     if not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
@@ -89,14 +96,19 @@ def format_prompt(
     return f"{system}\n\n{content}" if system else content
 
 
-def eos_ids(tokenizer: Any) -> list[int]:
-    """Token ids that end a generation: eos plus chat end-of-turn tokens in the vocabulary."""
+def eos_ids(tokenizer: Any, model: ModelConfig | None = None) -> list[int]:
+    """Token ids that end a generation: the tokenizer's eos, the model's own end ids
+    (generation_config.json's eos_token_id, one or several), and the chat end-of-turn and
+    end-of-text tokens in the vocabulary; with a model, only ids inside its vocabulary."""
     ids = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
     vocab = tokenizer.get_vocab()
-    for token in TURN_END_TOKENS + TEXT_END_TOKENS:
-        i = vocab.get(token)
-        if i is not None and i not in ids:
+    turn_ends = [vocab.get(t) for t in TURN_END_TOKENS + TEXT_END_TOKENS]
+    model_ids: Sequence[int] = () if model is None else model.generation_eos
+    for i in [*model_ids, *turn_ends]:
+        if i is not None and int(i) not in ids:
             ids.append(int(i))
+    if model is not None:
+        ids = [i for i in ids if 0 <= i < model.vocab_size]
     if not ids:
         raise ValueError("tokenizer has no eos token and no known end-of-turn token")
     return ids

@@ -58,7 +58,7 @@ from redjax.models import (
     param_shapes,
     scratch_config,
 )
-from redjax.models.hf import config_to_hf
+from redjax.models.hf import write_config
 from redjax.rewards.length import overlong_penalty
 from redjax.rows import Rows, concat, make_rows
 from redjax.shapes import pad_cols, response_width
@@ -170,8 +170,9 @@ def setup(cfg: config.Config) -> Run:
     run_dir, model_dir = _run_folder(cfg)
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
     model_cfg, params = load_model(cfg, tokenizer, mesh)
-    if jax.process_index() == 0:
-        config_to_hf(model_cfg).save_pretrained(model_dir)
+    sp = sampling_params(cfg.rollout, tokenizer, model_cfg)
+    if jax.process_index() == 0:  # for eval and export: the model, its end ids, its tokenizer
+        write_config(model_cfg.replace(generation_eos=sp.eos_ids), model_dir)
         tokenizer.save_pretrained(model_dir)
     loader = make_train_loader(cfg, train_records, tokenizer, tokenized)
     tx = step.make_optimizer(cfg.optim, schedule_steps * cfg.optim.minibatches)
@@ -213,7 +214,7 @@ def setup(cfg: config.Config) -> Run:
             step.scoring_temperature(cfg),
         ),  # fmt: skip
         ctrl=ctrl,
-        sp=sampling_params(cfg.rollout, tokenizer),
+        sp=sp,
         verifier=rewards.Verifier.from_config(cfg.reward),
         ckpts=ckpts,
         schedule_steps=schedule_steps,
@@ -274,14 +275,17 @@ def make_train_loader(
     )
 
 
-def sampling_params(ro: config.RolloutCfg, tokenizer: Any) -> sampling.SamplingParams:
-    """The sampler's settings for rollouts, from the rollout section."""
+def sampling_params(
+    ro: config.RolloutCfg, tokenizer: Any, model_cfg: ModelConfig
+) -> sampling.SamplingParams:
+    """The sampler's settings for rollouts, from the rollout section; a rollout ends at the
+    model's and the tokenizer's end ids (`tokenizer.eos_ids`)."""
     return sampling.SamplingParams(
         temperature=ro.temperature,
         top_k=ro.top_k,
         top_p=ro.top_p,
         max_new_tokens=ro.max_new_tokens,
-        eos_ids=tuple(eos_ids(tokenizer)),
+        eos_ids=tuple(eos_ids(tokenizer, model_cfg)),
     )
 
 

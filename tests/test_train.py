@@ -186,6 +186,14 @@ def test_export_and_eval(reference, tmp_path):
     # The run folder's and the exported tokenizer encode exactly as the one training used.
     from redjax.tokenizer import load_tokenizer, make_char_tokenizer
 
+    # Both folders end generations where the rollouts ended: <|endoftext|> and <|im_end|>.
+    chars = make_char_tokenizer(str(tmp_path / "ends"))
+    ends = {chars.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")}
+    for folder in (os.path.join(run_dir, "model"), str(out)):
+        with open(os.path.join(folder, "generation_config.json")) as f:
+            assert set(json.load(f)["eos_token_id"]) == ends, folder
+    assert set(tm.generation_config.eos_token_id) == ends
+
     text = "What is 12 + 30?\n 4+9=13. \\boxed{42}"
     want = make_char_tokenizer(str(tmp_path / "chars"))(text)["input_ids"]
     for folder in (os.path.join(run_dir, "model"), str(out)):

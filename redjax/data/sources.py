@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from redjax import hub
 from redjax.rewards.extract import last_boxed  # the verifier's own extractor: gold = what it reads
 
 MAX_KEPT_ERRORS = 10
@@ -375,8 +376,9 @@ def load_records(
     on_error: str = "raise",
     stats: dict | None = None,
 ) -> list[dict]:
-    """Reads a data file into records {prompt, answer, solution, source} (see module doc)."""
-    path = os.fspath(path)
+    """Reads a data file (or a hub dataset's file, hf://datasets/...) into records {prompt,
+    answer, solution, source} (see module doc)."""
+    path = hub.data_file(os.fspath(path))
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if not os.path.isfile(path):

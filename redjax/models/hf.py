@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from redjax import hub
 from redjax.models import safetensors_io
 from redjax.models.arch import arch
 from redjax.models.model import Model
@@ -58,7 +59,9 @@ def config_from_hf(
     if getattr(hf, "use_sliding_window", False):
         raise ValueError("unsupported use_sliding_window=true: redjax has full attention only")
     bias = bool(getattr(hf, "attention_bias", False))
-    extra = {k: getattr(hf, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    extra = {
+        k: _ids(getattr(hf, k, None)) for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+    }
     return ModelConfig(
         vocab_size=hf.vocab_size,
         hidden_size=hf.hidden_size,
@@ -80,7 +83,20 @@ def config_from_hf(
         dtype=dtype,
         param_dtype=param_dtype or dtype,
         extra=tuple(sorted((k, v) for k, v in extra.items() if v is not None)),
+        generation_eos=_id_tuple(extra["eos_token_id"]),
     )
+
+
+def _ids(value: Any) -> Any:
+    """A token id field as a hashable value: an int, a tuple of ints (a list in JSON), or None."""
+    return tuple(int(i) for i in value) if isinstance(value, list | tuple) else value
+
+
+def _id_tuple(value: Any) -> tuple[int, ...]:
+    """A token id field (an int, a list of ints or None) as a tuple of ids."""
+    if value is None:
+        return ()
+    return tuple(int(i) for i in value) if isinstance(value, list | tuple) else (int(value),)
 
 
 def config_to_hf(cfg: ModelConfig) -> Any:
@@ -103,7 +119,7 @@ def config_to_hf(cfg: ModelConfig) -> Any:
         max_position_embeddings=cfg.max_position_embeddings,
         rope_parameters=rope,
         hidden_act="silu",
-        **dict(cfg.extra),
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.extra},
     )
     if family.qkv_bias is None:  # the family takes its bias from the config
         kw["attention_bias"] = cfg.qkv_bias
@@ -136,9 +152,11 @@ def _key_path(kp) -> tuple[str, ...]:
 
 
 def read_config(path: str, **kw: Any) -> ModelConfig:
-    """Read config.json of a checkpoint folder into a ModelConfig, with errors naming the file."""
+    """Read config.json (and generation_config.json's end ids) of a checkpoint folder or hub id
+    into a ModelConfig, with errors naming the file."""
     import transformers
 
+    path = hub.model_folder(path, weights=False)
     cfg_file = os.path.join(path, "config.json")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model folder {path!r} does not exist")
@@ -153,7 +171,31 @@ def read_config(path: str, **kw: Any) -> ModelConfig:
         arch(model_type)
     except ValueError as e:
         raise ValueError(f"{cfg_file}: {e}") from None
-    return config_from_hf(transformers.AutoConfig.from_pretrained(path), **kw)
+    cfg = config_from_hf(transformers.AutoConfig.from_pretrained(path), **kw)
+    gen_file = os.path.join(path, "generation_config.json")
+    if os.path.isfile(gen_file):
+        try:
+            with open(gen_file) as f:
+                eos = json.load(f).get("eos_token_id")
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{gen_file}: invalid JSON ({e})") from None
+        cfg = cfg.replace(generation_eos=_id_tuple(eos) or cfg.generation_eos)
+    return cfg
+
+
+def write_config(cfg: ModelConfig, path: str) -> None:
+    """config.json of `cfg` in folder `path`, and generation_config.json with its end ids."""
+    import transformers
+
+    config_to_hf(cfg).save_pretrained(path)
+    if cfg.generation_eos:
+        extra = dict(cfg.extra)
+        eos = list(cfg.generation_eos)
+        transformers.GenerationConfig(
+            bos_token_id=extra.get("bos_token_id"),
+            eos_token_id=eos[0] if len(eos) == 1 else eos,
+            pad_token_id=extra.get("pad_token_id"),
+        ).save_pretrained(path)
 
 
 def _tensor_files(path: str) -> dict[str, str]:
@@ -247,11 +289,12 @@ def from_pretrained(
     param_dtype: Any = None,
     shardings: Any | Callable[[ModelConfig], Any] = None,
 ) -> Model:
-    """Load a Hugging Face Llama/Qwen2/Qwen3 checkpoint folder into a redjax Model.
+    """Load a Hugging Face Llama/Qwen2/Qwen3 checkpoint folder (or hub id) into a redjax Model.
 
     dtype is the compute dtype; param_dtype (default: dtype) the stored one. `shardings` is a
     pytree of shardings for the parameters, or a function of the ModelConfig returning one.
     """
+    path = hub.model_folder(path)
     dtype = jnp.dtype(dtype).name
     cfg = read_config(path, dtype=dtype, param_dtype=jnp.dtype(param_dtype or dtype).name)
     if callable(shardings):
@@ -296,7 +339,7 @@ def save_pretrained(
         for t in tensors.values():
             t.fetch()
         return
-    config_to_hf(model.cfg).save_pretrained(path)
+    write_config(model.cfg, path)
     nbytes = lambda t: int(np.prod(t.shape)) * t.dtype.itemsize
     shards: list[dict[str, safetensors_io.Pending]] = [{}]
     size = 0

@@ -58,6 +58,9 @@ class ModelConfig:
     attention: str = "auto"  # auto | xla | cudnn | splash | chunked (see models/attention.py)
     decode_attention: str = "xla"  # xla | pallas: a decode step's attention.cached kernel
     extra: tuple[tuple[str, Any], ...] = ()  # HF config fields kept for the round trip
+    # The ids a generation ends at: generation_config.json's eos_token_id (else config.json's);
+    # written back as generation_config.json
+    generation_eos: tuple[int, ...] = ()
 
     def replace(self, **kw: Any) -> ModelConfig:
         return dataclasses.replace(self, **kw)
