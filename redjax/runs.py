@@ -42,7 +42,9 @@ def check_resume(cfg: config.Config, saved: dict | None) -> int:
     step, where = int(saved["step"]), cfg.train.run_dir
     if "config" not in saved:  # a checkpoint written before configs were saved with it
         return cfg.train.steps
-    old, new = flat(saved["config"]), flat(config.to_dict(cfg))
+    # a key the saved config lacks came later: the run had its default (new keys are off)
+    old = {**flat(config.to_dict(config.Config())), **flat(saved["config"])}
+    new = flat(config.to_dict(cfg))
     differ = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
     changed = [k for k in differ if k not in RESUMABLE and k != "train.steps"]
     if changed:
@@ -72,13 +74,17 @@ def is_run_folder(path: str) -> bool:
 
 
 def run_settings(cfg: config.Config) -> dict:
-    """How a run formatted prompts and scored answers, so evaluation matches its training."""
+    """How a run formatted prompts and judged answers, so evaluation matches its training:
+    "reward_fns" is the run's entry that decides correctness, alone at weight 1."""
+    from redjax.rewards.combine import section_entries
+
     d = cfg.data
+    decides = next(e for e in section_entries(cfg.reward) if e.correct)
     return {
         "prompt_suffix": d.prompt_suffix,
         "system": d.system,
         "chat": d.chat,
-        "reward_fn": cfg.reward.fn,
+        "reward_fns": [{"fn": decides.fn, "weight": 1.0, "correct": True, **decides.params}],
         "reward_extract": cfg.reward.extract,
     }
 

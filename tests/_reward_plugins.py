@@ -45,3 +45,14 @@ def slow(completion: str, gold: str) -> float:
     """Half a second an item: a step that takes a while, to interrupt."""
     time.sleep(0.5)
     return 0.0
+
+
+def row_number(completion: str, gold: str, record: dict, *, column: str) -> float:
+    """The number in the data row's `column` (a reward.fns entry's key): a reward that reads the
+    problem record, e.g. a difficulty or metadata column of the user's JSONL."""
+    return float(record["row"][column])
+
+
+def takes_two_args(completion: str) -> float:
+    """A function with the wrong signature, for the config errors."""
+    return 0.0
