@@ -41,8 +41,15 @@ def digit_share_flipped(completion: str, gold: str) -> float:
     return 1.0 - digit_share(completion, gold)
 
 
+SLOW_STARTED = "slow reward: scoring"  # printed once, so a test interrupts the reward phase
+
+
 def slow(completion: str, gold: str) -> float:
-    """Half a second an item: a step that takes a while, to interrupt."""
+    """Half a second an item: a step that takes a while, to interrupt (its first call says so
+    on stderr: the sampler's compile before it takes a varying time)."""
+    if not getattr(slow, "started", False):
+        slow.started = True
+        print(SLOW_STARTED, file=sys.stderr, flush=True)
     time.sleep(0.5)
     return 0.0
 
