@@ -18,6 +18,7 @@ import yaml
 
 from redjax.algos import ALGOS as ALGOS  # the methods, each defined in redjax.algos
 from redjax.algos import PRESETS
+from redjax.data.sources import ALL_COLUMNS
 
 
 @dataclass
@@ -50,6 +51,9 @@ class DataCfg:
     prompt_suffix: str = ""
     system: str | None = None
     chat: bool = True  # apply the tokenizer's chat template
+    # The row's columns a record keeps in record["row"] for reward functions: ["*"] all of
+    # them, [] none (less memory for wide exports), or names, e.g. [test_cases, level]
+    row_columns: list[str] = field(default_factory=lambda: list(ALL_COLUMNS))
     max_prompt_len: int = 256  # tokens; 0 = fit the train data (redjax.data.task)
     max_offline_len: int = 1024  # tokens of a teacher trace; 0 = fit the train data
     builtin_train: int = 20000  # built-in task: problems in the train split
@@ -122,8 +126,12 @@ class RedCfg:
 class RewardCfg:
     fn: str = "math"  # "math", "math_verify", "format" or a dotted path package.module:function
     extract: Literal["boxed", "any"] = "boxed"  # math answers: last \boxed{} or anywhere
-    format_weight: float = 0.0
-    think_format: bool = False
+    format_weight: float = 0.0  # with fn: reward = fn + format_weight * format
+    think_format: bool = False  # the format reward asks for "<think>...</think>" first
+    # A weighted list that replaces fn + format_weight: [{fn, weight[, correct][, keys]}]; fn:
+    # math, math_verify, format, format_think, length or package.module:function; the math
+    # entry (or the one marked correct: true) decides correctness (redjax.rewards.combine).
+    fns: list[dict[str, Any]] = field(default_factory=list)
     workers: int = 2
     timeout: float = 5.0
 
@@ -235,6 +243,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             except ValueError as e:
                 errors.append(str(e))
         raise ValueError(errors[0])
+    if tp is Any:  # checked where it is read (e.g. reward.fns entries, redjax.rewards.combine)
+        return value
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads 3e-3 as a string
@@ -429,11 +439,13 @@ def validate(cfg: Config) -> None:
 
         raise ValueError(WANDB_MISSING)  # at load, before minutes of model loading
     from redjax.data.sources import check_fields
+    from redjax.rewards.combine import section_entries
 
     try:
         check_fields(cfg.data.fields)
     except ValueError as e:
         raise ValueError(f"data.fields: {e}") from None
+    section_entries(cfg.reward)  # its errors name the field: reward.fns[i].fn, ...
 
 
 def to_dict(cfg: Config) -> dict:

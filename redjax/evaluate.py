@@ -152,8 +152,8 @@ def evaluate(
             tokenizer=tokenizer,
             mesh=mesh,
         )
-        golds = [a for a in batch["answer"] for _ in range(n)]
-        judged = verifier.judge(ro.text, golds)
+        each = lambda xs: [x for x in xs for _ in range(n)]  # prompt-major, as the samples
+        judged = verifier.judge(ro.text, each(batch["answer"]), each(batch["record"]))
         for j in np.flatnonzero(batch["valid"]):
             rec = records[i * batch_size + j]
             problems.append(_problem(rec, batch, j, ro, judged.correct, n, extract))
@@ -291,9 +291,9 @@ def main(args: argparse.Namespace) -> None:
         recs = load_records(path, fields=args.fields)
         records += [{**r, "file": path} for r in (recs[: args.limit] if args.limit else recs)]
     suffix = extra["prompt_suffix"] if args.prompt_suffix is None else args.prompt_suffix
-    reward_fn, extract = extra["reward_fn"], extra["reward_extract"]
-    # answers only (no format reward); workers and time-out: the reward section's defaults
-    rw = config.RewardCfg(fn=reward_fn, extract=extract, format_weight=0.0, think_format=False)
+    extract = extra["reward_extract"]
+    # answers only: the run's deciding entry alone; workers and time-out: the section's defaults
+    rw = config.RewardCfg(fns=extra["reward_fns"], extract=extract)
     with rewards.Verifier.from_config(rw) as verifier:
         results = evaluate(
             model.params,

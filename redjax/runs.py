@@ -74,13 +74,17 @@ def is_run_folder(path: str) -> bool:
 
 
 def run_settings(cfg: config.Config) -> dict:
-    """How a run formatted prompts and scored answers, so evaluation matches its training."""
+    """How a run formatted prompts and judged answers, so evaluation matches its training:
+    "reward_fns" is the run's entry that decides correctness, alone at weight 1."""
+    from redjax.rewards.combine import section_entries
+
     d = cfg.data
+    decides = next(e for e in section_entries(cfg.reward) if e.correct)
     return {
         "prompt_suffix": d.prompt_suffix,
         "system": d.system,
         "chat": d.chat,
-        "reward_fn": cfg.reward.fn,
+        "reward_fns": [{"fn": decides.fn, "weight": 1.0, "correct": True, **decides.params}],
         "reward_extract": cfg.reward.extract,
     }
 

@@ -381,10 +381,12 @@ def rollouts(r: Run, batch: dict, *, group: int, seed: int) -> sampling.Rollouts
 def score(r: Run, got: Collected, phase: Phase) -> Scores:
     """2. Rewards and correctness of every rollout (less the overlong penalty, rl section),
     rewards of the teacher traces this phase trains on."""
-    golds, b, g = got.batch["answer"], len(got.batch["answer"]), got.group
+    golds, records = got.batch["answer"], got.batch["record"]
+    b, g = len(golds), got.group
     overlong = None
     if got.ro is not None:
-        judged = r.verifier.judge(got.ro.text, [a for a in golds for _ in range(g)])
+        each = lambda xs: [x for x in xs for _ in range(g)]  # prompt-major, as the rollouts
+        judged = r.verifier.judge(got.ro.text, each(golds), each(records))
         rew, correct = judged.reward.reshape(b, g), judged.correct.reshape(b, g)
         rl = r.cfg.rl
         if rl.overlong_buffer:
@@ -396,7 +398,8 @@ def score(r: Run, got: Collected, phase: Phase) -> Scores:
     else:
         rew, correct = np.zeros((b, 0), np.float32), np.zeros((b, 0), bool)
     has_off = np.asarray(got.batch["has_offline"]) & phase.offline
-    off_rew = r.verifier.score(got.batch["solution"], golds) if has_off.any() else np.zeros(b)
+    traces = got.batch["solution"]
+    off_rew = r.verifier.score(traces, golds, records) if has_off.any() else np.zeros(b)
     return Scores(rew, correct, off_rew, has_off, overlong)
 
 

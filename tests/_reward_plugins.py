@@ -41,8 +41,15 @@ def digit_share_flipped(completion: str, gold: str) -> float:
     return 1.0 - digit_share(completion, gold)
 
 
+SLOW_STARTED = "slow reward: scoring"  # printed once, so a test interrupts the reward phase
+
+
 def slow(completion: str, gold: str) -> float:
-    """Half a second an item: a step that takes a while, to interrupt."""
+    """Half a second an item: a step that takes a while, to interrupt (its first call says so
+    on stderr: the sampler's compile before it takes a varying time)."""
+    if not getattr(slow, "started", False):
+        slow.started = True
+        print(SLOW_STARTED, file=sys.stderr, flush=True)
     time.sleep(0.5)
     return 0.0
 
@@ -51,3 +58,13 @@ def starts_with_digit(completion: str, gold: str) -> float:
     """1 if the completion starts with a digit: groups of a random policy split into all-equal
     and mixed ones (for rollout.filter_groups)."""
     return float(completion[:1].isdigit())
+
+def row_number(completion: str, gold: str, record: dict, *, column: str) -> float:
+    """The number in the data row's `column` (a reward.fns entry's key): a reward that reads the
+    problem record, e.g. a difficulty or metadata column of the user's JSONL."""
+    return float(record["row"][column])
+
+
+def takes_two_args(completion: str) -> float:
+    """A function with the wrong signature, for the config errors."""
+    return 0.0

@@ -50,8 +50,15 @@ def test_default_preset(tmp_path, fmt, fields):
             "answer": "2",
             "solution": "1 + 1 = 2. \\boxed{2}",
             "source": "arith",
+            "row": rows[0],  # the row's columns as the file has them (data.row_columns: *)
         },
-        {"prompt": "What is 2 + 2?", "answer": "4", "solution": None, "source": "arith"},
+        {
+            "prompt": "What is 2 + 2?",
+            "answer": "4",
+            "solution": None,
+            "source": "arith",
+            "row": rows[1],
+        },
     ]
     assert stats == {"rows": 2, "records": 2, "skipped": 0, "errors": [], "fields": "default"}
 
@@ -125,6 +132,7 @@ def test_math_preset(tmp_path, fmt, fields):
         "answer": "\\frac{1}{2}",
         "solution": MATH,
         "source": "math",
+        "row": rows[0],  # "level" and all: a reward function can read it
     }
 
 
@@ -133,8 +141,14 @@ def test_explicit_field_map_and_case_insensitive_columns(tmp_path, fmt):
     rows = [{"Q": "Why?", "Gold": 42, "Trace": "Because. \\boxed{42}", "Origin": "aime"}]
     path = write(tmp_path / "custom", rows, fmt)
     fields = {"prompt": "q", "answer": "gold", "solution": "trace", "source": "origin"}
-    assert load_records(path, fields=fields) == [
-        {"prompt": "Why?", "answer": "42", "solution": "Because. \\boxed{42}", "source": "aime"}
+    assert load_records(path, fields=fields, row_columns=["origin", "level"]) == [
+        {
+            "prompt": "Why?",
+            "answer": "42",
+            "solution": "Because. \\boxed{42}",
+            "source": "aime",
+            "row": {"origin": "aime"},  # a named column as the row has it (any case); none absent
+        }
     ]
     # AIME-style capitalised columns are found by the presets too.
     aime = write(tmp_path / "aime", [{"Problem": "P", "Answer": 7}], fmt)

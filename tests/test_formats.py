@@ -27,8 +27,10 @@ def write(path, rows, fmt):
 
 
 def read(tmp_path, name, rows, fmt, fields, **kw):
-    """(records, stats) of rows written to name.fmt and read under `fields`."""
+    """(records, stats) of rows written to name.fmt and read under `fields` (no row columns
+    kept unless `row_columns` is given: these tests compare the converted fields)."""
     stats = {}
+    kw.setdefault("row_columns", [])
     return load_records(write(tmp_path / name, rows, fmt), fields=fields, stats=stats, **kw), stats
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import _reward_plugins
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -294,9 +295,9 @@ def test_second_signal_stops_at_once(tmp_path):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)  # fmt: skip
     for line in proc.stdout:
-        if line.startswith("data: kept"):  # set up; the first step (32 s of rewards) begins
+        if _reward_plugins.SLOW_STARTED in line:  # the first step's 32 s of rewards began
             break
-    time.sleep(2.0)
+    time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
     time.sleep(1.0)
     start = time.monotonic()

@@ -511,9 +511,8 @@ def test_math_verify_missing_names_the_extra(monkeypatch):
 def test_verifier_passes_extract_to_workers():
     texts, golds = ["The total is 7,425,000.", B("7,425,000")], ["7425000", "7425000"]
     with Verifier("math", workers=1, **dict(VERIFIER, extract="any")) as v:
-        assert v.name == "redjax.rewards.math:math_reward_any"
         assert v.score(texts, golds).tolist() == [1.0, 1.0]
-    with Verifier("math", workers=0, **VERIFIER) as v:
+    with Verifier("math", workers=1, **VERIFIER) as v:
         assert v.name == "math" and v.score(texts, golds).tolist() == [0.0, 1.0]
     with pytest.raises(ValueError, match="extract"):
         Verifier("math", workers=0, **dict(VERIFIER, extract="last"))

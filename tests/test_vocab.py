@@ -13,7 +13,7 @@ import torch
 import transformers
 from helpers import DEFAULT_SYSTEM, make_bpe_tokenizer, make_chat_model, make_hf_checkpoint
 
-from redjax import runs, train
+from redjax import config, runs, train
 from redjax.algos import RL
 from redjax.data import load_records
 from redjax.data.pipeline import tokenize
@@ -194,8 +194,9 @@ def test_sampler_stops_at_the_end_id_and_decodes_exactly(chain_model):
     reward = lambda completion, gold: float(seen.append(completion) or completion == ANSWER)
     with Verifier(reward, workers=0, timeout=5.0, format_weight=0.0, think_format=False,
                   extract="boxed") as verifier:  # fmt: skip
-        batch = {"answer": ["42"], "has_offline": [False], "solution": [""]}
-        scores = train.score(SimpleNamespace(verifier=verifier), train.Collected(batch, out, 1), RL)
+        batch = {"answer": ["42"], "has_offline": [False], "solution": [""], "record": [{}]}
+        run = SimpleNamespace(verifier=verifier, cfg=config.Config())  # what score reads of a Run
+        scores = train.score(run, train.Collected(batch, out, 1), RL)
     assert seen == [ANSWER] and scores.correct.all()
     with Verifier("math", workers=0, timeout=5.0, format_weight=0.0, think_format=False,
                   extract="boxed") as verifier:  # fmt: skip

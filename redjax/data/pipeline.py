@@ -14,6 +14,8 @@ Batch layout (B = batch size per host):
   has_offline  bool  [B]
   prompt_text, answer, solution, source: list[str] of length B (prompt_text = the formatted
   prompt, solution = "" when the record has none)
+  record       list[dict] [B]  each prompt's record as read (prompt as in the data, answer,
+                               solution, source, row, ...): what reward functions are given
 P and O are the smallest bucket (default: powers of two from 16, and the maximum) that
 holds the longest row, so a jitted step compiles a bounded number of times.
 """
@@ -144,6 +146,7 @@ def prepare(
                 "answer": r["answer"],
                 "solution": solutions[i],
                 "source": str(r.get("source") or ""),
+                "record": r,
             }
         )
     stats = {
@@ -179,6 +182,7 @@ def collate(
         "answer": [e["answer"] for e in examples],
         "solution": [e["solution"] for e in examples],
         "source": [e["source"] for e in examples],
+        "record": [e["record"] for e in examples],
     }
 
 
@@ -352,7 +356,7 @@ def encode_prompts(
     """Prompt batches for evaluation, in record order, formatted exactly as in training.
 
     Each batch has prompt_ids / prompt_mask (left-padded, bucketed), "valid" bool [B]
-    and lists prompt_text / answer / solution / source. Every batch has `batch_size` rows:
+    and lists prompt_text / answer / solution / source / record. Every batch has `batch_size` rows:
     the last one is filled up with copies of its first record, marked valid=False.
     A prompt over `max_prompt_len` raises ValueError (evaluation drops nothing).
     """
@@ -383,6 +387,7 @@ def encode_prompts(
                 "answer": [records[i]["answer"] for i in rows],
                 "solution": [records[i].get("solution") or "" for i in rows],
                 "source": [str(records[i].get("source") or "") for i in rows],
+                "record": [records[i] for i in rows],
             }
         )
     return batches

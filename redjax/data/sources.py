@@ -2,8 +2,10 @@
 
 Every record comes out as {"prompt": str, "answer": str, "solution": str | None,
 "source": str}, plus "system": str when the row has a system prompt (a chat record's system
-turn, or a "system" column; the pipeline formats that record's prompt with it). Column names
-follow a field map: a preset of PRESETS by name (default, openr1, numina, gsm8k, math, aime,
+turn, or a "system" column; the pipeline formats that record's prompt with it), and "row":
+dict, the row's columns as the file has them (`row_columns`: all of them, "*", or those
+named; absent when that keeps none), for reward functions that read a column such as test
+cases. Column names follow a field map: a preset of PRESETS by name (default, openr1, numina, gsm8k, math, aime,
 messages), "auto" to pick the first preset whose columns the first row has, or an explicit dict
 {"prompt": col, "answer": col, "solution": col, "source": col, "system": col} (all but prompt
 and answer optional). Columns are matched exactly first, then ignoring case. "source" is the
@@ -21,13 +23,14 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from redjax import hub
 from redjax.rewards.extract import last_boxed  # the verifier's own extractor: gold = what it reads
 
 MAX_KEPT_ERRORS = 10
+ALL_COLUMNS = ("*",)  # row_columns that keep every column of a row in its record's "row"
 
 log = logging.getLogger(__name__)
 
@@ -369,15 +372,24 @@ def _rows(path: str) -> Iterator[tuple[str, Any]]:
         raise ValueError(f"{path}: unsupported file type; use .jsonl, .json or .parquet")
 
 
+def row_of(row: dict, columns: Sequence[str]) -> dict:
+    """The columns of a row a record keeps: all of them for ALL_COLUMNS, else those named that
+    the row has (matched as `_column` does, kept under the name given)."""
+    if tuple(columns) == ALL_COLUMNS:
+        return dict(row)
+    return {name: _column(row, name) for name in columns if _has(row, name)}
+
+
 def load_records(
     path: str,
     *,
     fields: str | dict = "auto",
     on_error: str = "raise",
     stats: dict | None = None,
+    row_columns: Sequence[str] = ALL_COLUMNS,
 ) -> list[dict]:
     """Reads a data file (or a hub dataset's file, hf://datasets/...) into records {prompt,
-    answer, solution, source} (see module doc)."""
+    answer, solution, source, row} (see module doc)."""
     path = hub.data_file(os.fspath(path))
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -409,6 +421,9 @@ def load_records(
         record["source"] = record["source"] or default_source
         if record["system"] is None:
             del record["system"]  # only chat records with a system turn carry one
+        kept = row_of(row, row_columns)
+        if kept:  # like "system": only when there is something to carry
+            record["row"] = kept
         records.append(record)
     if stats is not None:
         stats.update(

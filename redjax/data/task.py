@@ -31,7 +31,9 @@ def load_data(cfg: config.Config) -> tuple[list[dict], list[dict]]:
             return make_task(n, seed=TASK_SEED, split=split, difficulty=d.builtin_difficulty)
         out = []
         for path in spec.split(","):
-            out += load_records(path.strip(), fields=d.fields, on_error=d.on_error)
+            out += load_records(
+                path.strip(), fields=d.fields, on_error=d.on_error, row_columns=d.row_columns
+            )
         return out
 
     train = read(d.train, "train", d.builtin_train)

@@ -1,4 +1,5 @@
-"""Verifiable rewards: math answer checking, the format reward, a registry, a process pool.
+"""Verifiable rewards: math answer checking, the format and length rewards, a registry, the
+weighted reward list (reward.fns, `combine`), a process pool.
 
 Import-light on purpose: worker processes import this package, so sympy (math) and numpy
 (pool) load only when `math_reward` / `is_equiv` / `Verifier` are first used.

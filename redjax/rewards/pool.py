@@ -11,8 +11,9 @@ group) and restarted; a worker that dies (os._exit, a segfault) is restarted and
 scores 0; a reward that raises scores 0. Counters `timeouts`, `crashes`, `failures`,
 `restarts` and `last_error` feed the trainer's metrics. The pool is kept across calls.
 
-Reward per item: reward(completion, gold) + format_weight * format_reward(completion, think);
-correct per item: reward(completion, gold) >= 0.5 alone (a format bonus never makes it right).
+Reward per item: the weighted sum of the reward list (redjax.rewards.combine: reward.fns, or
+reward.fn + format_weight * format); correct per item: the deciding entry's value >= 0.5 alone
+(no other entry's weight ever makes it right). The time-out bounds the whole list of an item.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ import numpy as np
 if TYPE_CHECKING:
     from redjax.config import RewardCfg
 
-from redjax.rewards._worker import score_one
-from redjax.rewards.registry import RewardFn, get_reward_fn, reward_path
+from redjax.rewards import combine
+from redjax.rewards.extract import EXTRACT_MODES
+from redjax.rewards.registry import RewardFn, reward_path
 
 START_TIMEOUT = 60.0  # seconds a worker may take to import its reward
 MAX_START_FAILURES = 3  # consecutive start failures per worker before giving up
@@ -45,10 +47,10 @@ MAX_START_FAILURES = 3  # consecutive start failures per worker before giving up
 class _Worker:
     """One worker process and its request / result pipes."""
 
-    def __init__(self, name: str, format_weight: float, think: bool, env: dict[str, str]):
+    def __init__(self, setup: tuple, env: dict[str, str]):
         req_r, req_w = os.pipe()
         res_r, res_w = os.pipe()
-        args = [name, str(req_r), str(res_w), repr(float(format_weight)), "1" if think else "0"]
+        args = [str(req_r), str(res_w)]
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "redjax.rewards._worker", *args],
@@ -66,6 +68,7 @@ class _Worker:
             os.close(res_w)
         self.tx = Connection(req_w, readable=False)
         self.rx = Connection(res_r, writable=False)
+        self.tx.send(setup)  # (entries, extract, think): what it loads before it is ready
         self.ready = False
         self.item: int | None = None
         self.deadline = time.monotonic() + START_TIMEOUT
@@ -78,6 +81,15 @@ class _Worker:
             self.proc.wait(timeout=10)
         self.tx.close()
         self.rx.close()
+
+
+def _path(e: combine.Entry) -> str:
+    """An entry's function as a name a worker imports; a ValueError naming the entry if it
+    cannot."""
+    try:
+        return reward_path(e.fn)
+    except ValueError as err:
+        raise ValueError(f"{e.where}: {err}") from None
 
 
 def _stop_all(workers: list[_Worker]) -> None:
@@ -97,19 +109,22 @@ def _worker_env() -> dict[str, str]:
 class Judged:
     """What the verifier says of each completion: its reward and whether its answer is right."""
 
-    reward: np.ndarray  # float32 [N]: the reward function's value + the format bonus
-    correct: np.ndarray  # bool [N]: the reward function's value alone >= 0.5
+    reward: np.ndarray  # float32 [N]: the weighted sum of the reward list
+    correct: np.ndarray  # bool [N]: the deciding entry's value alone >= 0.5
 
 
 class Verifier:
-    """Scores (completion, gold) pairs with a named reward in a pool of worker processes.
+    """Scores (completion, gold, record) items with a reward list in a pool of worker processes.
 
-    reward: "math", "format", "format_think", "package.module:function", or an importable
-      function (a lambda or a function defined in __main__ needs workers=0).
+    reward: a reward.fns list of entries {fn, weight[, correct, keys]} (redjax.rewards.combine),
+      or one reward: "math", "format", "package.module:function" or an importable function (a
+      lambda or a function defined in __main__ needs workers=0), which decides correctness.
     workers: worker processes; 0 scores in this process, without time-outs (for debugging).
-    timeout: seconds allowed per item; past it the item scores 0 and its worker restarts.
-    format_weight, think_format: total = reward + format_weight * format_reward(completion,
-      think=think_format), with format_reward in {0, 1} (answer boxed, "<think>" form).
+    timeout: seconds allowed per item (its whole list); past it the item scores 0 and its worker
+      restarts.
+    format_weight: with one reward, total = reward + format_weight * format_reward (0 with a
+      list, which gives the format reward an entry). think_format: the "format" reward asks for
+      the "<think>" form too. format_reward is in {0, 1} (answer boxed).
     extract: how the built-in "math" / "math_verify" rewards find the final answer: "boxed"
       (the last \\boxed{}) or "any" (wherever the model puts it); see redjax.rewards.extract.
     No defaults: a run's settings come from its reward section (`Verifier.from_config`).
@@ -118,8 +133,9 @@ class Verifier:
     @classmethod
     def from_config(cls, rw: RewardCfg) -> Verifier:
         """The pool of a config's reward section."""
+        combine.section_entries(rw)  # reward.fns beside a changed reward.fn is refused
         return cls(
-            rw.fn,
+            rw.fns or rw.fn,
             workers=rw.workers,
             timeout=rw.timeout,
             format_weight=rw.format_weight,
@@ -129,7 +145,7 @@ class Verifier:
 
     def __init__(
         self,
-        reward: str | RewardFn,
+        reward: str | RewardFn | Sequence[dict],
         *,
         workers: int,
         timeout: float,
@@ -141,15 +157,16 @@ class Verifier:
             raise ValueError(f"Verifier workers must be an integer >= 0, got {workers!r}")
         if not timeout > 0:
             raise ValueError(f"Verifier timeout must be > 0 seconds, got {timeout!r}")
-        if not format_weight >= 0:
-            raise ValueError(f"Verifier format_weight must be >= 0, got {format_weight!r}")
-        if workers == 0 and callable(reward):
-            self.name, self._fn = getattr(reward, "__name__", repr(reward)), reward
-        else:
-            self._fn = get_reward_fn(reward_path(reward), extract)  # a bad name fails here
-            self.name = reward_path(self._fn)  # "math" + extract="any": its own function
+        if extract not in EXTRACT_MODES:
+            raise ValueError(f"Verifier extract must be one of {EXTRACT_MODES}, got {extract!r}")
+        self.entries = combine.entries(reward, format_weight)
+        if workers:  # what a worker can import: a function becomes its path
+            self.entries = [dataclasses.replace(e, fn=_path(e)) for e in self.entries]
+        self._bound = combine.bind(self.entries, extract, think_format)  # a bad name fails here
+        self._takes_record = any(b.takes_record for b in self._bound)
+        self._setup = (self.entries, extract, bool(think_format))
+        self.name = combine.describe(self.entries)
         self.workers, self.timeout = workers, float(timeout)
-        self.format_weight, self.think_format = float(format_weight), bool(think_format)
         self.timeouts = self.crashes = self.failures = self.restarts = 0
         self.last_error: str | None = None
         self._start_failures = 0
@@ -158,7 +175,7 @@ class Verifier:
         self._finalizer = weakref.finalize(self, _stop_all, self._pool)
 
     def _spawn(self) -> _Worker:
-        return _Worker(self.name, self.format_weight, self.think_format, self._env)
+        return _Worker(self._setup, self._env)
 
     def _restart(self, k: int) -> None:
         self._pool[k].kill()
@@ -174,24 +191,38 @@ class Verifier:
             "restarts": self.restarts,
         }
 
-    def score(self, completions: Sequence[str], golds: Sequence[str]) -> np.ndarray:
-        """float32 reward per (completion, gold); bad completions score 0 and never raise."""
-        return self.judge(completions, golds).reward
+    def score(
+        self,
+        completions: Sequence[str],
+        golds: Sequence[str],
+        records: Sequence[dict] | None = None,
+    ) -> np.ndarray:
+        """float32 reward per (completion, gold, record); bad completions score 0, never raise."""
+        return self.judge(completions, golds, records).reward
 
-    def judge(self, completions: Sequence[str], golds: Sequence[str]) -> Judged:
-        """The reward (with the format bonus) and the correctness (without it) of each
-        (completion, gold); an item that fails or times out is 0 and wrong."""
+    def judge(
+        self,
+        completions: Sequence[str],
+        golds: Sequence[str],
+        records: Sequence[dict] | None = None,
+    ) -> Judged:
+        """The reward (the weighted sum) and the correctness (the deciding entry alone) of each
+        (completion, gold, record); an item that fails or times out is 0 and wrong. records:
+        each completion's problem record (the data pipeline's batch["record"]), for functions
+        that take one; {} when not given."""
         completions, golds = list(completions), list(golds)
-        if len(completions) != len(golds):
+        records = [{}] * len(completions) if records is None else list(records)
+        if not len(completions) == len(golds) == len(records):
             raise ValueError(
-                f"Verifier.score: {len(completions)} completions but {len(golds)} golds"
+                f"Verifier.score: {len(completions)} completions but {len(golds)} golds and "
+                f"{len(records)} records"
             )
+        if not self._takes_record:  # nothing to send: no function reads it
+            records = [None] * len(completions)
         out = Judged(np.zeros(len(completions), np.float32), np.zeros(len(completions), bool))
         if self.workers == 0:
-            for i, (c, g) in enumerate(zip(completions, golds, strict=True)):
-                self._record(
-                    out, i, *score_one(self._fn, c, g, self.format_weight, self.think_format)
-                )
+            for i, item in enumerate(zip(completions, golds, records, strict=True)):
+                self._record(out, i, *combine.score_item(self._bound, *item))
             return out
         if not self._finalizer.alive:
             raise RuntimeError("Verifier.score called after close()")
@@ -201,7 +232,8 @@ class Verifier:
             for k, w in enumerate(self._pool):
                 if w.ready and w.item is None and pending:
                     i = pending.popleft()
-                    self._dispatch(k, i, completions[i], golds[i], pending, sends)
+                    item = (i, completions[i], golds[i], records[i])
+                    self._dispatch(k, item, pending, sends)
             active = [w for w in self._pool if not w.ready or w.item is not None]
             if not active:
                 continue
@@ -225,12 +257,13 @@ class Verifier:
             self.last_error = error
         out.reward[i], out.correct[i] = reward, correct
 
-    def _dispatch(self, k, i, completion, gold, pending, sends) -> None:
-        """Send item i to idle worker k; a dead worker is restarted and the item re-queued once."""
-        w = self._pool[k]
+    def _dispatch(self, k, item, pending, sends) -> None:
+        """Send item (i, completion, gold, record) to idle worker k; a dead worker is restarted
+        and the item re-queued once."""
+        w, i = self._pool[k], item[0]
         sends[i] += 1
         try:
-            w.tx.send((i, completion, gold))
+            w.tx.send(item)
         except (OSError, EOFError):  # the worker died while idle
             self.crashes += 1
             self._restart(k)
