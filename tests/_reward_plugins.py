@@ -59,6 +59,7 @@ def starts_with_digit(completion: str, gold: str) -> float:
     and mixed ones (for rollout.filter_groups)."""
     return float(completion[:1].isdigit())
 
+
 def row_number(completion: str, gold: str, record: dict, *, column: str) -> float:
     """The number in the data row's `column` (a reward.fns entry's key): a reward that reads the
     problem record, e.g. a difficulty or metadata column of the user's JSONL."""
