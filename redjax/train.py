@@ -398,8 +398,9 @@ def score(r: Run, got: Collected, phase: Phase) -> Scores:
     else:
         rew, correct = np.zeros((b, 0), np.float32), np.zeros((b, 0), bool)
     has_off = np.asarray(got.batch["has_offline"]) & phase.offline
-    traces = got.batch["solution"]
-    off_rew = r.verifier.score(traces, golds, records) if has_off.any() else np.zeros(b)
+    off_rew = np.zeros(b)
+    if has_off.any():
+        off_rew = r.verifier.score(got.batch["solution"], golds, records)
     return Scores(rew, correct, off_rew, has_off, overlong)
 
 

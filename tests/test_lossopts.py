@@ -164,9 +164,10 @@ def test_overlong_penalty_comes_off_the_rollout_rewards():
     cfg = config.load(None, ["rollout.max_new_tokens=16", "rl.overlong_buffer=4"])
     lengths = np.array([3, 13, 16, 12, 15, 16], np.int32)  # 2 prompts x 3 rollouts
     judged = SimpleNamespace(reward=np.ones(6, np.float32), correct=np.ones(6, bool))
-    r = SimpleNamespace(cfg=cfg, verifier=SimpleNamespace(judge=lambda texts, golds: judged))
+    r = SimpleNamespace(cfg=cfg, verifier=SimpleNamespace(judge=lambda texts, golds, records: judged))
     ro = SimpleNamespace(text=["x"] * 6, lengths=lengths)
-    got = train.Collected({"answer": ["1", "2"], "has_offline": np.zeros(2, bool)}, ro, 3)
+    batch = {"answer": ["1", "2"], "has_offline": np.zeros(2, bool), "record": [{}, {}]}
+    got = train.Collected(batch, ro, 3)
     s = train.score(r, got, SimpleNamespace(offline=False))
     want = ref.overlong_penalty(lengths, 16, 4, 1.0).reshape(2, 3)
     np.testing.assert_allclose(s.rew, 1.0 - want, rtol=1e-6)

@@ -143,7 +143,7 @@ def test_record_reaches_a_plugin_through_the_trainer(tmp_path):
     assert sorted(golds) == ["2", "4", "6", "8"]  # the batch holds every row, in its own order
     texts = [t for g in golds for t in (B(g), B("0"))]  # G = 2: one right, one wrong
     with Verifier.from_config(cfg.reward) as v:
-        r = SimpleNamespace(verifier=v)
+        r = SimpleNamespace(verifier=v, cfg=cfg)  # what score reads of a Run
         got = train.Collected(batch, SimpleNamespace(text=texts), 2)
         s = train.score(r, got, SimpleNamespace(offline=True))
     d = np.array([difficulty[g] for g in golds])
