@@ -60,9 +60,10 @@ METHODS = {
     "red_fixed_lambda": ["algo=red", "red.lam=fixed"],  # RED, lambda held at red.lambda0
     "red_no_shift": ["algo=red", "red.shift=zero"],  # RED, s = 0 (SFT weighting) for all
     # RED's controller modes (docs/design.md, section 1): the rule and where dH comes from
-    "red_drift": ["algo=red", "red.entropy_change=drift"],
-    "red_ratio": ["algo=red", "red.rule=ratio"],
-    "red_ratio_drift": ["algo=red", "red.rule=ratio", "red.entropy_change=drift"],
+    # ("red" is the default: ratio with drift)
+    "red_sign": ["algo=red", "red.rule=sign", "red.entropy_change=probe"],
+    "red_sign_drift": ["algo=red", "red.rule=sign", "red.entropy_change=drift"],
+    "red_ratio_probe": ["algo=red", "red.rule=ratio", "red.entropy_change=probe"],
     "red_seq_mean": ["algo=red", "red.ext_agg=seq-mean-token-mean"],  # length-normalised Extend
 }
 # Config sections a method may change; everything else must be equal across methods.

@@ -105,10 +105,10 @@ class RedCfg:
     shaping_gamma: float | None = None  # LUFFY-style shaping pi/(pi+gamma) at s=1
     lam: Literal["red", "fixed", "schedule"] = "red"
     # lam=red: the rule that sets lambda's target (docs/design.md section 1)
-    rule: Literal["sign", "ratio"] = "sign"
+    rule: Literal["sign", "ratio"] = "ratio"
     # where dH comes from: probe (after - before the update, on a probe subset) or drift (the
     # step-to-step change of the batch mean entropies of the loss forward)
-    entropy_change: Literal["probe", "drift"] = "probe"
+    entropy_change: Literal["probe", "drift"] = "drift"
     # Extend term: mean over all trace tokens, or each trace's token mean then mean over traces
     ext_agg: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"
     lambda0: float = 1.0

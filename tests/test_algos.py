@@ -21,17 +21,23 @@ def whiles(fn, *args) -> int:
 
 def test_fixed_mix_step_has_one_forward_fewer_than_red():
     """fixed_mix's lambda does not adapt, so its step has no probe forward: exactly the loops
-    of one scoring forward fewer than RED's step."""
+    of one scoring forward fewer than the step of RED measuring dH by the probe; RED measuring
+    it by the drift (the default) has none either."""
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     rows = sharding.put_local(host_rows(), mesh)
     counts = {}
-    for algo in ("red", "fixed_mix"):
-        sc = step.StepConfig.from_config(config.load(None, [f"algo={algo}"]), chunk=24)
+    for name, over in {
+        "red": ["algo=red", "red.entropy_change=probe"],
+        "red_drift": ["algo=red", "red.entropy_change=drift"],
+        "fixed_mix": ["algo=fixed_mix"],
+    }.items():
+        sc = step.StepConfig.from_config(config.load(None, over), chunk=24)
         state, fn = jitted_step(CFG, sc, mesh)
-        counts[algo] = whiles(fn, state, rows, jnp.float32(1.0))
+        counts[name] = whiles(fn, state, rows, jnp.float32(1.0))
     score = jax.jit(lambda p, r: step.score(p, CFG, r, 24, mesh))
     forward = whiles(score, state["params"], rows.probe)
     assert forward > 0 and counts["red"] - counts["fixed_mix"] == forward, (counts, forward)
+    assert counts["red_drift"] == counts["fixed_mix"], counts
 
 
 def run_of(cfg: config.Config) -> types.SimpleNamespace:

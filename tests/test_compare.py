@@ -51,8 +51,10 @@ def test_methods_share_everything_but_their_own_keys():
     lam = config.load(compare.TASK, compare.METHODS["red_fixed_lambda"]).red
     shift = config.load(compare.TASK, compare.METHODS["red_no_shift"]).red
     assert (lam.lam, lam.shift, shift.lam, shift.shift) == ("fixed", "linear", "red", "zero")
-    ratio = config.load(compare.TASK, compare.METHODS["red_ratio_drift"]).red
-    assert (ratio.rule, ratio.entropy_change, ratio.lam) == ("ratio", "drift", "red")
+    red_cfg = config.load(compare.TASK, compare.METHODS["red"]).red
+    sign = config.load(compare.TASK, compare.METHODS["red_sign"]).red
+    assert (red_cfg.rule, red_cfg.entropy_change, red_cfg.lam) == ("ratio", "drift", "red")
+    assert (sign.rule, sign.entropy_change) == ("sign", "probe")
     steps = config.load(compare.TASK).train.steps
     sft_then = config.load(
         compare.TASK, compare.method_args("sft_then_grpo", compare.TASK, [], 0)[2:]

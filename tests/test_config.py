@@ -19,15 +19,15 @@ def test_default_file_and_overrides():
 def test_red_rule_entropy_change_and_ext_agg():
     cfg = config.load(None)
     assert (cfg.red.rule, cfg.red.entropy_change, cfg.red.ext_agg) == (
-        "sign",
-        "probe",
-        "token-mean",
-    )
-    over = ["red.rule=ratio", "red.entropy_change=drift", "red.ext_agg=seq-mean-token-mean"]
-    cfg = config.load(None, over)
-    assert (cfg.red.rule, cfg.red.entropy_change, cfg.red.ext_agg) == (
         "ratio",
         "drift",
+        "token-mean",
+    )
+    over = ["red.rule=sign", "red.entropy_change=probe", "red.ext_agg=seq-mean-token-mean"]
+    cfg = config.load(None, over)
+    assert (cfg.red.rule, cfg.red.entropy_change, cfg.red.ext_agg) == (
+        "sign",
+        "probe",
         "seq-mean-token-mean",
     )
 
@@ -143,7 +143,8 @@ def test_algo_presets_come_before_the_file_and_overrides(tmp_path):
 def test_phase_plan(algo):
     from redjax.algos import Plan
 
-    cfg = config.load(None, [f"algo={algo}"] + (["red.sft_steps=3"] if "then" in algo else []))
+    then = ["red.sft_steps=3"] if "then" in algo else []
+    cfg = config.load(None, [f"algo={algo}", "red.entropy_change=probe", *then])
     plan = Plan.from_config(cfg)
     phases = [(p.online, p.offline) for p in map(plan.phase, range(6))]
     want = {

@@ -164,7 +164,9 @@ def test_overlong_penalty_comes_off_the_rollout_rewards():
     cfg = config.load(None, ["rollout.max_new_tokens=16", "rl.overlong_buffer=4"])
     lengths = np.array([3, 13, 16, 12, 15, 16], np.int32)  # 2 prompts x 3 rollouts
     judged = SimpleNamespace(reward=np.ones(6, np.float32), correct=np.ones(6, bool))
-    r = SimpleNamespace(cfg=cfg, verifier=SimpleNamespace(judge=lambda texts, golds, records: judged))
+    r = SimpleNamespace(
+        cfg=cfg, verifier=SimpleNamespace(judge=lambda texts, golds, records: judged)
+    )
     ro = SimpleNamespace(text=["x"] * 6, lengths=lengths)
     batch = {"answer": ["1", "2"], "has_offline": np.zeros(2, bool), "record": [{}, {}]}
     got = train.Collected(batch, ro, 3)

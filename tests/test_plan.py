@@ -110,7 +110,7 @@ ARGS = (
 
 
 def test_rows_kv_cache_and_chunk_buffers_by_hand():
-    cfg = load(*ARGS)
+    cfg = load("red.entropy_change=probe", *ARGS)
     mc = QWEN25_05B.replace(dtype="bfloat16")
     est = plan.estimate(mc, cfg, {"data": 2, "fsdp": 2, "tensor": 1})
     shards = 4
@@ -119,8 +119,9 @@ def test_rows_kv_cache_and_chunk_buffers_by_hand():
     # The probe (RED): a quarter of the 32 rollouts and of the 8 traces, in 2 micro-batches.
     assert est["probe_rows_per_device"] == math.ceil((8 + 2) / 2 / shards) == 2
     assert 0 < est["probe_activations"] < est["activations"]
-    fixed = plan.estimate(mc, load("algo=fixed_mix", *ARGS), {"data": 2, "fsdp": 2, "tensor": 1})
-    assert fixed["probe_rows_per_device"] == fixed["probe_activations"] == 0
+    for other in ("algo=fixed_mix", "red.entropy_change=drift"):  # no probe forward
+        est_other = plan.estimate(mc, load(other, *ARGS), {"data": 2, "fsdp": 2, "tensor": 1})
+        assert est_other["probe_rows_per_device"] == est_other["probe_activations"] == 0
     assert est["seq_len"] == 32 + 64
     assert est["gradients"] == 2 * est["params"]  # accumulator + one micro-batch's gradients
     # Sampling: evaluation batch max(8, 32) x k=1 rows beats the 32 rollouts; slots 32 + 64.

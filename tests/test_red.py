@@ -107,8 +107,8 @@ def _dh(seed, n=80):
 
 
 CONFIGS = [
-    dict(mode="red"),
-    dict(mode="red", alpha=0.5, ema=0.5, lambda0=0.3, delta=1e-3),
+    dict(mode="red", rule="sign"),
+    dict(mode="red", rule="sign", alpha=0.5, ema=0.5, lambda0=0.3, delta=1e-3),
     dict(mode="red", rule="ratio"),
     dict(mode="red", rule="ratio", alpha=0.5, ema=0.5, lambda0=0.3, delta=1e-3),
     dict(mode="fixed", lambda0=0.7),
@@ -163,9 +163,9 @@ def test_controller_skips_non_finite():
     dh_on, dh_off = (x[:20] for x in _dh(4))
     noisy_on, noisy_off = dh_on.copy(), dh_off.copy()
     noisy_on[0], noisy_off[7], noisy_on[12] = math.nan, math.inf, -math.inf
-    ctrl = controller()
+    ctrl = controller(rule="sign")
     got = [ctrl.update(a, b) for a, b in zip(noisy_on, noisy_off, strict=True)]
-    want, d_on, d_off = ref.lambda_sequence(noisy_on, noisy_off, mode="red")
+    want, d_on, d_off = ref.lambda_sequence(noisy_on, noisy_off, mode="red", rule="sign")
     np.testing.assert_allclose(got, want, rtol=1e-12)
     assert got[0] == 1.0 and got[7] == got[6]  # skipped steps keep lambda
     state = ctrl.state_dict()
@@ -320,7 +320,7 @@ def test_drift_matches_reference_and_resumes(rule):
 
 def test_entropy_changes_probe_and_old_state():
     m = {"dH_on": -0.02, "dH_off": 0.01, "entropy_on": 1.0, "entropy_off": 2.0}
-    assert controller().entropy_changes(m) == (-0.02, 0.01)
+    assert controller(entropy_change="probe").entropy_changes(m) == (-0.02, 0.01)
     # A state written before drift existed loads, with no previous entropies.
     old = {"lam": 0.7, "D_on": -0.01, "D_off": 0.02, "step": 5, "initialised": True}
     ctrl = controller(entropy_change="drift")
