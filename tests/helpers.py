@@ -208,3 +208,23 @@ def write_hub_model(cache, repo_id: str, folder) -> str:
     """A model folder's files as the hub cache holds repo_id; returns the snapshot folder."""
     names = sorted(os.listdir(str(folder)))
     return write_hub_repo(cache, repo_id, {n: os.path.join(str(folder), n) for n in names})
+
+
+def tiny_run(prompts: int, group_size: int, *more: str) -> list[str]:
+    """Overrides of a run small enough for a test: a one-layer model on the built-in task, 16
+    new tokens, little evaluation; then `more`."""
+    return [
+        "model.hidden_size=32",
+        "model.intermediate_size=64",
+        "model.num_layers=1",
+        "model.num_heads=2",
+        "model.num_kv_heads=1",
+        f"rollout.prompts={prompts}",
+        f"rollout.group_size={group_size}",
+        "rollout.max_new_tokens=16",
+        "data.max_prompt_len=64",
+        "data.builtin_train=200",
+        "eval.every=0",
+        "eval.problems=4",
+        *more,
+    ]

@@ -10,37 +10,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_run
 
 from redjax import config, distributed, groups, objective, red, runs, train
 from redjax.checkpoint import Checkpoints
 
 B, G, REFILLS, STEPS = 4, 4, 1, 3
-TINY = [
-    "model.hidden_size=32",
-    "model.intermediate_size=64",
-    "model.num_layers=1",
-    "model.num_heads=2",
-    "model.num_kv_heads=1",
-    f"rollout.prompts={B}",
-    f"rollout.group_size={G}",
-    "rollout.max_new_tokens=16",
-    "data.max_prompt_len=64",
-    "data.builtin_train=200",
-    "eval.every=0",
-    "eval.problems=4",
-    "eval.samples_every=0",
-    "reward.workers=0",
+TINY = tiny_run(
+    B, G, "eval.samples_every=0", "reward.workers=0",
     "train.save_every=1000",  # the SIGTERM and the last step save
-    "optim.warmup_steps=0",
-    f"train.steps={STEPS}",
+    "optim.warmup_steps=0", f"train.steps={STEPS}",
     # RED with the trace outside the group: a group is filtered on its rollouts' rewards alone,
     # and a filtered prompt's trace still trains with A_off = 1
-    "algo=red",
-    "red.offline_in_group=false",
+    "algo=red", "red.offline_in_group=false",
     "reward.fn=_reward_plugins:starts_with_digit",  # a random policy: equal and mixed groups
-    "rollout.filter_groups=true",
-    f"rollout.max_refills={REFILLS}",
-]
+    "rollout.filter_groups=true", f"rollout.max_refills={REFILLS}",
+)  # fmt: skip
 VOLATILE = ("time/", "tokens_per_sec", "verifier_timeouts")
 
 

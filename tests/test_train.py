@@ -10,23 +10,9 @@ import time
 
 import numpy as np
 import pytest
+from helpers import tiny_run
 
-TINY = [
-    "model.hidden_size=32",
-    "model.intermediate_size=64",
-    "model.num_layers=1",
-    "model.num_heads=2",
-    "model.num_kv_heads=1",
-    "rollout.prompts=4",
-    "rollout.group_size=2",
-    "rollout.max_new_tokens=16",
-    "data.max_prompt_len=64",
-    "data.builtin_train=200",
-    "eval.every=0",
-    "eval.problems=4",
-    "eval.samples_every=1",
-    "reward.workers=1",
-]
+TINY = tiny_run(4, 2, "eval.samples_every=1", "reward.workers=1")
 VOLATILE = ("time/", "tokens_per_sec", "verifier_timeouts")
 
 

@@ -16,31 +16,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ROOT, VERIFIER
+from helpers import ROOT, VERIFIER, tiny_run
 
 from redjax import cli, config, runs, sampler, sharding, step, train
 from redjax.models import ModelConfig, init_params
 from redjax.rows import make_rows
 from redjax.shapes import response_width
 
-TINY = [
-    "model.hidden_size=32",
-    "model.intermediate_size=64",
-    "model.num_layers=1",
-    "model.num_heads=2",
-    "model.num_kv_heads=1",
-    "rollout.prompts=8",
-    "rollout.group_size=8",
-    "rollout.max_new_tokens=16",
-    "data.max_prompt_len=64",
-    "data.builtin_train=200",
-    "eval.every=0",
-    "eval.problems=4",
-    "eval.samples_every=0",
-    "reward.workers=0",
-    "train.save_every=1000",
+TINY = tiny_run(
+    8, 8, "eval.samples_every=0", "reward.workers=0", "train.save_every=1000",
     "optim.warmup_steps=0",
-]
+)  # fmt: skip
 
 
 def metrics(run_dir: str) -> list[dict]:
