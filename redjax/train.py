@@ -32,6 +32,7 @@ from redjax import (
     distributed,
     evaluate,
     logs,
+    lora,
     red,
     rewards,
     runs,
@@ -49,11 +50,13 @@ from redjax.data.task import (
     tokenize_train,
 )
 from redjax.models import (
+    Model,
     ModelConfig,
     attention,
     from_pretrained,
     init_params,
     param_shapes,
+    save_pretrained,
     scratch_config,
 )
 from redjax.models.hf import config_to_hf
@@ -115,7 +118,8 @@ class Run:
     mesh: Any
     loader: Any  # this host's prompt batches (redjax.data.pipeline.Loader)
     test_records: list[dict]  # held-out problems
-    state: dict  # params, opt_state, step: on the mesh
+    state: dict  # params (the whole model, or its LoRA adapters), opt_state, step: on the mesh
+    base: Any  # LoRA: the frozen base weights the adapters sit on; None: full fine-tuning
     ref_params: Any  # the frozen reference policy (rl.beta_kl > 0), else None
     train_step: Callable  # (state, Rows, lam) -> (state, metrics), jitted
     score_fn: Callable  # (params, Rows) -> (logp, entropy), jitted
@@ -128,6 +132,12 @@ class Run:
     logger: logs.Logger
     bar: Any  # the progress bar
     start: int  # the first step to run (the checkpoint's step when resuming)
+
+    @property
+    def policy(self) -> Any:
+        """The current policy's parameters for the sampler, the scorer and evaluation: the
+        trained ones, with LoRA beside their frozen base (redjax.lora.join)."""
+        return lora.join(self.base, self.state["params"])
 
     @property
     def pad_id(self) -> int:
@@ -169,10 +179,11 @@ def setup(cfg: config.Config) -> Run:
     if jax.process_index() == 0:
         config_to_hf(model_cfg).save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
+    model_cfg, params, base = adapt(cfg, model_cfg, params, mesh, model_dir)
     loader = make_train_loader(cfg, train_records, tokenizer, tokenized)
     tx = step.make_optimizer(cfg.optim, schedule_steps * cfg.optim.minibatches)
     state, state_sh = step.init_state(params, tx, mesh)
-    ref_params = jax.tree.map(jnp.copy, params) if cfg.rl.beta_kl else None
+    ref_params = reference(cfg, params, base)
     del params
     ctrl = red.RedController.from_config(cfg.red, cfg.rl, schedule_steps)
     ckpts.check_space(state)  # fail now if one checkpoint cannot fit
@@ -197,6 +208,7 @@ def setup(cfg: config.Config) -> Run:
         loader=loader,
         test_records=test_records,
         state=state,
+        base=base,
         ref_params=ref_params,
         train_step=step.jit_train_step(
             model_cfg, step.StepConfig.from_config(cfg), tx, state_sh, mesh
@@ -243,6 +255,41 @@ def load_model(cfg: config.Config, tokenizer: Any, mesh: Any) -> tuple[ModelConf
     mc = scratch_config(m, len(tokenizer), extra)
     init = jax.jit(lambda: init_params(mc, cfg.train.seed), out_shardings=shardings(mc))
     return mc, init()
+
+
+def adapt(
+    cfg: config.Config, model_cfg: ModelConfig, params: Any, mesh: Any, model_dir: str
+) -> tuple[ModelConfig, Any, Any]:
+    """(model config, trained parameters, frozen base). With lora.rank > 0 the loaded weights
+    become the frozen base and the trained parameters are new adapters (B = 0: the policy starts
+    as the base), placed by the base's partition rules; a base trained from scratch is written
+    to model/ so that export finds it. Otherwise the parameters themselves and no base."""
+    spec = lora.LoraSpec.from_config(cfg.lora)
+    if spec is None:
+        return model_cfg, params, None
+    model_cfg = model_cfg.replace(lora_alpha=spec.alpha)
+    if not cfg.model.path:
+        done = os.path.isfile(os.path.join(model_dir, "model.safetensors"))
+        if distributed.global_any(not done):  # every process takes part in the gathers
+            save_pretrained(Model(model_cfg, params), model_dir)
+    shapes = lora.adapter_shapes(model_cfg, spec)
+    init = lambda: lora.init_adapters(model_cfg, spec, cfg.train.seed + 1)
+    adapters = jax.jit(init, out_shardings=sharding.param_shardings(shapes, mesh))()
+    return model_cfg, adapters, params
+
+
+def base_folder(cfg: config.Config, run_dir: str) -> str:
+    """The Hugging Face folder of a LoRA run's frozen base: model.path, or for a model trained
+    from scratch the run's model/ (written by `adapt`)."""
+    return os.path.abspath(cfg.model.path or os.path.join(run_dir, "model"))
+
+
+def reference(cfg: config.Config, params: Any, base: Any) -> Any:
+    """The frozen reference policy for rl.beta_kl > 0 (else None): a copy of the initial
+    parameters; with LoRA the base itself (the adapters start at zero update), no copy."""
+    if not cfg.rl.beta_kl:
+        return None
+    return base if base is not None else jax.tree.map(jnp.copy, params)
 
 
 def make_train_loader(
@@ -337,7 +384,7 @@ def rollouts(r: Run, batch: dict, *, group: int, seed: int) -> sampling.Rollouts
         ids = distributed.gather(ids).reshape(-1, ids.shape[1])
         mask = distributed.gather(mask).reshape(-1, mask.shape[1])
     ro = sampling.sample(
-        r.state["params"],
+        r.policy,
         r.model_cfg,
         ids,
         mask,
@@ -393,7 +440,7 @@ def train_rows(r: Run, got: Collected, t: Targets, phase: Phase) -> tuple[Rows, 
         max_width=max(cfg.rollout.max_new_tokens, cfg.data.max_offline_len),
     )  # fmt: skip
     tokens = sharding.put_local(rows.tokens(), r.mesh)
-    old_logp, old_ent = map(sharding.get_local, r.score_fn(r.state["params"], tokens))
+    old_logp, old_ent = map(sharding.get_local, r.score_fn(r.policy, tokens))
     ref_logp = old_logp
     if r.ref_params is not None:
         ref_logp = sharding.get_local(r.score_fn(r.ref_params, tokens)[0])
@@ -490,7 +537,7 @@ def update(r: Run, rows: Rows, lam: float, it: int) -> dict[str, float]:
         if size > len(idx):
             idx = step.probe_rows(part.online, frac, multiple, seed=it, size=size)
         dev = sharding.put_local(part.with_probe(idx), r.mesh)
-        r.state, m = r.train_step(r.state, dev, jnp.float32(lam))
+        r.state, m = r.train_step(r.state, dev, jnp.float32(lam), r.base)
         ms.append(m)
     ms = jax.device_get(ms)  # one transfer of every update's metrics
     skipped = r.guard.count(ms)  # updates skipped for a non-finite loss or gradient
@@ -636,6 +683,8 @@ def save_and_evaluate(r: Run, done: int, stopping: bool) -> None:
             "config": config.to_dict(cfg),  # a resume with another config is refused
             "schedule_steps": r.schedule_steps,
         }
+        if r.base is not None:  # LoRA: the checkpoint holds adapters; this names their base
+            host["base"] = base_folder(cfg, r.run_dir)
         r.logger.sync()  # the logs up to this checkpoint reach the disk
         r.ckpts.save(done, r.state, host)
 
@@ -644,7 +693,7 @@ def run_eval(r: Run, step_: int) -> dict:
     """Held-out evaluation; logs eval/* metrics and returns the results."""
     cfg, e = r.cfg, r.cfg.eval
     res = evaluate.evaluate(
-        r.state["params"],
+        r.policy,
         r.model_cfg,
         r.tokenizer,
         r.test_records,
