@@ -98,29 +98,10 @@ def join(base: Any, adapters: Any) -> Any:
     return out
 
 
-def split(params: Any) -> tuple[Any, Any]:
-    """`join`'s inverse: (base, adapters) of a joined tree."""
-    base, adapters = {}, {}
-    for key, sub in params.items():
-        if key in LEAVES:
-            adapters[key] = sub
-        elif isinstance(sub, dict):
-            b, a = split(sub)
-            base[key] = b
-            if a:
-                adapters[key] = a
-        else:
-            base[key] = sub
-    return base, adapters
-
-
 def has_adapters(params: Any) -> bool:
     """Whether a parameter tree holds adapter leaves."""
-    return any(
-        getattr(k, "key", None) in LEAVES
-        for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]
-        for k in kp[-1:]
-    )
+    paths = (kp for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0])
+    return any(getattr(kp[-1], "key", None) in LEAVES for kp in paths if kp)
 
 
 def merge(params: Any, alpha: float) -> Any:
