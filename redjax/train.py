@@ -121,7 +121,7 @@ class Run:
     state: dict  # params (the whole model, or its LoRA adapters), opt_state, step: on the mesh
     base: Any  # LoRA: the frozen base weights the adapters sit on; None: full fine-tuning
     ref_params: Any  # the frozen reference policy (rl.beta_kl > 0), else None
-    train_step: Callable  # (state, Rows, lam) -> (state, metrics), jitted
+    train_step: Callable  # (state, Rows, lam, base) -> (state, metrics), jitted
     score_fn: Callable  # (params, Rows) -> (logp, entropy), jitted
     ctrl: red.RedController
     sp: sampling.SamplingParams
