@@ -3,6 +3,7 @@ rule through the merged weight), a sharded step equals one device, the sampler s
 updated adapters, checkpoints hold the adapters alone and resume bit for bit, export merges
 them (transformers' logits) or writes a PEFT folder (peft's logits)."""
 
+import functools
 import os
 import shutil
 
@@ -82,34 +83,43 @@ def moved(adapters, seed=3, size=0.05):
     return jax.tree.map(lambda x: x + size * jax.random.normal(next(keys), x.shape), adapters)
 
 
+logits = jax.jit(lambda params, tokens: forward(params, CFG, tokens)[0])
+
+
+@functools.cache
+def start(seed=0):
+    """(base parameters, adapters at their start) of CFG, made once (jitted: fast)."""
+    base = jax.jit(lambda: init_params(CFG, seed))()
+    return base, jax.jit(lambda: lora.init_adapters(CFG, SPEC, seed + 1))()
+
+
 def test_at_init_the_adapted_model_is_the_base():
-    base = init_params(CFG, 0)
-    adapters = lora.init_adapters(CFG, SPEC, 1)
+    base, adapters = start()
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 96, (3, 9)))
-    want = np.asarray(forward(base, CFG, tokens)[0])
-    np.testing.assert_array_equal(forward(lora.join(base, adapters), CFG, tokens)[0], want)
+    want = np.asarray(logits(base, tokens))
+    np.testing.assert_array_equal(logits(lora.join(base, adapters), tokens), want)
     a = adapters["layers"]["attn"]["q"]["lora_a"]
     assert a.shape == (2, 64, 4) and np.abs(a).max() <= 1 / 8 and np.abs(a).max() > 0.1
     assert not np.any(adapters["layers"]["mlp"]["down"]["lora_b"])
     # Moved adapters change the logits; on the fly and merged they agree.
     joined = lora.join(base, moved(adapters))
-    fly = np.asarray(forward(joined, CFG, tokens)[0])
-    np.testing.assert_allclose(forward(lora.merge(joined, 8.0), CFG, tokens)[0], fly, atol=1e-5)
+    fly = np.asarray(logits(joined, tokens))
+    np.testing.assert_allclose(logits(lora.merge(joined, 8.0), tokens), fly, atol=1e-5)
     assert np.abs(fly - want).max() > 0.05
 
 
 def test_only_adapters_get_gradients_and_optimizer_state():
     """The step's gradients are the adapters' alone, and equal the chain rule through the merged
     weight W' = W + s A B: dL/dA = s G B^T, dL/dB = s A^T G with G = dL/dW'."""
-    base = init_params(CFG, 0)
-    adapters = moved(lora.init_adapters(CFG, SPEC, 1))
+    base, adapters = start()
+    adapters = moved(adapters)
     batch = rows().without_probe()
     counts = {"on_tokens": 1.0, "off_tokens": 1.0, "on_seqs": 1.0, "off_seqs": 1.0}
     loss = lambda p, b: step.loss_fn(p, CFG, SC, batch, 0.7, counts, None, b)[0]
-    grads = jax.grad(loss)(adapters, base)
+    grads = jax.jit(jax.grad(loss))(adapters, base)
     assert jax.tree.structure(grads) == jax.tree.structure(adapters)
     merged = lora.merge(lora.join(base, adapters), SPEC.alpha)
-    full = jax.grad(loss)(merged, None)
+    full = jax.jit(jax.grad(loss))(merged, None)
     s = SPEC.scale
     for group, name in lora.TARGETS.values():
         a, b = (np.asarray(adapters["layers"][group][name][k], np.float64) for k in lora.LEAVES)
@@ -140,8 +150,7 @@ def run_step(mesh, base_params, adapters, batch):
 
 
 def test_lora_step_on_a_mesh_equals_one_device():
-    base = jax.device_get(init_params(CFG, 0))  # host copies: the step donates its state
-    adapters = jax.device_get(lora.init_adapters(CFG, SPEC, 1))
+    base, adapters = jax.device_get(start())  # host copies: the step donates its state
     batch = rows()
     one, m1, _ = run_step(sharding.make_mesh(devices=jax.devices()[:1]), base, adapters, batch)
     new, m8, placed_base = run_step(sharding.make_mesh(2, 2, 2), base, adapters, batch)
@@ -243,7 +252,9 @@ def test_checkpoint_size_is_the_adapters_share(tmp_path):
     spec = lora.LoraSpec(rank=2, alpha=4.0, targets=tuple(lora.TARGETS))
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     sizes = {}
-    for name, params in (("full", init_params(mc, 0)), ("lora", lora.init_adapters(mc, spec, 0))):
+    full_params = jax.jit(lambda: init_params(mc, 0))()
+    adapters = jax.jit(lambda: lora.init_adapters(mc, spec, 0))()
+    for name, params in (("full", full_params), ("lora", adapters)):
         state, _ = step.init_state(moved(params, size=1.0), TX, mesh)
         state["opt_state"] = jax.tree.map(
             lambda x: moved(x, seed=5, size=1.0) if x.ndim else x, state["opt_state"]
@@ -252,7 +263,7 @@ def test_checkpoint_size_is_the_adapters_share(tmp_path):
         ckpts.save(1, state, {"step": 1})
         ckpts.close()
         sizes[name] = _folder_bytes(str(tmp_path / name / "1"))
-    n_full = sum(x.size for x in jax.tree.leaves(init_params(mc, 0)))
+    n_full = sum(x.size for x in jax.tree.leaves(full_params))
     n_lora = sum(x.size for x in jax.tree.leaves(lora.adapter_shapes(mc, spec)))
     factor = n_full / n_lora  # 80x here; 3 float32 numbers a trained parameter in both
     measured = sizes["full"] / sizes["lora"]
