@@ -67,7 +67,7 @@ def sampler_bytes(cfg: ModelConfig, mesh, rows: int, prompt: int, new: int) -> t
     )
     shapes = jax.eval_shape(lambda: init_params(cfg))
     params = typed(shapes, sharding.param_shardings(shapes, mesh))
-    unstack = sampler._unstack.lower(params, cfg.dtype).compile()
+    unstack = sampler._unstack.lower(params, cfg.dtype, False, False, 0.0).compile()
     out = jax.eval_shape(lambda p: sampler.unstack_layers(p, cfg.dtype), params)
     params = typed(out, unstack.output_shardings)
     cfg = cfg.replace(param_dtype=cfg.dtype)

@@ -1,10 +1,11 @@
-"""Orbax checkpoints of a run: train state (params, optimizer, step) plus host state as JSON
-(controller, data iterator, RNG seed, metrics position). Saves are atomic: Orbax writes
-`<step>.orbax-checkpoint-tmp-*` and renames it to `<step>` once every file is written, so a kill
-at any moment leaves the previous checkpoints whole; unfinished temporary folders are removed at
-the next start. A checkpoint that is unreadable on disk (truncated or missing file) is moved to
-`checkpoints-corrupt/` and resume falls back to the newest good one. Keeps the last K and works
-from every host of a slice. Reading a model out of a run folder is redjax.runs."""
+"""Orbax checkpoints of a run: train state (params, or with LoRA the adapters; optimizer, step)
+plus host state as JSON (controller, data iterator, RNG seed, metrics position, a LoRA base).
+Saves are atomic: Orbax writes `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>` once
+every file is written, so a kill at any moment leaves the previous checkpoints whole;
+unfinished temporary folders are removed at the next start. A checkpoint that is unreadable on
+disk (truncated or missing file) is moved to `checkpoints-corrupt/` and resume falls back to
+the newest good one. Keeps the last K and works from every host of a slice. Reading a model out
+of a run folder is redjax.runs."""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ def _eval(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from redjax import runs
 
-    runs.export(args.run_dir, args.out, step=args.step)
+    runs.export(args.run_dir, args.out, step=args.step, peft=args.peft)
 
 
 def _import(args: argparse.Namespace) -> None:
@@ -142,8 +142,11 @@ def parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="write a run's parameters as a Hugging Face folder")
     x.add_argument("run_dir")
-    x.add_argument("out")
+    x.add_argument("out", help="the folder to write (a LoRA run's adapters merged in)")
     x.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    x.add_argument(
+        "--peft", default=None, metavar="DIR", help="LoRA runs: also write a PEFT adapter folder"
+    )
     x.set_defaults(fn=_export)
 
     im = sub.add_parser("import", help="write a GGUF file as a Hugging Face folder (float32)")

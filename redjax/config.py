@@ -150,6 +150,20 @@ class OptimCfg:
     minibatches: int = 1  # sequential updates per iteration, each on 1/n of the rows (PPO-style)
 
 
+# The projections LoRA can adapt (redjax.lora.TARGETS), by the model's own names.
+LoraTarget = Literal["q", "k", "v", "o", "gate", "up", "down"]
+
+
+@dataclass
+class LoraCfg:
+    rank: int = 0  # adapter rank r; 0 = off (full fine-tuning)
+    alpha: float = 16.0  # the adapters' update is scaled by alpha / rank (as PEFT's lora_alpha)
+    # the projections that get adapters; every other weight stays frozen
+    targets: list[LoraTarget] = field(
+        default_factory=lambda: ["q", "k", "v", "o", "gate", "up", "down"]
+    )
+
+
 @dataclass
 class MeshCfg:
     data: int = -1  # -1 = all remaining devices
@@ -206,6 +220,7 @@ class Config:
     red: RedCfg = field(default_factory=RedCfg)
     reward: RewardCfg = field(default_factory=RewardCfg)
     optim: OptimCfg = field(default_factory=OptimCfg)
+    lora: LoraCfg = field(default_factory=LoraCfg)
     mesh: MeshCfg = field(default_factory=MeshCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
@@ -428,6 +443,12 @@ def validate(cfg: Config) -> None:
             f"{cfg.rollout.max_new_tokens}",
         ),
         (cfg.rl.overlong_penalty >= 0, "rl.overlong_penalty must be >= 0"),
+        (cfg.lora.rank >= 0, "lora.rank must be >= 0 (0 = off: full fine-tuning)"),
+        (cfg.lora.alpha > 0, "lora.alpha must be > 0 (the adapters' scale is alpha / rank)"),
+        (
+            cfg.lora.rank == 0 or len(cfg.lora.targets) > 0,
+            "lora.targets must name at least one of q, k, v, o, gate, up, down",
+        ),
     ]
     for ok, msg in checks:
         if not ok:

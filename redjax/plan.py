@@ -4,10 +4,16 @@ What one device holds, in bytes (P = devices the parameters are split over: fsdp
 the partition rules of redjax.sharding apply; rows are split over data x fsdp):
 
   parameters     every leaf of the parameter tree in model.param_dtype, sharded by the rules
-  optimizer      the real optax AdamW state (eval_shape of tx.init): 2 moments per parameter in
-                 param_dtype, sharded like their parameter, plus the step counts (replicated)
-  gradients      one parameter-sized tree (two with optim.micro_batches > 1: the accumulator)
-  reference      a frozen copy of the parameters when rl.beta_kl > 0
+                 (with LoRA, lora.rank > 0: the frozen base)
+  adapters       LoRA only: the adapter tree (redjax.lora.adapter_shapes) in float32, sharded
+                 by their base kernels' rules
+  optimizer      the real optax AdamW state (eval_shape of tx.init) of the trained tree: 2
+                 moments per trained parameter (the adapters with LoRA) in its dtype, sharded
+                 like it, plus the step counts (replicated)
+  gradients      one trained-tree-sized tree (two with optim.micro_batches > 1: the
+                 accumulator); with LoRA adapter-sized, the base has none
+  reference      a frozen copy of the parameters when rl.beta_kl > 0 (none with LoRA: the base
+                 is the initial policy)
   activations    the train step's residuals for the backward pass, per device:
                  rows x T x (L x kept + one layer in full + 4 d b), where rows = the micro-batch
                  rows of one device and T = prompt + response width. Per token, one layer in
@@ -16,8 +22,10 @@ the partition rules of redjax.sharding apply; rows are split over data x fsdp):
                    b (5d + (2h + 2kv) hd + 5i) + h T (8 + 2b)
                  (norm inputs and outputs, q k v and the attention output, the SwiGLU
                  intermediates; the float32 attention logits and softmax and their dtype
-                 copies). `kept` per layer: remat none = one layer in full; dots = the matmul
-                 outputs, b (3d + (h + 2kv) hd + 2i); full = the layer input, b d. The extra
+                 copies), with LoRA plus the low-rank inputs x A, b r per adapted
+                 projection. `kept` per layer: remat none = one layer in full; dots = the
+                 matmul outputs, b (3d + (h + 2kv) hd + 2i), with LoRA plus x A and the
+                 adapters' outputs (x A) B; full = the layer input, b d. The extra
                  full layer is the backward's working set (cotangents, or the recomputed layer).
                  Calibrated against XLA's memory analysis of the compiled step on CPU (float32):
                  within 20% (none, dots: above; full: below).
@@ -32,7 +40,9 @@ the partition rules of redjax.sharding apply; rows are split over data x fsdp):
                  (split only over tensor) and sums its gradient there: vocab x d / tensor in
                  param_dtype for the gradient, the same again for the copy when fsdp > 1
                  splits it; with fsdp > 1, also one layer's weights all-gathered and their
-                 gradient: 2 x (layer parameters) / tensor
+                 gradient: 2 x (layer parameters) / tensor. With LoRA no frozen weight has a
+                 gradient: the copy and the gathered layer only, and the layer's adapters
+                 with their gradient
   KV cache       sampling: rows x (prompt + new tokens, bucketed) x L x 2 x kv heads x hd x b,
                  rows = one pass of the rollouts (prompts x group) or of the evaluation batch
                  on one device. With the device memory known, the sampler's own rule
@@ -126,19 +136,17 @@ def _split(n: int, ways: int) -> int:
     return n // ways if n % ways == 0 else n
 
 
-def _state_bytes(mc: Any, cfg: config_lib.Config, mesh: dict[str, int]) -> dict:
-    """Parameters, AdamW state, gradients and the reference copy: bytes per device."""
+def _tree_bytes(shapes: Any, cfg: config_lib.Config, mesh: dict[str, int]) -> tuple[int, int]:
+    """(bytes of a parameter tree, bytes of its AdamW state) on one device, by the partition
+    rules and the real optax state (eval_shape of tx.init)."""
     import jax
     import optax
     from jax.sharding import AbstractMesh
 
     from redjax import sharding, step
-    from redjax.models import param_shapes
 
-    shapes = param_shapes(mc)
     abstract = AbstractMesh(tuple(mesh[a] for a in sharding.AXES), sharding.AXES)
     specs = sharding.param_specs(shapes, abstract)
-    num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
     is_spec = lambda s: isinstance(s, jax.sharding.PartitionSpec)
     param_bytes = sum(
         jax.tree.leaves(jax.tree.map(lambda x, s: shard_bytes(x, s, mesh), shapes, specs))
@@ -155,13 +163,53 @@ def _state_bytes(mc: Any, cfg: config_lib.Config, mesh: dict[str, int]) -> dict:
         transform_non_params=lambda x: shard_bytes(x, (), mesh),
         is_leaf=is_spec,
     )
+    return param_bytes, sum(jax.tree.leaves(per_leaf))
+
+
+def _state_bytes(mc: Any, cfg: config_lib.Config, mesh: dict[str, int]) -> dict:
+    """Parameters, adapters, AdamW state, gradients and the reference copy: bytes per device.
+    With LoRA the optimizer state and the gradients are the adapters', the base is frozen in
+    model.param_dtype and is the reference itself."""
+    import jax
+
+    from redjax import lora
+    from redjax.models import param_shapes
+
+    shapes = param_shapes(mc)
+    count = lambda tree: sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+    param_bytes, optimizer = _tree_bytes(shapes, cfg, mesh)
+    spec = lora.LoraSpec.from_config(cfg.lora)
+    adapters = trained = 0
+    if spec is not None:
+        adapter_shapes = lora.adapter_shapes(mc, spec)
+        adapters, optimizer = _tree_bytes(adapter_shapes, cfg, mesh)
+        trained = count(adapter_shapes)
     return {
-        "num_params": num_params,
+        "num_params": count(shapes),
+        "num_adapter_params": trained,
         "params": param_bytes,
-        "optimizer": sum(jax.tree.leaves(per_leaf)),
-        "gradients": param_bytes * (2 if cfg.optim.micro_batches > 1 else 1),
-        "reference": param_bytes if cfg.rl.beta_kl else 0,
+        "adapters": adapters,
+        "optimizer": optimizer,
+        "gradients": (adapters or param_bytes) * (2 if cfg.optim.micro_batches > 1 else 1),
+        "reference": param_bytes if cfg.rl.beta_kl and spec is None else 0,
     }
+
+
+def lora_token_bytes(mc: Any, cfg: config_lib.Config, tensor: int) -> tuple[int, int]:
+    """Per token and layer, what LoRA adds to the train step's residuals (dtype bytes): the
+    low-rank inputs x A of every adapted projection (r each), and their outputs (x A) B, which
+    only remat=dots keeps (outputs split over tensor as their base's). (0, 0) without LoRA."""
+    from redjax import lora
+
+    spec = lora.LoraSpec.from_config(cfg.lora)
+    if spec is None:
+        return 0, 0
+    b, d = DTYPE_BYTES[mc.dtype], mc.hidden_size
+    q, kv = mc.num_heads * mc.head_dim, mc.num_kv_heads * mc.head_dim
+    out = {"q": _split(q, tensor), "k": _split(kv, tensor), "v": _split(kv, tensor), "o": d,
+           "gate": _split(mc.intermediate_size, tensor), "up": _split(mc.intermediate_size, tensor),
+           "down": d}  # fmt: skip
+    return b * spec.rank * len(spec.targets), b * sum(out[t] for t in spec.targets)
 
 
 def attention_kernel(mc: Any, seq: int, platform: str | None) -> str:
@@ -242,6 +290,19 @@ def _sampling_bytes(
     }
 
 
+def _gathered_bytes(mc: Any, state: dict, mesh: dict[str, int]) -> int:
+    """What a device holds beyond its shards in the train step (module docstring, gathered)."""
+    pb, tensor = DTYPE_BYTES[mc.param_dtype], mesh["tensor"]
+    shards, fsdp = mesh["data"] * mesh["fsdp"], mesh["fsdp"] > 1
+    embed = mc.vocab_size * mc.hidden_size * (1 if mc.tie_embeddings else 2)
+    layer = (state["num_params"] - embed - mc.hidden_size) // mc.num_layers
+    unembed = _split(mc.vocab_size, tensor) * mc.hidden_size * pb
+    if state["adapters"]:  # LoRA: frozen unembedding and layer weights, no gradient of theirs
+        adapter_layer = 4 * state["num_adapter_params"] // mc.num_layers
+        return unembed * fsdp + ((layer * pb // tensor + 2 * adapter_layer) if fsdp else 0)
+    return unembed * ((shards > 1) + fsdp) + (2 * layer * pb // tensor if fsdp else 0)
+
+
 def estimate(
     model_cfg: Any,
     cfg: config_lib.Config,
@@ -257,7 +318,6 @@ def estimate(
 
     mc, mesh, o = model_cfg, dict(mesh_shape), cfg.optim
     state = _state_bytes(mc, cfg, mesh)
-    num_params = state["num_params"]
 
     # The train step: rows of one micro-batch on one device, and their length.
     b = DTYPE_BYTES[mc.dtype]
@@ -274,9 +334,11 @@ def estimate(
     d, hd, i = mc.hidden_size, mc.head_dim, _split(mc.intermediate_size, tensor)
     h, kv = _split(mc.num_heads, tensor), _split(mc.num_kv_heads, tensor)
     kind = attention_kernel(mc, seq, platform)
-    full_layer = b * (5 * d + (2 * h + 2 * kv) * hd + 5 * i)
+    low_rank, low_rank_out = lora_token_bytes(mc, cfg, tensor)
+    full_layer = b * (5 * d + (2 * h + 2 * kv) * hd + 5 * i) + low_rank
     full_layer += attention_bytes(kind, mc.dtype, h, hd, seq)
-    kept = {"none": full_layer, "dots": b * (3 * d + (h + 2 * kv) * hd + 2 * i), "full": b * d}
+    dots = b * (3 * d + (h + 2 * kv) * hd + 2 * i) + low_rank + low_rank_out
+    kept = {"none": full_layer, "dots": dots, "full": b * d}
     per_token = mc.num_layers * kept[mc.remat] + full_layer + 4 * d * b
     tiles = attention_tile_bytes(kind, rows_dev, h, seq)
     act_bytes = rows_dev * seq * per_token + tiles
@@ -290,14 +352,9 @@ def estimate(
     probe_bytes += attention_tile_bytes(kind, probe_dev, h, seq) if probe_dev else 0
     chunk_tokens = max(-(-cfg.train.chunk // shards), rows_dev)
     logp_bytes = 3 * chunk_tokens * mc.vocab_size * 4
-    pb = DTYPE_BYTES[mc.param_dtype]
-    embed = mc.vocab_size * mc.hidden_size * (1 if mc.tie_embeddings else 2)
-    layer = (num_params - embed - mc.hidden_size) // mc.num_layers
-    fsdp = mesh["fsdp"] > 1
-    unembed = _split(mc.vocab_size, tensor) * mc.hidden_size * pb
-    gathered = unembed * ((shards > 1) + fsdp) + (2 * layer * pb // tensor if fsdp else 0)
+    gathered = _gathered_bytes(mc, state, mesh)
 
-    persistent = state["params"] + state["optimizer"] + state["reference"]
+    persistent = state["params"] + state["adapters"] + state["optimizer"] + state["reference"]
     free = None if memory_gib is None else memory_gib * GIB - persistent  # as the sampler sees it
     sampling = _sampling_bytes(mc, cfg, mesh, state["params"], free)
     working = max(act_bytes, probe_bytes)
@@ -337,7 +394,7 @@ def report(est: dict, model_cfg: Any, memory_gib: float | None = None) -> str:
     lines = [
         f"model: {est['num_params'] / 1e6:.1f}M parameters ({mc.num_layers} layers, hidden "
         f"{mc.hidden_size}, {mc.num_heads}/{mc.num_kv_heads} heads, vocab {mc.vocab_size}), "
-        f"param {mc.param_dtype}, compute {mc.dtype}, remat {mc.remat}",
+        f"param {mc.param_dtype}, compute {mc.dtype}, remat {mc.remat}" + _lora_line(est),
         f"mesh: data={mesh['data']} fsdp={mesh['fsdp']} tensor={mesh['tensor']} "
         f"({est['devices']} devices)",
         f"train step: {est['rows_per_device']} rows x {est['seq_len']} tokens per device and "
@@ -348,7 +405,8 @@ def report(est: dict, model_cfg: Any, memory_gib: float | None = None) -> str:
         "per device:",
     ]
     rows = [
-        ("parameters", "params"),
+        ("parameters" if not est["adapters"] else "parameters (frozen)", "params"),
+        ("LoRA adapters (float32)", "adapters"),
         ("optimizer (AdamW)", "optimizer"),
         ("gradients", "gradients"),
         ("reference parameters", "reference"),
@@ -364,7 +422,7 @@ def report(est: dict, model_cfg: Any, memory_gib: float | None = None) -> str:
         ("total (the larger peak)", "total"),
     ]
     for label, key in rows:
-        if key in ("reference", "probe_activations") and not est[key]:
+        if key in ("reference", "probe_activations", "adapters") and not est[key]:
             continue
         lines.append(f"  {label:26s} {_size(est[key])}")
     if memory_gib is not None:
@@ -377,6 +435,14 @@ def report(est: dict, model_cfg: Any, memory_gib: float | None = None) -> str:
                 "smaller rollout.prompts / group_size, model.param_dtype=bfloat16"
             )
     return "\n".join(lines)
+
+
+def _lora_line(est: dict) -> str:
+    """The model line's LoRA part: what is trained."""
+    if not est["adapters"]:
+        return ""
+    n = est["num_adapter_params"]
+    return f"; LoRA: {n / 1e6:.2f}M adapter parameters trained ({100 * n / est['num_params']:.2f}%)"
 
 
 def fitted(cfg: config_lib.Config) -> config_lib.Config:

@@ -6,6 +6,7 @@ and tokenizer) and checkpoints/ (Orbax). A Hugging Face folder (config.json) is 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -91,10 +92,10 @@ def run_settings(cfg: config.Config) -> dict:
 
 def load_model(path: str, dtype: str = "float32", step: int | None = None) -> tuple[Any, Any, dict]:
     """(Model, tokenizer, run settings) from a Hugging Face folder (or hub id) or a run folder;
-    a run folder's parameters come from its latest (or the given) checkpoint, its settings from
-    its config.yaml (a Hugging Face folder: the config's defaults)."""
-    from redjax.checkpoint import Checkpoints
-    from redjax.models import Model, from_pretrained, param_shapes, read_config
+    a run folder's parameters come from its latest (or the given) checkpoint, a LoRA run's
+    adapters merged into their base; its settings from its config.yaml (a Hugging Face folder:
+    the config's defaults)."""
+    from redjax.models import from_pretrained
     from redjax.tokenizer import load_tokenizer
 
     path = hub.model_folder(path)
@@ -103,6 +104,41 @@ def load_model(path: str, dtype: str = "float32", step: int | None = None) -> tu
     if os.path.isfile(os.path.join(path, "config.json")):
         # a Hugging Face folder: prompts formatted and answers scored as the config's defaults
         return from_pretrained(path, dtype), load_tokenizer(path), run_settings(config.Config())
+    run = read_run(path, dtype, step)
+    return run.model(), load_tokenizer(os.path.join(path, "model")), run_settings(run.cfg)
+
+
+@dataclasses.dataclass
+class SavedRun:
+    """What a run folder's checkpoint holds: the trained parameters (the whole model, or its
+    LoRA adapters) and, for LoRA, the folder of the frozen base they sit on."""
+
+    cfg: config.Config
+    model_cfg: Any  # redjax.models.ModelConfig
+    params: Any
+    base_dir: str | None  # LoRA: the base's Hugging Face folder; None: full fine-tuning
+
+    def model(self) -> Any:
+        """The trained policy as a Model: with LoRA, W + (alpha / r) A B in float32, stored in
+        the model's dtype."""
+        from redjax import lora
+        from redjax.models import Model
+        from redjax.models.hf import load_params
+
+        if self.base_dir is None:
+            return Model(self.model_cfg, self.params)
+        base = load_params(self.base_dir, self.model_cfg)
+        merged = lora.merge(lora.join(base, self.params), self.cfg.lora.alpha)
+        return Model(self.model_cfg, merged)
+
+
+def read_run(path: str, dtype: str = "float32", step: int | None = None) -> SavedRun:
+    """The latest (or given) checkpoint of a run folder; a LoRA run's base is the folder its
+    checkpoint names (model.path, or the run's model/ for a base trained from scratch)."""
+    from redjax import lora
+    from redjax.checkpoint import Checkpoints
+    from redjax.models import param_shapes, read_config
+
     if not is_run_folder(path):
         raise FileNotFoundError(
             f"{path!r} is neither a Hugging Face model folder (no config.json) nor a redjax run "
@@ -111,21 +147,42 @@ def load_model(path: str, dtype: str = "float32", step: int | None = None) -> tu
     model_dir = os.path.join(path, "model")
     run_cfg = config.load(os.path.join(path, "config.yaml"))
     model_cfg = read_config(model_dir, dtype=dtype, param_dtype=dtype)
+    spec = lora.LoraSpec.from_config(run_cfg.lora)
     ckpts = Checkpoints(os.path.join(path, "checkpoints"), keep=run_cfg.train.keep)
     try:
-        params = ckpts.restore_params(param_shapes(model_cfg), step)
+        if spec is None:
+            return SavedRun(
+                run_cfg, model_cfg, ckpts.restore_params(param_shapes(model_cfg), step), None
+            )
+        adapters = ckpts.restore_params(lora.adapter_shapes(model_cfg, spec), step)
+        saved = ckpts.saved_host() or {}
     finally:
         ckpts.close()
-    return Model(model_cfg, params), load_tokenizer(model_dir), run_settings(run_cfg)
+    base_dir = saved.get("base") or os.path.abspath(
+        hub.model_folder(run_cfg.model.path) if run_cfg.model.path else model_dir
+    )
+    if not os.path.isfile(os.path.join(base_dir, "config.json")):
+        raise FileNotFoundError(f"{path}: its LoRA base {base_dir!r} is not a model folder")
+    return SavedRun(run_cfg, model_cfg.replace(lora_alpha=spec.alpha), adapters, base_dir)
 
 
-def export(run_dir: str, out: str, step: int | None = None) -> None:
-    """`redjax export`: a run's parameters (latest or given step) as a Hugging Face folder, whose
-    generation_config.json ends generations at the ids redjax's sampler stops at."""
+def export(run_dir: str, out: str, step: int | None = None, peft: str | None = None) -> None:
+    """`redjax export`: a run's parameters (latest or given step) as a Hugging Face folder, a
+    LoRA run's adapters merged in, whose generation_config.json ends generations at the ids
+    redjax's sampler stops at; with `peft`, the adapters also as a PEFT adapter folder."""
+    from redjax import lora
     from redjax.models import save_pretrained
-    from redjax.tokenizer import eos_ids
+    from redjax.models.hf import save_peft
+    from redjax.tokenizer import eos_ids, load_tokenizer
 
-    model, tokenizer, _ = load_model(run_dir, step=step)
+    run = read_run(run_dir, step=step)
+    if peft is not None:
+        if run.base_dir is None:
+            raise ValueError(f"--peft: {run_dir} trained every weight (lora.rank=0): no adapters")
+        spec = lora.LoraSpec.from_config(run.cfg.lora)
+        save_peft(run.params, run.model_cfg, spec, peft, base=run.base_dir)
+        print(f"wrote the adapters of {run_dir} to {peft}")
+    tokenizer, model = load_tokenizer(os.path.join(run_dir, "model")), run.model()
     model.cfg = model.cfg.replace(generation_eos=tuple(eos_ids(tokenizer, model.cfg)))
     save_pretrained(model, out, tokenizer=tokenizer)
     print(f"exported {run_dir} to {out}")

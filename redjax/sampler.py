@@ -25,7 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from redjax import distributed
+from redjax import distributed, lora
 from redjax.models import attention
 from redjax.models.transformer import (
     ModelConfig,
@@ -321,8 +321,10 @@ def _reshape(state, take, pad, *, slots, cfg, mesh):
 
 
 # ----------------------------------------------------------------------------- host side
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _unstack(params: Any, dtype: str, fuse: bool, transpose: bool) -> Any:
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _unstack(params: Any, dtype: str, fuse: bool, transpose: bool, alpha: float) -> Any:
+    if lora.has_adapters(params):  # each layer's adapters folded in as that layer is copied
+        params = lora.merge(unstack_layers(params), alpha)
     params = unstack_layers(params, dtype)
     params = fuse_projections(params) if fuse else params
     return transpose_kernels(params) if transpose else params
@@ -338,18 +340,20 @@ def decode_params(
     params: Any, cfg: ModelConfig, *, fuse: bool = True, transpose: bool | None = None
 ) -> Any:
     """The parameters as the decode loop reads them: one array per layer, in the compute dtype,
-    with q/k/v and gate/up fused into one matmul each when `fuse`, kernels stored [out, in] when
+    LoRA adapters merged into their weights (W + (alpha / r) A B, redjax.lora.merge), with
+    q/k/v and gate/up fused into one matmul each when `fuse`, kernels stored [out, in] when
     `transpose` (None: on CPU, where that layout streams faster; see `transpose_kernels`).
 
     `sample` makes this copy itself (once per call, not per step); call it once beforehand to
     share one copy across many `sample` calls with the same parameters (an evaluation).
     """
     dtype = jnp.dtype(cfg.dtype)
-    if "layers" not in params and all(x.dtype == dtype for x in jax.tree.leaves(params)):
+    same = all(x.dtype == dtype for x in jax.tree.leaves(params))
+    if "layers" not in params and same and not lora.has_adapters(params):
         return params
     if transpose is None:
         transpose = jax.default_backend() == "cpu"
-    return _unstack(params, dtype.name, fuse, transpose)
+    return _unstack(params, dtype.name, fuse, transpose, cfg.lora_alpha)
 
 
 def _put(host: np.ndarray, sharding: NamedSharding | None) -> jax.Array:

@@ -71,15 +71,24 @@ def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
     return P(*out)
 
 
+def rule_spec(path: str, ndim: int, rules: list[tuple[str, P]] = RULES) -> P:
+    """The spec of the first rule matching `path`. A LoRA adapter (".../lora_a", ".../lora_b",
+    redjax.lora) follows its base kernel's rule: A [.., in, r] is split as the kernel's input
+    dimension, B [.., r, out] as its output dimension, the rank never."""
+    *module, leaf = path.split("/")
+    if leaf in ("lora_a", "lora_b"):
+        base = tuple(rule_spec("/".join([*module, "kernel"]), ndim, rules))
+        base += (None,) * (ndim - len(base))
+        return P(*base[:-1], None) if leaf == "lora_a" else P(*base[:-2], None, base[-1])
+    return next((s for pattern, s in rules if re.search(pattern, path)), P())
+
+
 def param_specs(shapes: Any, mesh: Mesh, rules: list[tuple[str, P]] = RULES) -> Any:
     """PartitionSpecs for a parameter tree (arrays or ShapeDtypeStructs), by path name."""
 
     def spec(kp, x):
         path = "/".join(str(getattr(k, "key", k)) for k in kp)
-        for pattern, s in rules:
-            if re.search(pattern, path):
-                return _fit(s, x.shape, mesh)
-        return P()
+        return _fit(rule_spec(path, len(x.shape), rules), x.shape, mesh)
 
     return jax.tree_util.tree_map_with_path(spec, shapes)
 
@@ -102,7 +111,7 @@ def layer_gather(mesh: Mesh | None, rules: list[tuple[str, P]] = RULES) -> Any:
 
     def one(kp, x):
         path = "layers/" + "/".join(str(getattr(k, "key", k)) for k in kp)
-        spec = next(s for pattern, s in rules if re.search(pattern, path))
+        spec = rule_spec(path, x.ndim + 1, rules)
         spec = P(*(None if a == "fsdp" else a for a in tuple(spec)[1:]))  # no layer axis
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, _fit(spec, x.shape, mesh)))
 

@@ -21,7 +21,7 @@ import optax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from redjax import objective, sharding
+from redjax import lora, objective, sharding
 from redjax.algos import Plan
 from redjax.config import Config, OptimCfg
 from redjax.models import ModelConfig, forward, unembedding
@@ -172,9 +172,12 @@ def rl_mask(rows: Rows, mask_truncated: bool) -> jax.Array:
     return on * (~jnp.asarray(rows.truncated))[:, None]
 
 
-def loss_fn(params, cfg: ModelConfig, sc: StepConfig, mb: Rows, lam, counts: dict, mesh=None):
-    """L_rl + lam * L_ext on one micro-batch, normalised by the global counts."""
-    logp, ent = score(params, cfg, mb, sc.chunk, mesh, sc.temperature)
+def loss_fn(
+    params, cfg: ModelConfig, sc: StepConfig, mb: Rows, lam, counts: dict, mesh=None, base=None
+):
+    """L_rl + lam * L_ext on one micro-batch, normalised by the global counts. `params` are the
+    trained ones: the whole model, or with a frozen `base` its LoRA adapters (redjax.lora)."""
+    logp, ent = score(lora.join(base, params), cfg, mb, sc.chunk, mesh, sc.temperature)
     resp_mask = mb.resp_mask.astype(jnp.float32)
     online = mb.online
     on_mask = resp_mask * online[:, None]
@@ -235,6 +238,7 @@ def train_step(
     state: dict,
     batch: Rows,
     lam: jax.Array,
+    base: Any = None,
     *,
     cfg: ModelConfig,
     sc: StepConfig,
@@ -243,7 +247,9 @@ def train_step(
 ) -> tuple[dict, dict]:
     """One optimizer update on a full batch; returns the new state and scalar metrics.
 
-    With a mesh, the batch rows are split over its data axes (see `score`)."""
+    With a mesh, the batch rows are split over its data axes (see `score`). With LoRA,
+    state["params"] are the adapters and `base` the frozen weights: only the adapters are
+    differentiated, so the gradients and the optimizer state are adapter-sized."""
     params = state["params"]
     resp_mask = batch.resp_mask.astype(jnp.float32)
     online = batch.online
@@ -256,7 +262,7 @@ def train_step(
         "rl_seqs": jnp.sum(rl.sum(-1) > 0).astype(jnp.float32),
     }
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    one = lambda mb: grad_fn(params, cfg, sc, mb, lam, counts, mesh)  # ((loss, aux), grads)
+    one = lambda mb: grad_fn(params, cfg, sc, mb, lam, counts, mesh, base)  # ((loss, aux), grads)
     (loss, aux), grads = _accumulate(one, batch.without_probe(), sc.micro_batches)
 
     updates, opt_state = tx.update(grads, state["opt_state"], params)
@@ -273,8 +279,9 @@ def train_step(
     if sc.probe:  # in micro-batches, as the update
         probe = batch.probe
         _, ent_after = score_micro(
-            new_params, cfg, probe, sc.chunk, sc.micro_batches, mesh, sc.temperature
-        )
+            lora.join(base, new_params), cfg, probe, sc.chunk, sc.micro_batches, mesh,
+            sc.temperature,
+        )  # fmt: skip
         p_mask = probe.resp_mask.astype(jnp.float32)
         after_on = _ratio(_sum_stats(ent_after, p_mask, probe.online))
         after_off = _ratio(_sum_stats(ent_after, p_mask, ~probe.online))
@@ -432,7 +439,8 @@ def init_state(params: Any, tx: optax.GradientTransformation, mesh: Mesh) -> tup
 def jit_train_step(
     cfg: ModelConfig, sc: StepConfig, tx: optax.GradientTransformation, state_sh: dict, mesh: Mesh
 ):
-    """train_step jitted for the mesh; the state is donated and keeps its shardings."""
+    """train_step jitted for the mesh: (state, rows, lam, base=None); the state is donated and
+    keeps its shardings, the frozen LoRA base (if any) is read only."""
     fn = functools.partial(train_step, cfg=cfg, sc=sc, tx=tx, mesh=mesh)
     return jax.jit(fn, out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
 

@@ -32,7 +32,9 @@ from redjax import (
     distributed,
     evaluate,
     groups,
+    hub,
     logs,
+    lora,
     red,
     rewards,
     runs,
@@ -51,11 +53,13 @@ from redjax.data.task import (
     tokenize_train,
 )
 from redjax.models import (
+    Model,
     ModelConfig,
     attention,
     from_pretrained,
     init_params,
     param_shapes,
+    save_pretrained,
     scratch_config,
 )
 from redjax.models.hf import write_config
@@ -119,9 +123,10 @@ class Run:
     mesh: Any
     loader: Any  # this host's prompt batches (redjax.data.pipeline.Loader)
     test_records: list[dict]  # held-out problems
-    state: dict  # params, opt_state, step: on the mesh
+    state: dict  # params (the whole model, or its LoRA adapters), opt_state, step: on the mesh
+    base: Any  # LoRA: the frozen base weights the adapters sit on; None: full fine-tuning
     ref_params: Any  # the frozen reference policy (rl.beta_kl > 0), else None
-    train_step: Callable  # (state, Rows, lam) -> (state, metrics), jitted
+    train_step: Callable  # (state, Rows, lam, base) -> (state, metrics), jitted
     score_fn: Callable  # (params, Rows) -> (logp, entropy), jitted
     ctrl: red.RedController
     sp: sampling.SamplingParams
@@ -132,6 +137,12 @@ class Run:
     logger: logs.Logger
     bar: Any  # the progress bar
     start: int  # the first step to run (the checkpoint's step when resuming)
+
+    @property
+    def policy(self) -> Any:
+        """The current policy's parameters for the sampler, the scorer and evaluation: the
+        trained ones, with LoRA beside their frozen base (redjax.lora.join)."""
+        return lora.join(self.base, self.state["params"])
 
     @property
     def pad_id(self) -> int:
@@ -174,10 +185,11 @@ def setup(cfg: config.Config) -> Run:
     if jax.process_index() == 0:  # for eval and export: the model, its end ids, its tokenizer
         write_config(model_cfg.replace(generation_eos=sp.eos_ids), model_dir)
         tokenizer.save_pretrained(model_dir)
+    model_cfg, params, base = adapt(cfg, model_cfg, params, mesh, model_dir)
     loader = make_train_loader(cfg, train_records, tokenizer, tokenized)
     tx = step.make_optimizer(cfg.optim, schedule_steps * cfg.optim.minibatches)
     state, state_sh = step.init_state(params, tx, mesh)
-    ref_params = jax.tree.map(jnp.copy, params) if cfg.rl.beta_kl else None
+    ref_params = reference(cfg, params, base)
     del params
     ctrl = red.RedController.from_config(cfg.red, cfg.rl, schedule_steps)
     ckpts.check_space(state)  # fail now if one checkpoint cannot fit
@@ -202,6 +214,7 @@ def setup(cfg: config.Config) -> Run:
         loader=loader,
         test_records=test_records,
         state=state,
+        base=base,
         ref_params=ref_params,
         train_step=step.jit_train_step(
             model_cfg, step.StepConfig.from_config(cfg), tx, state_sh, mesh
@@ -248,6 +261,42 @@ def load_model(cfg: config.Config, tokenizer: Any, mesh: Any) -> tuple[ModelConf
     mc = scratch_config(m, len(tokenizer), extra)
     init = jax.jit(lambda: init_params(mc, cfg.train.seed), out_shardings=shardings(mc))
     return mc, init()
+
+
+def adapt(
+    cfg: config.Config, model_cfg: ModelConfig, params: Any, mesh: Any, model_dir: str
+) -> tuple[ModelConfig, Any, Any]:
+    """(model config, trained parameters, frozen base). With lora.rank > 0 the loaded weights
+    become the frozen base and the trained parameters are new adapters (B = 0: the policy starts
+    as the base), placed by the base's partition rules; a base trained from scratch is written
+    to model/ so that export finds it. Otherwise the parameters themselves and no base."""
+    spec = lora.LoraSpec.from_config(cfg.lora)
+    if spec is None:
+        return model_cfg, params, None
+    model_cfg = model_cfg.replace(lora_alpha=spec.alpha)
+    if not cfg.model.path:
+        done = os.path.isfile(os.path.join(model_dir, "model.safetensors"))
+        if distributed.global_any(not done):  # every process takes part in the gathers
+            save_pretrained(Model(model_cfg, params), model_dir)
+    shapes = lora.adapter_shapes(model_cfg, spec)
+    init = lambda: lora.init_adapters(model_cfg, spec, cfg.train.seed + 1)
+    adapters = jax.jit(init, out_shardings=sharding.param_shardings(shapes, mesh))()
+    return model_cfg, adapters, params
+
+
+def base_folder(cfg: config.Config, run_dir: str) -> str:
+    """The Hugging Face folder of a LoRA run's frozen base: model.path, or for a model trained
+    from scratch the run's model/ (written by `adapt`)."""
+    path = hub.model_folder(cfg.model.path) if cfg.model.path else os.path.join(run_dir, "model")
+    return os.path.abspath(path)
+
+
+def reference(cfg: config.Config, params: Any, base: Any) -> Any:
+    """The frozen reference policy for rl.beta_kl > 0 (else None): a copy of the initial
+    parameters; with LoRA the base itself (the adapters start at zero update), no copy."""
+    if not cfg.rl.beta_kl:
+        return None
+    return base if base is not None else jax.tree.map(jnp.copy, params)
 
 
 def make_train_loader(
@@ -359,7 +408,7 @@ def rollouts(r: Run, batch: dict, *, group: int, seed: int) -> sampling.Rollouts
         ids = distributed.gather(ids).reshape(-1, ids.shape[1])
         mask = distributed.gather(mask).reshape(-1, mask.shape[1])
     ro = sampling.sample(
-        r.state["params"],
+        r.policy,
         r.model_cfg,
         ids,
         mask,
@@ -472,7 +521,7 @@ def train_rows(r: Run, got: Collected, t: Targets, phase: Phase) -> tuple[Rows, 
         mark_truncated=cfg.rl.mask_truncated,
     )  # fmt: skip
     tokens = sharding.put_local(rows.tokens(), r.mesh)
-    old_logp, old_ent = map(sharding.get_local, r.score_fn(r.state["params"], tokens))
+    old_logp, old_ent = map(sharding.get_local, r.score_fn(r.policy, tokens))
     ref_logp = old_logp
     if r.ref_params is not None:
         ref_logp = sharding.get_local(r.score_fn(r.ref_params, tokens)[0])
@@ -597,7 +646,7 @@ def update(r: Run, rows: Rows, lam: float, it: int) -> dict[str, float]:
         if size > len(idx):
             idx = step.probe_rows(part.online, frac, multiple, seed=it, size=size)
         dev = sharding.put_local(part.with_probe(idx), r.mesh)
-        r.state, m = r.train_step(r.state, dev, jnp.float32(lam))
+        r.state, m = r.train_step(r.state, dev, jnp.float32(lam), r.base)
         ms.append(m)
     ms = jax.device_get(ms)  # one transfer of every update's metrics
     skipped = r.guard.count(ms)  # updates skipped for a non-finite loss or gradient
@@ -749,6 +798,8 @@ def save_and_evaluate(r: Run, done: int, stopping: bool) -> None:
             "config": config.to_dict(cfg),  # a resume with another config is refused
             "schedule_steps": r.schedule_steps,
         }
+        if r.base is not None:  # LoRA: the checkpoint holds adapters; this names their base
+            host["base"] = base_folder(cfg, r.run_dir)
         r.logger.sync()  # the logs up to this checkpoint reach the disk
         r.ckpts.save(done, r.state, host)
 
@@ -757,7 +808,7 @@ def run_eval(r: Run, step_: int) -> dict:
     """Held-out evaluation; logs eval/* metrics and returns the results."""
     cfg, e = r.cfg, r.cfg.eval
     res = evaluate.evaluate(
-        r.state["params"],
+        r.policy,
         r.model_cfg,
         r.tokenizer,
         r.test_records,

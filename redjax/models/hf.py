@@ -362,3 +362,50 @@ def save_pretrained(
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
+
+
+def peft_tensors(adapters: dict, cfg: ModelConfig) -> dict[str, np.ndarray]:
+    """LoRA adapters (redjax.lora layout) under PEFT's names: per layer and projection,
+    base_model.model.<its Hugging Face module>.lora_A.weight [r, in] and lora_B.weight [out, r]
+    (torch's [out, in] layout of A and B)."""
+    out = {}
+    for kp, leaf in jax.tree_util.tree_flatten_with_path(adapters)[0]:
+        _, *mod, name = _key_path(kp)
+        host = to_host(leaf)
+        part = {"lora_a": "lora_A", "lora_b": "lora_B"}[name]
+        for i in range(cfg.num_layers):
+            key = f"base_model.model.model.layers.{i}.{LAYER_NAMES[tuple(mod)]}.{part}.weight"
+            out[key] = np.ascontiguousarray(host[i].T.astype(np.float32))
+    return out
+
+
+def save_peft(adapters: dict, cfg: ModelConfig, spec: Any, path: str, *, base: str) -> None:
+    """Write a PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors) that
+    peft.PeftModel.from_pretrained loads onto the base model in folder `base`. `spec`: the
+    run's redjax.lora.LoraSpec (PEFT's scale lora_alpha / r is the same)."""
+    from redjax.lora import TARGETS
+
+    tensors = peft_tensors(adapters, cfg)
+    if jax.process_index() != 0:
+        return
+    os.makedirs(path, exist_ok=True)
+    modules = [LAYER_NAMES[TARGETS[t]].split(".")[-1] for t in spec.targets]
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+        "r": spec.rank,
+        "lora_alpha": spec.alpha,
+        "lora_dropout": 0.0,
+        "target_modules": modules,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "use_rslora": False,
+        "use_dora": False,
+        "modules_to_save": None,
+    }
+    with open(os.path.join(path, "adapter_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    safetensors_io.write(os.path.join(path, "adapter_model.safetensors"), tensors)

@@ -57,6 +57,7 @@ class ModelConfig:
     remat: str = "none"  # none | full | dots: activation rematerialisation in the train step
     attention: str = "auto"  # auto | xla | cudnn | splash | chunked (see models/attention.py)
     decode_attention: str = "xla"  # xla | pallas: a decode step's attention.cached kernel
+    lora_alpha: float = 0.0  # adapters in the parameters add (lora_alpha / r) x A B (redjax.lora)
     extra: tuple[tuple[str, Any], ...] = ()  # HF config fields kept for the round trip
     # The ids a generation ends at: generation_config.json's eos_token_id (else config.json's);
     # written back as generation_config.json
@@ -127,13 +128,16 @@ def matmul_t(x: Array, w_t: Array) -> Array:
 
 class Dense(nn.Module):
     """x @ kernel [in, out] (+ bias); with `transposed`, x @ kernel_t.T for a kernel_t stored
-    [out, in] (`transpose_kernels`). Same parameter names, shapes and init as flax's nn.Dense."""
+    [out, in] (`transpose_kernels`). Same parameter names, shapes and init as flax's nn.Dense.
+    Where the parameters hold an adapter (lora_a [in, r], lora_b [r, out]: redjax.lora.join),
+    it adds (lora_alpha / r) x A B: a frozen kernel trained through its low-rank update."""
 
     features: int
     use_bias: bool
     dtype: Any
     param_dtype: Any
     transposed: bool = False
+    lora_alpha: float = 0.0
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -144,6 +148,10 @@ class Dense(nn.Module):
             w = self.param("kernel", init, (d, self.features), self.param_dtype)
         x, w = x.astype(self.dtype), w.astype(self.dtype)
         y = matmul_t(x, w) if self.transposed else jnp.dot(x, w)
+        if self.has_variable("params", "lora_a"):  # an adapter (redjax.lora): + (alpha/r) x A B
+            a = self.get_variable("params", "lora_a").astype(self.dtype)
+            b = self.get_variable("params", "lora_b").astype(self.dtype)
+            y = y + (self.lora_alpha / a.shape[-1]) * jnp.dot(jnp.dot(x, a), b)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
             y = y + bias.astype(self.dtype)
@@ -175,7 +183,9 @@ class Attention(nn.Module):
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         b, t, _ = x.shape
         h, kv, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        dense = lambda n, bias, name: Dense(n, bias, dtype, pdtype, self.transposed, name=name)
+        dense = lambda n, bias, name: Dense(
+            n, bias, dtype, pdtype, self.transposed, cfg.lora_alpha, name=name
+        )
         if self.fused:
             qkv = dense((h + 2 * kv) * hd, cfg.qkv_bias, "qkv")(x)
             q, k, v = jnp.split(qkv, [h * hd, (h + kv) * hd], axis=-1)
@@ -215,7 +225,9 @@ class MLP(nn.Module):
     def __call__(self, x):
         cfg = self.cfg
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        dense = lambda n, name: Dense(n, cfg.mlp_bias, dtype, pdtype, self.transposed, name=name)
+        dense = lambda n, name: Dense(
+            n, cfg.mlp_bias, dtype, pdtype, self.transposed, cfg.lora_alpha, name=name
+        )
         if self.fused:
             gate, up = jnp.split(dense(2 * cfg.intermediate_size, "gate_up")(x), 2, axis=-1)
         else:
