@@ -375,6 +375,32 @@ def load(path: str | None = None, overrides: list[str] | None = None) -> Config:
     return cfg
 
 
+def _rl_and_lora_checks(cfg: Config) -> list[tuple[bool, str]]:
+    """validate's checks of the RL loss options and the LoRA section."""
+    return [
+        (cfg.rl.agg != "constant" or (cfg.rl.norm_const or 0) >= 0, "rl.norm_const must be > 0"),
+        (
+            cfg.rl.dual_clip is None or cfg.rl.dual_clip > 1,
+            f"rl.dual_clip must be > 1 (or null: off), got {cfg.rl.dual_clip}",
+        ),
+        (cfg.rl.overlong_buffer >= 0, "rl.overlong_buffer must be >= 0 (tokens; 0 = off)"),
+        (
+            cfg.rl.overlong_buffer == 0
+            or not cfg.rollout.max_new_tokens  # 0: checked again once the length is fitted
+            or cfg.rl.overlong_buffer < cfg.rollout.max_new_tokens,
+            f"rl.overlong_buffer={cfg.rl.overlong_buffer} must be < rollout.max_new_tokens="
+            f"{cfg.rollout.max_new_tokens}",
+        ),
+        (cfg.rl.overlong_penalty >= 0, "rl.overlong_penalty must be >= 0"),
+        (cfg.lora.rank >= 0, "lora.rank must be >= 0 (0 = off: full fine-tuning)"),
+        (cfg.lora.alpha > 0, "lora.alpha must be > 0 (the adapters' scale is alpha / rank)"),
+        (
+            cfg.lora.rank == 0 or len(cfg.lora.targets) > 0,
+            "lora.targets must name at least one of q, k, v, o, gate, up, down",
+        ),
+    ]
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that a type alone cannot express."""
     checks = [
@@ -429,26 +455,7 @@ def validate(cfg: Config) -> None:
             cfg.algo == "sft_then_grpo" or cfg.red.sft_steps == 0,
             "red.sft_steps is read only by algo: sft_then_grpo",
         ),
-        (cfg.rl.agg != "constant" or (cfg.rl.norm_const or 0) >= 0, "rl.norm_const must be > 0"),
-        (
-            cfg.rl.dual_clip is None or cfg.rl.dual_clip > 1,
-            f"rl.dual_clip must be > 1 (or null: off), got {cfg.rl.dual_clip}",
-        ),
-        (cfg.rl.overlong_buffer >= 0, "rl.overlong_buffer must be >= 0 (tokens; 0 = off)"),
-        (
-            cfg.rl.overlong_buffer == 0
-            or not cfg.rollout.max_new_tokens  # 0: checked again once the length is fitted
-            or cfg.rl.overlong_buffer < cfg.rollout.max_new_tokens,
-            f"rl.overlong_buffer={cfg.rl.overlong_buffer} must be < rollout.max_new_tokens="
-            f"{cfg.rollout.max_new_tokens}",
-        ),
-        (cfg.rl.overlong_penalty >= 0, "rl.overlong_penalty must be >= 0"),
-        (cfg.lora.rank >= 0, "lora.rank must be >= 0 (0 = off: full fine-tuning)"),
-        (cfg.lora.alpha > 0, "lora.alpha must be > 0 (the adapters' scale is alpha / rank)"),
-        (
-            cfg.lora.rank == 0 or len(cfg.lora.targets) > 0,
-            "lora.targets must name at least one of q, k, v, o, gate, up, down",
-        ),
+        *_rl_and_lora_checks(cfg),
     ]
     for ok, msg in checks:
         if not ok:
