@@ -177,8 +177,6 @@ def train_figures(run_dir: str) -> dict:
         "train_s": med(lambda r: r["time/train"]),
         "sample_tok_s": med(lambda r: sampled(r) / r["time/sample"]),
         "train_tok_s": med(lambda r: (r["tokens_on"] + r["tokens_off"]) / r["time/train"]),
-        "rollout_acc_first": steps[0]["accuracy"],
-        "rollout_acc_last": steps[-1]["accuracy"],
     }
 
 
@@ -264,8 +262,7 @@ def main() -> None:
     tf = train_figures(run_dir)
     rows.append(("train", f"RED, {args.steps} steps of {cfg.rollout.prompts} prompts x "
                  f"{cfg.rollout.group_size} rollouts + {cfg.rollout.prompts} traces",
-                 f"held-out pass@1 {start_acc:.3f} -> {tf['end_acc']:.3f}; rollout accuracy "
-                 f"{tf['rollout_acc_first']:.2f} -> {tf['rollout_acc_last']:.2f}; "
+                 f"held-out pass@1 {start_acc:.3f} -> {tf['end_acc']:.3f}; "
                  f"{tf['step_s']:.1f} s a step (sampling {tf['sample_s']:.1f} s at "
                  f"{tf['sample_tok_s']:.0f} tok/s, update {tf['train_s']:.1f} s at "
                  f"{tf['train_tok_s']:.0f} tok/s); {took / 60:.1f} min in all"))  # fmt: skip
