@@ -169,20 +169,29 @@ def read_run(path: str, dtype: str = "float32", step: int | None = None) -> Save
 def export(run_dir: str, out: str, step: int | None = None, peft: str | None = None) -> None:
     """`redjax export`: a run's parameters (latest or given step) as a Hugging Face folder, a
     LoRA run's adapters merged in, whose generation_config.json ends generations at the ids
-    redjax's sampler stops at; with `peft`, the adapters also as a PEFT adapter folder."""
+    redjax's sampler stops at; with `peft`, the adapters also as a PEFT adapter folder. A
+    Hugging Face folder or hub id is written out as it is."""
     from redjax import lora
     from redjax.models import save_pretrained
     from redjax.models.hf import save_peft
     from redjax.tokenizer import eos_ids, load_tokenizer
 
-    run = read_run(run_dir, step=step)
-    if peft is not None:
-        if run.base_dir is None:
-            raise ValueError(f"--peft: {run_dir} trained every weight (lora.rank=0): no adapters")
-        spec = lora.LoraSpec.from_config(run.cfg.lora)
-        save_peft(run.params, run.model_cfg, spec, peft, base=run.base_dir)
-        print(f"wrote the adapters of {run_dir} to {peft}")
-    tokenizer, model = load_tokenizer(os.path.join(run_dir, "model")), run.model()
+    path = hub.model_folder(run_dir)
+    if os.path.isfile(os.path.join(path, "config.json")):
+        if peft is not None:
+            raise ValueError(f"--peft: {run_dir} is a model folder, not a LoRA run: no adapters")
+        model, tokenizer, _ = load_model(path)
+    else:
+        run = read_run(path, step=step)
+        if peft is not None:
+            if run.base_dir is None:
+                raise ValueError(
+                    f"--peft: {run_dir} trained every weight (lora.rank=0): no adapters"
+                )
+            spec = lora.LoraSpec.from_config(run.cfg.lora)
+            save_peft(run.params, run.model_cfg, spec, peft, base=run.base_dir)
+            print(f"wrote the adapters of {run_dir} to {peft}")
+        tokenizer, model = load_tokenizer(os.path.join(path, "model")), run.model()
     model.cfg = model.cfg.replace(generation_eos=tuple(eos_ids(tokenizer, model.cfg)))
     save_pretrained(model, out, tokenizer=tokenizer)
     print(f"exported {run_dir} to {out}")

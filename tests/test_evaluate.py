@@ -247,7 +247,7 @@ def test_run_eval_logs_the_same_summary(tiny_model):
     with Verifier("math", workers=0, timeout=5.0, format_weight=0, think_format=False,
                   extract="boxed") as verifier:  # fmt: skip
         r = SimpleNamespace(
-            cfg=cfg, state={"params": model.params}, model_cfg=model.cfg, mesh=make_mesh(),
+            cfg=cfg, policy=model.params, model_cfg=model.cfg, mesh=make_mesh(),
             tokenizer=load_tokenizer(tiny_model), test_records=records, verifier=verifier,
             logger=logger,
         )  # fmt: skip

@@ -114,7 +114,13 @@ def test_only_adapters_get_gradients_and_optimizer_state():
     base, adapters = start()
     adapters = moved(adapters)
     batch = rows().without_probe()
-    counts = {"on_tokens": 1.0, "off_tokens": 1.0, "on_seqs": 1.0, "off_seqs": 1.0}
+    counts = {
+        "on_tokens": 1.0,
+        "off_tokens": 1.0,
+        "off_seqs": 1.0,
+        "rl_tokens": 1.0,
+        "rl_seqs": 1.0,
+    }
     loss = lambda p, b: step.loss_fn(p, CFG, SC, batch, 0.7, counts, None, b)[0]
     grads = jax.jit(jax.grad(loss))(adapters, base)
     assert jax.tree.structure(grads) == jax.tree.structure(adapters)
