@@ -115,7 +115,7 @@ def main() -> None:
     for shape in MESHES:
         mesh = sharding.make_mesh(*shape)
         state, sh, batch = abstract_inputs(cfg, mesh, tx, args.rows, args.prompt_len, args.resp_len)
-        sc = step.StepConfig.from_config(Config(), chunk=args.chunk)
+        sc = step.StepConfig.from_config(Config(), chunk=args.chunk, probe=True)
         fn = step.jit_train_step(cfg, sc, tx, sh, mesh)
         hlo = fn.lower(state, batch, jax.ShapeDtypeStruct((), jnp.float32)).compile().as_text()
         moved = collective_bytes(hlo)

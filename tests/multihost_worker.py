@@ -89,7 +89,7 @@ def main() -> None:
     from redjax.models import init_params
     from redjax.rows import concat
 
-    sc = step.StepConfig.from_config(Config(), chunk=24)
+    sc = step.StepConfig.from_config(Config(), chunk=24, probe=True)  # RED with the probe
     tx = step.make_optimizer(OptimCfg(lr=1e-2, warmup_steps=0, eps=1e-4, weight_decay=0.0), 10)
     pid, nproc = jax.process_index(), jax.process_count()
     mine = range(pid * HOSTS // nproc, (pid + 1) * HOSTS // nproc)  # host slices of this process

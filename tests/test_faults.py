@@ -291,7 +291,7 @@ def test_non_finite_update_is_skipped_bit_for_bit(monkeypatch):
     rng = np.random.default_rng(0)
     params = {"w": jnp.asarray(rng.normal(size=(96, 96)), jnp.float32), "b": jnp.zeros(96)}
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
-    sc = step.StepConfig.from_config(Config(), chunk=128)
+    sc = step.StepConfig.from_config(Config(), chunk=128, probe=True)
     fn = jax.jit(functools.partial(step.train_step, cfg=None, sc=sc, tx=tx))
     lam = jnp.float32(0.5)
     state, m = fn(state, host_rows(seed=0), lam)

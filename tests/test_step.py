@@ -26,7 +26,7 @@ CFG = ModelConfig(
     head_dim=16,
     qkv_bias=True,
 )
-SC = step.StepConfig.from_config(Config(), chunk=24, eps_low=0.2, eps_high=0.28)
+SC = step.StepConfig.from_config(Config(), chunk=24, eps_low=0.2, eps_high=0.28, probe=True)
 
 
 def host_rows(n=16, p=8, c=8, seed=0, vocab=96):
@@ -147,7 +147,7 @@ def test_communication_is_fsdp_sized(shape, budget):
         head_dim=32,
     )
     mesh = sharding.make_mesh(*shape)
-    state, fn = jitted_step(cfg, step.StepConfig.from_config(Config(), chunk=128), mesh)
+    state, fn = jitted_step(cfg, step.StepConfig.from_config(Config(), chunk=128, probe=True), mesh)
     rows = sharding.put_local(host_rows(64, 16, 64, vocab=1024), mesh)
     hlo = fn.lower(state, rows, jnp.float32(1.0)).compile().as_text()
     param_bytes = 4 * cfg.num_params
