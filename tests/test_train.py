@@ -105,8 +105,6 @@ def test_default_run_end_to_end(reference):
             "accuracy",
             "entropy_on",
             "entropy_off",
-            "dH_on",
-            "dH_off",
             "clip_frac",
             "kl_old",
             "grad_norm",
@@ -117,6 +115,12 @@ def test_default_run_end_to_end(reference):
         ):
             assert np.isfinite(r[k]), (k, r)
         assert 0.05 <= r["lambda"] <= 5.0
+    # dH by the drift (the default): none at step 1, then the change of the batch entropies
+    assert np.isnan(steps[0]["dH_on"]) and np.isnan(steps[0]["dH_off"])
+    for prev, r in zip(steps, steps[1:], strict=False):
+        for kind in ("on", "off"):
+            want = r[f"entropy_{kind}"] - prev[f"entropy_{kind}"]
+            np.testing.assert_allclose(r[f"dH_{kind}"], want, rtol=1e-5, atol=1e-7)
         assert r["rollouts"] == 4 * 2 and 0 <= r["batch_digest"] < 2**24  # prompts x G
     assert rows[-1]["step"] == 5 and "eval/heldout_acc" in rows[-1]
     assert "held-out accuracy" in out and "pass@1" in out
