@@ -12,69 +12,30 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from helpers import tiny_run
 from jax.sharding import PartitionSpec as P
+from test_step import CFG as STEP_CFG
+from test_step import host_rows
 
 from redjax import cli, config, lora, plan, sharding, step, train
 from redjax.checkpoint import Checkpoints
 from redjax.config import Config, OptimCfg
-from redjax.models import ModelConfig, forward, init_params, scratch_config
-from redjax.rows import make_rows
+from redjax.models import forward, init_params, scratch_config
 
-CFG = ModelConfig(
-    vocab_size=96,
-    hidden_size=64,
-    intermediate_size=128,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=16,
-    qkv_bias=True,
-    lora_alpha=8.0,
-)
+CFG = STEP_CFG.replace(lora_alpha=8.0)  # the step tests' tiny model
 SPEC = lora.LoraSpec(rank=4, alpha=8.0, targets=tuple(lora.TARGETS))
 SC = step.StepConfig.from_config(Config(), chunk=24)
 TX = step.make_optimizer(OptimCfg(lr=1e-2, warmup_steps=0, eps=1e-4, weight_decay=0.0), 10)
 
-TINY = [
-    "model.hidden_size=32",
-    "model.intermediate_size=64",
-    "model.num_layers=1",
-    "model.num_heads=2",
-    "model.num_kv_heads=1",
-    "rollout.prompts=4",
-    "rollout.group_size=2",
-    "rollout.max_new_tokens=16",
-    "data.max_prompt_len=64",
-    "data.builtin_train=200",
-    "eval.every=0",
-    "eval.problems=2",
-    "eval.samples_every=0",
-    "reward.workers=0",
-    "optim.lr=0.02",
-    "optim.warmup_steps=0",
-    "lora.rank=4",
-    "lora.alpha=8",
-]
+TINY = tiny_run(
+    4, 2, "eval.problems=2", "eval.samples_every=0", "reward.workers=0", "optim.lr=0.02",
+    "optim.warmup_steps=0", "lora.rank=4", "lora.alpha=8",
+)  # fmt: skip
 
 
 def rows(n=16, p=6, c=6, seed=0):
-    """Random train rows: left-padded prompts, right-padded responses, 3 online : 1 offline."""
-    rng = np.random.default_rng(seed)
-    prompt_mask = np.arange(p)[None] >= (p - rng.integers(2, p + 1, n))[:, None]
-    resp_mask = np.arange(c)[None] < rng.integers(1, c + 1, n)[:, None]
-    online = np.arange(n) % 4 != 3
-    out = make_rows(
-        prompt_ids=np.where(prompt_mask, rng.integers(0, 96, (n, p)), 0),
-        prompt_mask=prompt_mask,
-        resp_ids=np.where(resp_mask, rng.integers(0, 96, (n, c)), 0),
-        resp_mask=resp_mask,
-        online=online,
-        adv=rng.normal(size=n),
-        shift=rng.uniform(size=n),
-        old_logp=np.log(rng.uniform(0.005, 0.02, (n, c))),
-        ref_logp=np.log(rng.uniform(0.005, 0.02, (n, c))),
-    )
-    return out.with_probe(step.probe_rows(online, 0.25, multiple=8, seed=seed))
+    """Random train rows as the step tests make them (3 online : 1 offline, a probe subset)."""
+    return host_rows(n, p, c, seed)
 
 
 def moved(adapters, seed=3, size=0.05):
