@@ -158,12 +158,17 @@ def read_run(path: str, dtype: str = "float32", step: int | None = None) -> Save
         saved = ckpts.saved_host() or {}
     finally:
         ckpts.close()
-    base_dir = saved.get("base") or os.path.abspath(
-        hub.model_folder(run_cfg.model.path) if run_cfg.model.path else model_dir
-    )
+    base_dir = saved.get("base") or base_folder(run_cfg, path)
     if not os.path.isfile(os.path.join(base_dir, "config.json")):
         raise FileNotFoundError(f"{path}: its LoRA base {base_dir!r} is not a model folder")
     return SavedRun(run_cfg, model_cfg.replace(lora_alpha=spec.alpha), adapters, base_dir)
+
+
+def base_folder(cfg: config.Config, run_dir: str) -> str:
+    """The Hugging Face folder of a LoRA run's frozen base: model.path (a hub id resolved), or
+    for a model trained from scratch the run's model/."""
+    path = hub.model_folder(cfg.model.path) if cfg.model.path else os.path.join(run_dir, "model")
+    return os.path.abspath(path)
 
 
 def export(run_dir: str, out: str, step: int | None = None, peft: str | None = None) -> None:

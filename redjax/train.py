@@ -32,7 +32,6 @@ from redjax import (
     distributed,
     evaluate,
     groups,
-    hub,
     logs,
     lora,
     red,
@@ -125,6 +124,7 @@ class Run:
     test_records: list[dict]  # held-out problems
     state: dict  # params (the whole model, or its LoRA adapters), opt_state, step: on the mesh
     base: Any  # LoRA: the frozen base weights the adapters sit on; None: full fine-tuning
+    base_dir: str | None  # LoRA: the base's folder, named in each checkpoint (runs.base_folder)
     ref_params: Any  # the frozen reference policy (rl.beta_kl > 0), else None
     train_step: Callable  # (state, Rows, lam, base) -> (state, metrics), jitted
     score_fn: Callable  # (params, Rows) -> (logp, entropy), jitted
@@ -215,6 +215,7 @@ def setup(cfg: config.Config) -> Run:
         test_records=test_records,
         state=state,
         base=base,
+        base_dir=None if base is None else runs.base_folder(cfg, run_dir),
         ref_params=ref_params,
         train_step=step.jit_train_step(
             model_cfg, step.StepConfig.from_config(cfg), tx, state_sh, mesh
@@ -269,7 +270,7 @@ def adapt(
     """(model config, trained parameters, frozen base). With lora.rank > 0 the loaded weights
     become the frozen base and the trained parameters are new adapters (B = 0: the policy starts
     as the base), placed by the base's partition rules; a base trained from scratch is written
-    to model/ so that export finds it. Otherwise the parameters themselves and no base."""
+    to model/ so that export finds it (runs.base_folder). Otherwise the parameters themselves and no base."""
     spec = lora.LoraSpec.from_config(cfg.lora)
     if spec is None:
         return model_cfg, params, None
@@ -282,13 +283,6 @@ def adapt(
     init = lambda: lora.init_adapters(model_cfg, spec, cfg.train.seed + 1)
     adapters = jax.jit(init, out_shardings=sharding.param_shardings(shapes, mesh))()
     return model_cfg, adapters, params
-
-
-def base_folder(cfg: config.Config, run_dir: str) -> str:
-    """The Hugging Face folder of a LoRA run's frozen base: model.path, or for a model trained
-    from scratch the run's model/ (written by `adapt`)."""
-    path = hub.model_folder(cfg.model.path) if cfg.model.path else os.path.join(run_dir, "model")
-    return os.path.abspath(path)
 
 
 def reference(cfg: config.Config, params: Any, base: Any) -> Any:
@@ -798,8 +792,8 @@ def save_and_evaluate(r: Run, done: int, stopping: bool) -> None:
             "config": config.to_dict(cfg),  # a resume with another config is refused
             "schedule_steps": r.schedule_steps,
         }
-        if r.base is not None:  # LoRA: the checkpoint holds adapters; this names their base
-            host["base"] = base_folder(cfg, r.run_dir)
+        if r.base_dir is not None:  # LoRA: the checkpoint holds adapters; this names their base
+            host["base"] = r.base_dir
         r.logger.sync()  # the logs up to this checkpoint reach the disk
         r.ckpts.save(done, r.state, host)
 
