@@ -10,8 +10,10 @@ network) only the cache is read. A path that exists on disk is always used as it
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+from typing import Any
 from urllib.parse import unquote
 
 REPO = r"[A-Za-z0-9][\w.-]*/[\w.-]+"  # OWNER/NAME
@@ -68,6 +70,17 @@ def model_folder(spec: str, *, weights: bool = True) -> str:
         )
     except (OSError, ValueError, errors.EntryNotFoundError) as e:  # the hub's, as one line
         raise _error(e, spec, "model", repo) from None
+
+
+def local_model(model: Any) -> Any:
+    """A config's model section (config.ModelCfg) with its hub ids, `path` and `tokenizer`,
+    resolved to their cache folders: resolved once, every loader of a run reads local folders
+    rather than asking the hub again."""
+    return dataclasses.replace(
+        model,
+        path=model.path and model_folder(model.path),
+        tokenizer=model.tokenizer and model_folder(model.tokenizer, weights=False),
+    )
 
 
 def data_file(spec: str) -> str:

@@ -32,6 +32,7 @@ from redjax import (
     distributed,
     evaluate,
     groups,
+    hub,
     logs,
     lora,
     red,
@@ -170,7 +171,8 @@ def setup(cfg: config.Config) -> Run:
     _console_log()
     checkpoint.check_writable(os.path.abspath(cfg.train.run_dir))  # a clear error first
     train_records, test_records = load_data(cfg)
-    tokenizer = load_tokenizer_for(cfg)
+    local = dataclasses.replace(cfg, model=hub.local_model(cfg.model))  # hub ids resolved once
+    tokenizer = load_tokenizer_for(local)
     tokenized = tokenize_train(cfg, train_records, tokenizer)  # once, for the fit and loader
     cfg = fit_lengths(cfg, tokenized)  # limits left at 0, from the data
     scratch_note(cfg, train_records)
@@ -180,7 +182,7 @@ def setup(cfg: config.Config) -> Run:
     schedule_steps = runs.check_resume(cfg, ckpts.saved_host())  # refuses another run's folder
     run_dir, model_dir = _run_folder(cfg)
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-    model_cfg, params = load_model(cfg, tokenizer, mesh)
+    model_cfg, params = load_model(local, tokenizer, mesh)
     sp = sampling_params(cfg.rollout, tokenizer, model_cfg)
     if jax.process_index() == 0:  # for eval and export: the model, its end ids, its tokenizer
         write_config(model_cfg.replace(generation_eos=sp.eos_ids), model_dir)
@@ -215,7 +217,7 @@ def setup(cfg: config.Config) -> Run:
         test_records=test_records,
         state=state,
         base=base,
-        base_dir=None if base is None else runs.base_folder(cfg, run_dir),
+        base_dir=None if base is None else runs.base_folder(local, run_dir),
         ref_params=ref_params,
         train_step=step.jit_train_step(
             model_cfg, step.StepConfig.from_config(cfg), tx, state_sh, mesh

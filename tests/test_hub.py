@@ -140,3 +140,27 @@ def test_neither_local_nor_cached_is_one_line(offline, capsys, tmp_path, args, n
 def test_a_malformed_data_uri_says_the_form(offline):
     with pytest.raises(ValueError, match="hf://datasets/OWNER/NAME/PATH"):
         load_records("hf://datasets/only-a-name")
+
+
+def test_a_run_resolves_its_hub_model_once(offline, tmp_path, monkeypatch):
+    """A LoRA run on a hub id asks the hub once at start-up (tokenizer, weights and the LoRA
+    base all read the one cache folder), and its config.yaml keeps the id, not this machine's
+    cache path, so that the folder resumes on another machine."""
+    import huggingface_hub
+
+    from redjax import train
+
+    calls = []
+    download = huggingface_hub.snapshot_download
+    monkeypatch.setattr(
+        huggingface_hub, "snapshot_download", lambda *a, **k: calls.append(a) or download(*a, **k)
+    )
+    args = [f"model.path={MODEL}", f"data.train={TRAIN}", f"data.test={TEST}", "data.fields=gsm8k",
+            "lora.rank=2", "rollout.prompts=2", "rollout.group_size=2", "eval.every=0",
+            f"train.run_dir={tmp_path}"]  # fmt: skip
+    r = train.setup(config.load(None, args))
+    try:
+        assert len(calls) == 1 and r.base_dir == hub.model_folder(MODEL)
+        assert config.load(str(tmp_path / "config.yaml")).model.path == MODEL
+    finally:
+        r.close()
