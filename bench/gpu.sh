@@ -4,9 +4,9 @@
 # a hang costs one part, never the run; the timeouts add up to 475 s, under 8 minutes on one
 # H100 (each part's compiles included).
 #
-#   1. device.txt, versions.txt (20 s): GPU, driver; python, jax, flax, optax, torch,
+#   1. device.txt, versions.txt (10 s): GPU, driver; python, jax, flax, optax, torch,
 #      transformers versions.
-#   2. tests.txt (45 s): the sampler's correctness tests on the device (greedy == transformers
+#   2. tests.txt (40 s): the sampler's correctness tests on the device (greedy == transformers
 #      and == recompute, log-probs == forward, seeds, distributions), and the Pallas decode
 #      attention kernel, compiled for the GPU, against the reference and in the sampler.
 #   3. sampler.txt (60 s): the sampler target shape, Qwen2.5-0.5B, batch 64, prompt 256, 512
@@ -19,13 +19,16 @@
 #      decode-attention.txt (25 s): a decode step's attention alone (24 layers, batch 64, 768
 #      slots, a quarter / half / all of the 512 new tokens filled), XLA's einsums against the
 #      Pallas kernel that reads only the filled blocks: ms per step, GB/s of the filled cache.
-#   4. step-768.txt (80 s) and step-4096.txt (80 s): the RED train step (Extend rows + probe),
+#   4. step-768.txt (80 s) and step-4096.txt (75 s): the RED train step (Extend rows + probe),
 #      Qwen2.5-0.5B, bfloat16, remat full, at 64 rows x (256 + 512) and 8 x (512 + 3584), one
 #      row per attention implementation that runs here (xla, cudnn, chunked on an NVIDIA GPU),
 #      each in a process of its own: step time, response tokens/s, MFU, peak device memory
 #      (memory_stats). A row that fails (out of memory) or passes 45 s says so; rows print as
 #      they finish, so a part cut short keeps the rows it has.
-#   5. profile.txt (95 s): kernel profile (jax.profiler) of one train step (64 x (256 + 512),
+#      step-lora.txt (30 s): the same RED step at 64 x (256 + 512), attention auto, training
+#      rank-16 LoRA adapters on every projection of a base frozen in bfloat16 (compare with
+#      step-768's cudnn row, the attention auto picks there).
+#   5. profile.txt (85 s): kernel profile (jax.profiler) of one train step (64 x (256 + 512),
 #      attention auto) and of one sampler decode step (batch 64, prompt 256, 512 new tokens):
 #      device time per step by class (matmul, attention, other fusions, copies, collectives)
 #      and the top 25 kernels with calls per step.
@@ -60,12 +63,12 @@ part() {
   date -u +%Y-%m-%dT%H:%MZ
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 } 2>&1 | tee "$out/device.txt"
-part versions 20 python3 -c "import sys, jax, flax, optax, torch, transformers as t
+part versions 10 python3 -c "import sys, jax, flax, optax, torch, transformers as t
 print('python', sys.version.split()[0], '| jax', jax.__version__, jax.devices(), '| flax',
       flax.__version__, '| optax', optax.__version__, '| torch', torch.__version__,
       '| transformers', t.__version__)"
 
-part tests 45 env JAX_PLATFORMS=cuda python3 -m pytest -q -p no:cacheprovider \
+part tests 40 env JAX_PLATFORMS=cuda python3 -m pytest -q -p no:cacheprovider \
   tests/test_sampler.py tests/test_attention.py::test_decode_kernel_matches_reference \
   "tests/test_attention.py::test_sampler_matches_xla[pallas-decode]" \
   -k "not sharded and not cli and not bad_inputs"
@@ -79,12 +82,16 @@ part ragged 70 python3 bench/sampler.py "${shape[@]}" --only-ragged --ragged 64x
 part decode-attention 25 python3 bench/sampler.py "${shape[@]}" --batch 64 --prompt-len 256 \
   --new-tokens 512 --attention-table --decode-attention xla,pallas
 
-for lens in "64 256 512 768" "8 512 3584 4096"; do
-  read -r rows prompt resp total <<<"$lens"
-  part "step-$total" 80 python3 bench/step.py "${shape[@]}" --rows "$rows" \
+for lens in "64 256 512 768 80" "8 512 3584 4096 75"; do
+  read -r rows prompt resp total secs <<<"$lens"
+  part "step-$total" "$secs" python3 bench/step.py "${shape[@]}" --rows "$rows" \
     --prompt-len "$prompt" --resp-len "$resp" --remat full --peak-tflops "$peak" \
     --attention all --variants red --iters 3 --timeout $((45 * pct / 100))
 done
 
-part profile 95 python3 bench/kernel_profile.py "${shape[@]}" --rows 64 --prompt-len 256 \
+part step-lora 30 python3 bench/step.py "${shape[@]}" --rows 64 --prompt-len 256 --resp-len 512 \
+  --remat full --peak-tflops "$peak" --variants red-lora --lora-rank 16 --iters 2 \
+  --timeout $((28 * pct / 100))
+
+part profile 85 python3 bench/kernel_profile.py "${shape[@]}" --rows 64 --prompt-len 256 \
   --resp-len 512 --remat full --batch 64 --new-tokens 512 --steps 2

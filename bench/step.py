@@ -10,8 +10,9 @@ memory of the RED step, per attention implementation, and the cost of the RED ad
 --attention picks the implementation (ModelConfig.attention): auto, xla, cudnn, splash,
 chunked, a comma list, or `all` = every one that runs on this backend (cudnn: an NVIDIA GPU in
 bfloat16 / float16; splash: a TPU; xla and chunked: everywhere). --variants picks rows among
-red (Extend rows + probe), red-no-probe and grpo (all rows online, no probe); the GRPO row runs
-first so that the others print their cost against it.
+red (Extend rows + probe), red-no-probe, grpo (all rows online, no probe) and red-lora (the RED
+step training rank --lora-rank adapters on every projection of a base frozen in the compute
+dtype); the GRPO row runs first so that the others print their cost against it.
 
 Peak device memory is `peak_bytes_in_use` of `jax.devices()[0].memory_stats()` ("n/a" where
 that is None, as on CPU). It is a peak over the life of a process, so when the device reports
@@ -36,8 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from redjax import sharding, step
-from redjax.config import Config, OptimCfg
+from redjax import lora, sharding, step
+from redjax.config import Config, LoraCfg, OptimCfg
 from redjax.models import ModelConfig, init_params
 from redjax.rows import Rows, make_rows
 
@@ -68,6 +69,7 @@ VARIANTS = {  # name: (label, every row online, entropy probe); grpo first: the 
     "grpo": ("plain GRPO step (all rows online, no probe)", True, False),
     "red-no-probe": ("RED step without probe", False, False),
     "red": ("RED step (Extend rows + probe)", False, True),
+    "red-lora": ("RED step, LoRA adapters on a frozen base", False, True),
 }
 RESULT = "RESULT "  # prefix of the line a child process reports its result on
 
@@ -138,13 +140,21 @@ def setup(cfg: ModelConfig, args, variant: str):
     params = jax.jit(
         lambda: init_params(cfg), out_shardings=sharding.param_shardings(shapes, mesh)
     )()
+    base = None
+    if variant == "red-lora":  # the weights frozen in the compute dtype; adapters trained
+        spec = lora.LoraSpec.from_config(LoraCfg(rank=args.lora_rank))
+        cfg = cfg.replace(lora_alpha=spec.alpha)
+        base = jax.tree.map(lambda w: w.astype(cfg.dtype), params)
+        adapters = lora.adapter_shapes(cfg, spec)
+        init = lambda: lora.init_adapters(cfg, spec, 1)
+        params = jax.jit(init, out_shardings=sharding.param_shardings(adapters, mesh))()
     state, sh = step.init_state(params, tx, mesh)
     sc = step.StepConfig.from_config(
         Config(), chunk=args.chunk, micro_batches=args.micro_batches, probe=probe
     )
     fn = step.jit_train_step(cfg, sc, tx, sh, mesh)
     idx = step.probe_rows(r.online, 0.25, sharding.data_shards(mesh))
-    return fn, state, sharding.put_local(r.with_probe(idx), mesh)
+    return (lambda *a: fn(*a, base)), state, sharding.put_local(r.with_probe(idx), mesh)
 
 
 def peak_bytes() -> int | None:
@@ -240,6 +250,7 @@ def parse_args(argv=None):
     ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--resp-len", type=int, default=64)
+    ap.add_argument("--lora-rank", type=int, default=16, help="adapters' rank (red-lora)")
     ap.add_argument("--offline-frac", type=float, default=0.125, help="share of teacher rows")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--remat", default="none", choices=["none", "full", "dots"])

@@ -116,13 +116,21 @@ def run_step(mesh, base_params, adapters, batch):
     return new, jax.device_get(metrics), base
 
 
-def test_lora_step_on_a_mesh_equals_one_device():
+@functools.cache
+def base_and_step(dtype: str):
+    """(base, adapters, the one-device step's new adapters and metrics) with the base's weights
+    rounded to bfloat16 and held in `dtype` (the same numbers either way), made once."""
     base, adapters = jax.device_get(start())  # host copies: the step donates its state
-    batch = rows()
-    one, m1, _ = run_step(sharding.make_mesh(devices=jax.devices()[:1]), base, adapters, batch)
-    new, m8, placed_base = run_step(sharding.make_mesh(2, 2, 2), base, adapters, batch)
+    base = jax.tree.map(lambda w: np.asarray(w.astype(jnp.bfloat16).astype(dtype)), base)
+    one, m, _ = run_step(sharding.make_mesh(devices=jax.devices()[:1]), base, adapters, rows())
+    return base, adapters, jax.device_get(one["params"]), m, jax.device_get(one["opt_state"])
+
+
+def test_lora_step_on_a_mesh_equals_one_device():
+    base, adapters, one, m1, _ = base_and_step("float32")
+    new, m8, placed_base = run_step(sharding.make_mesh(2, 2, 2), base, adapters, rows())
     close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    jax.tree.map(close, jax.device_get(new["params"]), jax.device_get(one["params"]))
+    jax.tree.map(close, jax.device_get(new["params"]), one)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), m8, m1)
     q = new["params"]["layers"]["attn"]["q"]
     assert q["lora_a"].sharding.spec == P(None, "fsdp", None)  # as the kernel's input dimension
@@ -130,6 +138,18 @@ def test_lora_step_on_a_mesh_equals_one_device():
     assert new["params"]["layers"]["attn"]["o"]["lora_b"].sharding.spec == P(None, None, "fsdp")
     assert np.abs(np.asarray(q["lora_b"])).max() > 1e-3  # B moved from zero
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(placed_base), base)  # frozen
+
+
+def test_a_bfloat16_base_trains_float32_adapters():
+    """A base frozen in bfloat16 (model.param_dtype): the step equals one on the same weights
+    held in float32, and the adapters and their moments stay float32."""
+    low, _, new, m, opt_state = base_and_step("bfloat16")
+    _, _, want, m_want, _ = base_and_step("float32")
+    assert low["layers"]["attn"]["q"]["kernel"].dtype == jnp.bfloat16
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    jax.tree.map(close, new, want)
+    np.testing.assert_allclose(m["loss"], m_want["loss"], rtol=1e-6)
+    assert {x.dtype for x in jax.tree.leaves((new, opt_state)) if x.ndim} == {np.dtype("float32")}
 
 
 def test_unknown_target_is_one_line(capsys):
