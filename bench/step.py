@@ -154,7 +154,8 @@ def setup(cfg: ModelConfig, args, variant: str):
     )
     fn = step.jit_train_step(cfg, sc, tx, sh, mesh)
     idx = step.probe_rows(r.online, 0.25, sharding.data_shards(mesh))
-    return (lambda *a: fn(*a, base)), state, sharding.put_local(r.with_probe(idx), mesh)
+    run = fn if base is None else (lambda *a: fn(*a, base))  # the jitted step where no base
+    return run, state, sharding.put_local(r.with_probe(idx), mesh)
 
 
 def peak_bytes() -> int | None:
