@@ -85,18 +85,16 @@ def chat_ids(tok, texts: list[str], system: str | None) -> list[list[int]]:
     return [tok(t, add_special_tokens=False)["input_ids"] for t in fmt]
 
 
-def logits_rows(folder: str, seqs: list[list[int]]) -> dict:
+def logits_rows(folder: str, mine, seqs: list[list[int]]) -> dict:
     """redjax vs transformers logits on the same float32 weights over chat prompts, each also
     against transformers in float64 (the weights are float32 already, so float64 is the exact
-    forward): the largest |difference| of the two float32 forwards, and of each from float64."""
+    forward): the largest |difference| of the two float32 forwards, and of each from float64.
+    `mine`: the folder's redjax Model in float32."""
     import torch
     import transformers
 
-    from redjax.models import from_pretrained
-
     load = transformers.AutoModelForCausalLM.from_pretrained
     exact, hf = (load(folder, dtype=d).eval() for d in (torch.float64, torch.float32))
-    mine = from_pretrained(folder, "float32")
     worst = {"diff": 0.0, "mine": 0.0, "hf": 0.0, "logit": 0.0, "argmax": 1.0}
     for ids in seqs:
         with torch.no_grad():
@@ -256,18 +254,19 @@ def main() -> None:
     texts = prompts(cfg)
     seqs = chat_ids(tok, texts, cfg.data.system)
 
-    lg = logits_rows(folder, seqs)
+    base = from_pretrained(folder, "float32")
+    lg = logits_rows(folder, base, seqs)
     rows.append(("logits", f"float32, {lg['prompts']} chat prompts of up to {lg['tokens']} tokens",
                  f"max abs diff {lg['diff']:.2e} (logits up to {lg['logit']:.1f}); from float64: "
                  f"redjax {lg['mine']:.2e}, transformers {lg['hf']:.2e}; "
                  f"argmax equal >= {lg['argmax']:.3f}"))  # fmt: skip
-    d = dot_row(lg["tokens"], 576, 49152)
-    rows.append(("dot", f"one float32 matmul {lg['tokens']}x576 @ 576x49152 (the head's)",
+    n, d_model, vocab = lg["tokens"], base.cfg.hidden_size, base.cfg.vocab_size
+    d = dot_row(n, d_model, vocab)
+    rows.append(("dot", f"one float32 matmul {n}x{d_model} @ {d_model}x{vocab} (the head's)",
                  f"from float64: XLA {d['xla']:.2e}, torch {d['torch']:.2e}"))  # fmt: skip
     if args.logits_only:
         return print_table(rows, t_start)
 
-    base = from_pretrained(folder, "float32")
     mine, mine_tps = redjax_greedy(base.params, base.cfg, tok, seqs, args.new_tokens)
     theirs, hf_tps = hf_greedy(folder, seqs, args.new_tokens)
     share, whole = agreement(mine, theirs)

@@ -145,9 +145,7 @@ def setup(cfg: ModelConfig, args, variant: str):
         spec = lora.LoraSpec.from_config(LoraCfg(rank=args.lora_rank))
         cfg = cfg.replace(lora_alpha=spec.alpha)
         base = jax.tree.map(lambda w: w.astype(cfg.dtype), params)
-        adapters = lora.adapter_shapes(cfg, spec)
-        init = lambda: lora.init_adapters(cfg, spec, 1)
-        params = jax.jit(init, out_shardings=sharding.param_shardings(adapters, mesh))()
+        params = lora.placed_adapters(cfg, spec, 1, mesh)
     state, sh = step.init_state(params, tx, mesh)
     sc = step.StepConfig.from_config(
         Config(), chunk=args.chunk, micro_batches=args.micro_batches, probe=probe

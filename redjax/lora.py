@@ -87,6 +87,14 @@ def init_adapters(cfg: Any, spec: LoraSpec, seed: int) -> dict:
     return jax.tree_util.tree_unflatten(tree, out)
 
 
+def placed_adapters(cfg: Any, spec: LoraSpec, seed: int, mesh: Any) -> dict:
+    """init_adapters made straight onto the mesh, each leaf sharded by its base kernel's rule."""
+    from redjax import sharding
+
+    shardings = sharding.param_shardings(adapter_shapes(cfg, spec), mesh)
+    return jax.jit(lambda: init_adapters(cfg, spec, seed), out_shardings=shardings)()
+
+
 def join(base: Any, adapters: Any) -> Any:
     """The base parameters with the adapters beside the weights they adapt (no copy): the
     model applies them on the fly. `base` None: `adapters` are the whole model (no LoRA)."""

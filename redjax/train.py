@@ -281,10 +281,7 @@ def adapt(
         done = os.path.isfile(os.path.join(model_dir, "model.safetensors"))
         if distributed.global_any(not done):  # every process takes part in the gathers
             save_pretrained(Model(model_cfg, params), model_dir)
-    shapes = lora.adapter_shapes(model_cfg, spec)
-    init = lambda: lora.init_adapters(model_cfg, spec, cfg.train.seed + 1)
-    adapters = jax.jit(init, out_shardings=sharding.param_shardings(shapes, mesh))()
-    return model_cfg, adapters, params
+    return model_cfg, lora.placed_adapters(model_cfg, spec, cfg.train.seed + 1, mesh), params
 
 
 def reference(cfg: config.Config, params: Any, base: Any) -> Any:
