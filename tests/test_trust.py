@@ -210,7 +210,7 @@ def test_format_bonus_is_not_correctness():
 
 
 # ----------------------------------------------------------------------------- seeds
-def test_a_seed_changes_only_training_randomness():
+def test_a_seed_changes_only_training_randomness(tmp_path):
     """The held-out problems are the task's whatever the seed; each epoch is a new order of all
     records; a loader restored mid-run continues exactly."""
     from redjax.data.pipeline import make_loader
@@ -220,7 +220,7 @@ def test_a_seed_changes_only_training_randomness():
     assert tests[0] == tests[1]
     records = [{"prompt": f"{i}+0?", "answer": str(i), "solution": f"\\boxed{{{i}}}"}
                for i in range(12)]  # fmt: skip
-    tok = make_char_tokenizer(os.path.join(os.environ.get("TMPDIR", "/tmp"), "redjax-chars"))
+    tok = make_char_tokenizer(str(tmp_path / "chars"))
     make = lambda: make_loader(
         records, tok, batch_size=4, seed=3, max_prompt_len=16, max_offline_len=16,
         prompt_suffix="", chat=False, system=None,
